@@ -1,0 +1,67 @@
+"""Injectable time. Production uses the system clock; tests drive a fake one."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from datetime import UTC, datetime
+from typing import Protocol
+
+
+class Clock(Protocol):
+    def now_ms(self) -> int:
+        """Wall-clock time as integer milliseconds since the Unix epoch."""
+        ...
+
+
+class SystemClock:
+    def now_ms(self) -> int:
+        return time.time_ns() // 1_000_000
+
+
+class FakeClock:
+    """A clock that moves only when told to. Thread-safe."""
+
+    def __init__(self, start_ms: int = 1_767_225_600_000) -> None:  # 2026-01-01T00:00:00Z
+        self._ms = start_ms
+        self._lock = threading.Lock()
+
+    def now_ms(self) -> int:
+        with self._lock:
+            return self._ms
+
+    def advance(self, seconds: float) -> int:
+        with self._lock:
+            self._ms += round(seconds * 1000)
+            return self._ms
+
+    def set(self, ms: int) -> None:
+        with self._lock:
+            self._ms = ms
+
+
+def iso_utc(ms: int | None) -> str | None:
+    """ISO-8601 UTC with milliseconds and a Z, as every answer prints times."""
+    if ms is None:
+        return None
+    dt = datetime.fromtimestamp(ms / 1000, tz=UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+def parse_time(text: str) -> int:
+    """Epoch seconds (int or float) or ISO-8601 (naive means UTC) → epoch milliseconds."""
+    text = text.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        pass
+    else:
+        if not math.isfinite(seconds) or abs(seconds) > 1e11:
+            raise ValueError(f"not a usable time: {text!r}")
+        return round(seconds * 1000)
+    value = text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text
+    dt = datetime.fromisoformat(value)
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return round(dt.timestamp() * 1000)

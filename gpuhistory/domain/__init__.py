@@ -1,0 +1,1 @@
+"""Domain types and pure policy: readings, states, thresholds, classification. No I/O."""

@@ -1,0 +1,208 @@
+"""Classification of readings into states and events: pure functions, no I/O.
+
+The same code runs for live sampling and for ``import``. A GPU's state is the worse of its
+temperature state and its memory state (DESIGN §3). A state steps up at once and steps
+down only when the value is below the boundary by the hysteresis. Around the state sits
+the *effective* state used for throttle advice: not better than THROTTLED for
+``throttle_cooldown_seconds`` after leaving THROTTLED (or CRITICAL) for a better state, and
+not better than CRITICAL for ``critical_pause_seconds`` after leaving CRITICAL.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from gpuhistory.domain.config import Config
+from gpuhistory.domain.events import EventDraft, EventKind
+from gpuhistory.domain.reading import Reading
+from gpuhistory.domain.states import GPUState
+
+_HOT = (GPUState.THROTTLED, GPUState.CRITICAL)
+_COOL = (GPUState.OPTIMAL, GPUState.NORMAL)
+
+
+def level(value: float | None, boundaries: tuple[float, float, float]) -> int:
+    """Raw level 0..3 of a value against three increasing boundaries (None → 0)."""
+    if value is None:
+        return 0
+    for lvl, boundary in enumerate(boundaries):
+        if value < boundary:
+            return lvl
+    return 3
+
+
+def level_with_hysteresis(
+    value: float | None, boundaries: tuple[float, float, float], previous: int | None, band: float
+) -> int:
+    """Level that steps up at once and down only ``band`` below a boundary."""
+    raw = level(value, boundaries)
+    if previous is None or raw >= previous:
+        return raw
+    lowered = level(value, tuple(b - band for b in boundaries))  # type: ignore[arg-type]
+    return min(previous, lowered)
+
+
+def temperature_boundaries(config: Config) -> tuple[float, float, float]:
+    return (config.temp_optimal, config.temp_normal, config.temp_throttle)
+
+
+def memory_boundaries(config: Config) -> tuple[float, float, float]:
+    return (config.memory_optimal, config.memory_normal, config.memory_critical)
+
+
+@dataclass(frozen=True, slots=True)
+class GpuTrack:
+    """What classification remembers about one GPU between ticks."""
+
+    state: GPUState | None = None
+    temp_level: int | None = None
+    mem_level: int | None = None
+    effective: GPUState | None = None
+    throttled_until_ms: int | None = None
+    critical_until_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """A change of state, as the transitions table records it."""
+
+    gpu_index: int
+    ts_ms: int
+    from_state: GPUState | None
+    to_state: GPUState
+    cause: str
+    temperature_c: int | None
+    memory_percent: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Classification:
+    state: GPUState
+    effective: GPUState
+    track: GpuTrack
+    transition: Transition | None
+    events: tuple[EventDraft, ...]
+
+
+def effective_state(
+    state: GPUState, ts_ms: int, throttled_until_ms: int | None, critical_until_ms: int | None
+) -> GPUState:
+    """The state throttle advice acts on: held up during a cooldown or a critical pause."""
+    if state is GPUState.UNAVAILABLE:
+        return state
+    if critical_until_ms is not None and ts_ms < critical_until_ms:
+        return max(state, GPUState.CRITICAL)
+    if throttled_until_ms is not None and ts_ms < throttled_until_ms:
+        return max(state, GPUState.THROTTLED)
+    return state
+
+
+def _cause(
+    old: GPUState | None, new: GPUState, track: GpuTrack, t_level: int, m_level: int
+) -> str:
+    if new is GPUState.UNAVAILABLE:
+        return "unavailable"
+    old_t = track.temp_level if track.temp_level is not None else -1
+    old_m = track.mem_level if track.mem_level is not None else -1
+    if old is not None and old is not GPUState.UNAVAILABLE and new < old:
+        if t_level < old_t and old_t == old:
+            return "temperature"
+        if m_level < old_m and old_m == old:
+            return "memory"
+    else:
+        if t_level == new and t_level != old_t:
+            return "temperature"
+        if m_level == new and m_level != old_m:
+            return "memory"
+    return "temperature" if t_level >= m_level else "memory"
+
+
+def _cooldowns(
+    old: GPUState | None, new: GPUState, ts_ms: int, track: GpuTrack, config: Config
+) -> tuple[int | None, int | None]:
+    throttled_until, critical_until = track.throttled_until_ms, track.critical_until_ms
+    if new is GPUState.UNAVAILABLE or old is None:
+        return throttled_until, critical_until
+    if old in _HOT and new in _COOL:
+        throttled_until = ts_ms + round(config.throttle_cooldown_seconds * 1000)
+    if old is GPUState.CRITICAL and new < GPUState.CRITICAL:
+        critical_until = ts_ms + round(config.critical_pause_seconds * 1000)
+    return throttled_until, critical_until
+
+
+def classify(reading: Reading, track: GpuTrack, config: Config, ts_ms: int) -> Classification:
+    """Classify one reading against what was known of the GPU; say what changed."""
+    old = track.state
+    events: list[EventDraft] = []
+    gpu = reading.index
+
+    def emit(kind: EventKind, **payload: object) -> None:
+        events.append(EventDraft(kind=kind, ts_ms=ts_ms, gpu_index=gpu, payload=payload))
+
+    mem_pct = reading.memory_percent
+    if not reading.available:
+        new = GPUState.UNAVAILABLE
+        t_level = m_level = None
+    else:
+        t_level = level_with_hysteresis(
+            reading.temperature_c, temperature_boundaries(config), track.temp_level,
+            config.hysteresis_c,
+        )
+        m_level = level_with_hysteresis(
+            mem_pct, memory_boundaries(config), track.mem_level, config.hysteresis_pct
+        )
+        new = GPUState(max(t_level, m_level))
+
+    throttled_until, critical_until = _cooldowns(old, new, ts_ms, track, config)
+    effective = effective_state(new, ts_ms, throttled_until, critical_until)
+
+    transition = None
+    if new != old:
+        cause = _cause(old, new, track, t_level or 0, m_level or 0)
+        transition = Transition(
+            gpu_index=gpu, ts_ms=ts_ms, from_state=old, to_state=new, cause=cause,
+            temperature_c=reading.temperature_c,
+            memory_percent=None if mem_pct is None else round(mem_pct, 2),
+        )
+        if new is GPUState.UNAVAILABLE:
+            emit(EventKind.GPU_LOST, error=reading.error, uuid=reading.uuid)
+        elif old is GPUState.UNAVAILABLE:
+            emit(EventKind.GPU_FOUND, uuid=reading.uuid, name=reading.name)
+        emit(
+            EventKind.STATE_CHANGE,
+            **{
+                "from": None if old is None else old.name,
+                "to": new.name,
+                "cause": cause,
+                "temperature_celsius": reading.temperature_c,
+                "memory_percent": transition.memory_percent,
+            },
+        )
+    if new is GPUState.CRITICAL and old is not GPUState.CRITICAL:
+        emit(
+            EventKind.CRITICAL, cause=transition.cause if transition else None,
+            temperature_celsius=reading.temperature_c,
+            memory_percent=None if mem_pct is None else round(mem_pct, 2),
+        )
+    if t_level == 3 and track.temp_level != 3:
+        emit(
+            EventKind.OVERHEAT, temperature_celsius=reading.temperature_c,
+            threshold_celsius=config.temp_throttle,
+        )
+    old_effective = track.effective
+    if effective in _HOT and old_effective not in _HOT:
+        emit(EventKind.THROTTLE, state=new.name, effective_state=effective.name,
+             temperature_celsius=reading.temperature_c,
+             memory_percent=None if mem_pct is None else round(mem_pct, 2))
+    elif effective in _COOL and old_effective in _HOT:
+        emit(EventKind.RESUME, state=new.name, effective_state=effective.name,
+             temperature_celsius=reading.temperature_c)
+
+    new_track = replace(
+        track, state=new, temp_level=t_level, mem_level=m_level, effective=effective,
+        throttled_until_ms=throttled_until, critical_until_ms=critical_until,
+    )
+    return Classification(
+        state=new, effective=effective, track=new_track, transition=transition,
+        events=tuple(events),
+    )

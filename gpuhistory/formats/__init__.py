@@ -1,0 +1,1 @@
+"""Readers of recorded GPU data: gpuhistory's trace CSV and nvidia-smi's CSV logs."""

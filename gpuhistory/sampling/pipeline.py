@@ -1,0 +1,167 @@
+"""Readings in, log records out: classification across ticks for one host's GPUs.
+
+Both the live sampler and ``import`` feed readings through a Pipeline; it keeps each GPU's
+classification track, maps devices to their ``gpus`` rows and builds the rows a tick adds.
+It performs no reads from hardware and writes only the ``gpus`` rows it must resolve.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from gpuhistory.domain.classify import (
+    GpuTrack,
+    classify,
+    effective_state,
+    level_with_hysteresis,
+    memory_boundaries,
+    temperature_boundaries,
+)
+from gpuhistory.domain.config import Config
+from gpuhistory.domain.reading import GpuIdentity, Reading, unavailable
+from gpuhistory.domain.states import GPUState
+from gpuhistory.storage.log import LogStore, TickRecord, event_row, sample_row, transition_row
+from gpuhistory.storage.queries import cooldown_starts
+from gpuhistory.storage.schema import samples, transitions
+
+
+@dataclass(frozen=True, slots=True)
+class Latest:
+    """The newest classified reading of a GPU, kept in memory for in-process callers."""
+
+    reading: Reading
+    state: GPUState
+    effective: GPUState
+    ts_ms: int
+
+
+class Pipeline:
+    def __init__(
+        self,
+        store: LogStore,
+        backend_name: str,
+        config: Callable[[], Config],
+        *,
+        fill_missing: bool = True,
+    ) -> None:
+        self.store = store
+        self.backend_name = backend_name
+        self.config = config
+        self.fill_missing = fill_missing
+        self.tracks: dict[int, GpuTrack] = {}
+        self.gpu_ids: dict[int, int] = {}  # index → gpus.id
+        self.uuids: dict[int, str] = {}
+        self.last_ts: dict[int, int] = {}
+        self.latest: dict[int, Latest] = {}
+
+    # -- restart -----------------------------------------------------------------------
+    def restore(self, now_ms: int) -> None:
+        """Rebuild each known GPU's track from the log, so a restart changes nothing."""
+        config = self.config()
+        for gpu in self.store.known_gpus(self.backend_name):
+            self.gpu_ids[gpu.gpu_index] = gpu.id
+            self.uuids[gpu.gpu_index] = gpu.uuid
+            track, newest_ms = self._restored_track(gpu.id, gpu.memory_total_mib, config,
+                                                    now_ms)
+            self.tracks[gpu.gpu_index] = track
+            if newest_ms is not None:
+                self.last_ts[gpu.gpu_index] = newest_ms
+
+    def _restored_track(self, gpu_id: int, total_mib: int | None, config: Config,
+                        now_ms: int) -> tuple[GpuTrack, int | None]:
+        t = transitions.c
+        with self.store.engine.connect() as conn:
+            last = conn.execute(
+                sa.select(t.to_state).where(t.gpu_id == gpu_id)
+                .order_by(t.ts_ms.desc(), t.id.desc()).limit(1)
+            ).scalar()
+            s = samples.c
+            newest = conn.execute(
+                sa.select(s.ts_ms, s.temperature_c, s.memory_used_mib)
+                .where(s.gpu_id == gpu_id).order_by(s.ts_ms.desc()).limit(1)
+            ).first()
+            if last is None:
+                return GpuTrack(), None if newest is None else newest.ts_ms
+            left_hot, left_critical = cooldown_starts(conn, gpu_id, now_ms)
+        state = GPUState(last)
+        throttled_until = (None if left_hot is None
+                           else left_hot + round(config.throttle_cooldown_seconds * 1000))
+        critical_until = (None if left_critical is None
+                          else left_critical + round(config.critical_pause_seconds * 1000))
+        temp_level = mem_level = None
+        if state is not GPUState.UNAVAILABLE and newest is not None:
+            mem_pct = (None if newest.memory_used_mib is None or not total_mib
+                       else 100.0 * newest.memory_used_mib / total_mib)
+            # The level with the hysteresis band, capped at the stored state, is the level
+            # the last tick ended on whenever that tick was classified with this config.
+            temp_level = min(int(state), level_with_hysteresis(
+                newest.temperature_c, temperature_boundaries(config), 3, config.hysteresis_c))
+            mem_level = min(int(state), level_with_hysteresis(
+                mem_pct, memory_boundaries(config), 3, config.hysteresis_pct))
+        track = GpuTrack(
+            state=state, temp_level=temp_level, mem_level=mem_level,
+            effective=effective_state(state, now_ms, throttled_until, critical_until),
+            throttled_until_ms=throttled_until, critical_until_ms=critical_until,
+        )
+        return track, None if newest is None else newest.ts_ms
+
+    # -- ticks -------------------------------------------------------------------------
+    def _resolve(self, reading: Reading, identities: Mapping[str, GpuIdentity],
+                 ts_ms: int) -> int | None:
+        if reading.uuid is None:
+            return self.gpu_ids.get(reading.index)
+        known = identities.get(reading.uuid)
+        identity = GpuIdentity(
+            index=reading.index, uuid=reading.uuid,
+            name=reading.name if reading.name is not None else getattr(known, "name", None),
+            memory_total_mib=reading.memory_total_mib,
+            power_limit_w=reading.power_limit_w,
+            slowdown_temp_c=getattr(known, "slowdown_temp_c", None),
+            shutdown_temp_c=getattr(known, "shutdown_temp_c", None),
+        )
+        gpu_id = self.store.gpu_id(identity, self.backend_name, ts_ms)
+        if self.gpu_ids.get(reading.index) != gpu_id:
+            if self.gpu_ids.get(reading.index) is not None:
+                self.tracks.pop(reading.index, None)  # another card now has this index
+            self.gpu_ids[reading.index] = gpu_id
+            self.uuids[reading.index] = reading.uuid
+        return gpu_id
+
+    def process(
+        self,
+        ts_ms: int,
+        readings: Iterable[Reading],
+        identities: Mapping[str, GpuIdentity] | None = None,
+        record: TickRecord | None = None,
+    ) -> TickRecord:
+        """Classify one tick's readings; the rows it adds go into ``record``."""
+        record = record if record is not None else TickRecord()
+        config = self.config()
+        seen: set[int] = set()
+        batch = list(readings)
+        if self.fill_missing:
+            reported = {r.index for r in batch}
+            batch.extend(
+                unavailable(index, "not reported by the backend", self.uuids.get(index))
+                for index in self.gpu_ids if index not in reported
+            )
+        for reading in batch:
+            gpu_id = self._resolve(reading, identities or {}, ts_ms)
+            if gpu_id is None or reading.index in seen:
+                continue
+            seen.add(reading.index)
+            ts = max(ts_ms, self.last_ts.get(reading.index, ts_ms - 1) + 1)
+            self.last_ts[reading.index] = ts
+            result = classify(reading, self.tracks.get(reading.index, GpuTrack()), config, ts)
+            self.tracks[reading.index] = result.track
+            self.latest[reading.index] = Latest(reading, result.state, result.effective, ts)
+            record.samples.append(sample_row(gpu_id, ts, int(result.state), reading))
+            if result.transition is not None:
+                record.transitions.append(transition_row(gpu_id, result.transition))
+            for draft in result.events:
+                record.events.append(event_row(gpu_id, draft))
+                record.drafts.append(draft)
+        return record

@@ -1,0 +1,147 @@
+"""The sampling job: read every GPU, classify, persist the tick in one transaction.
+
+Scheduled by APScheduler 3's BackgroundScheduler as one interval job (explicit id,
+``max_instances=1``, ``coalesce=True``): the interval trigger computes fire times from its
+start, so the cadence does not drift. ``tick()`` is also callable directly, which is how
+tests drive it with a fake clock.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from gpuhistory.callbacks import CallbackRegistry, Event, make_event
+from gpuhistory.clock import Clock
+from gpuhistory.domain.events import EventDraft, EventKind
+from gpuhistory.domain.metrics import GPUMetrics
+from gpuhistory.sampling.backend import Backend
+from gpuhistory.sampling.pipeline import Pipeline
+from gpuhistory.storage.log import LogStore, TickRecord
+
+log = logging.getLogger(__name__)
+
+SAMPLE_JOB_ID = "gpuhistory.sample"
+
+
+@dataclass(frozen=True, slots=True)
+class TickStats:
+    ts_ms: int
+    gpus: int
+    seconds: float
+    error: str | None = None
+
+
+class Sampler:
+    def __init__(
+        self,
+        backend: Backend,
+        pipeline: Pipeline,
+        store: LogStore,
+        clock: Clock,
+        interval: Callable[[], float] | float = 3.0,
+        callbacks: CallbackRegistry | None = None,
+    ) -> None:
+        self.backend = backend
+        self.pipeline = pipeline
+        self.store = store
+        self.clock = clock
+        self._interval = interval
+        self.callbacks = callbacks or CallbackRegistry()
+        self.last_tick: TickStats | None = None
+        self.last_success_ms: int | None = None
+        self._scheduler: BackgroundScheduler | None = None
+        self._tick_lock = threading.Lock()
+
+    @property
+    def interval(self) -> float:
+        return float(self._interval() if callable(self._interval) else self._interval)
+
+    # -- one tick ----------------------------------------------------------------------
+    def tick(self) -> TickRecord:
+        """Sample every GPU once and append the result to the log."""
+        with self._tick_lock:
+            started = time.perf_counter()
+            readings = self.backend.read()
+            ts_ms = self.clock.now_ms()
+            record = self.pipeline.process(
+                ts_ms, readings, {i.uuid: i for i in self.backend.identities()}
+            )
+            ids = self.store.write(record)
+            self.last_success_ms = ts_ms
+            self.last_tick = TickStats(ts_ms, len(record.samples),
+                                       time.perf_counter() - started)
+        if self.callbacks and record.drafts:
+            self.callbacks.dispatch(self._events(record.drafts, ids))
+        return record
+
+    def _events(self, drafts: list[EventDraft], ids: list[int]) -> list[Event]:
+        out = []
+        for draft, event_id in zip(drafts, ids, strict=True):
+            metrics = None
+            latest = self.pipeline.latest.get(draft.gpu_index) if draft.gpu_index is not None \
+                else None
+            if latest is not None:
+                metrics = GPUMetrics.from_reading(latest.reading, latest.state, latest.ts_ms,
+                                                  self.backend.name)
+            out.append(make_event(event_id, str(draft.kind), draft.gpu_index, draft.ts_ms,
+                                  dict(draft.payload), metrics))
+        return out
+
+    def safe_tick(self) -> None:
+        """The scheduled job: a failing tick is logged and recorded, never raised."""
+        try:
+            self.tick()
+        except Exception as exc:  # the next tick must still run
+            log.exception("sampling tick failed")
+            self.last_tick = TickStats(self.clock.now_ms(), 0, 0.0, f"{type(exc).__name__}: {exc}")
+
+    # -- schedule ----------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self._scheduler is not None and self._scheduler.running
+
+    def start(self) -> None:
+        """Start the interval job (first tick at once) and log ``monitoring_started``."""
+        if self.running:
+            return
+        scheduler = BackgroundScheduler(
+            job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": None},
+            timezone="UTC",
+        )
+        interval = self.interval
+        scheduler.add_job(
+            self.safe_tick, "interval", seconds=interval, id=SAMPLE_JOB_ID,
+            name="sample every GPU", next_run_time=datetime.now().astimezone(),
+        )
+        self._scheduler = scheduler
+        self._append(EventKind.MONITORING_STARTED, interval_seconds=interval,
+                     backend=self.backend.name)
+        scheduler.start()
+
+    def stop(self, reason: str = "requested") -> None:
+        """Stop scheduling; wait for the tick in flight; log ``monitoring_stopped``."""
+        scheduler, self._scheduler = self._scheduler, None
+        if scheduler is None:
+            return
+        scheduler.shutdown(wait=True)
+        with self._tick_lock:  # a tick started by hand finishes too
+            pass
+        self._append(EventKind.MONITORING_STOPPED, reason=reason)
+        self.store.finalize_last_seen(self.clock.now_ms(), list(self.pipeline.gpu_ids.values()))
+
+    def _append(self, kind: EventKind, **payload: object) -> None:
+        draft = EventDraft(kind=kind, ts_ms=self.clock.now_ms(), payload=payload)
+        try:
+            ids = self.store.append_events([draft])
+        except Exception:
+            log.exception("could not log %s", kind)
+            return
+        if self.callbacks:
+            self.callbacks.dispatch([make_event(ids[0], str(kind), None, draft.ts_ms, payload)])

@@ -1,0 +1,1 @@
+"""The SQL log: table definitions, the engine's life, the write path and the read queries."""

@@ -1,0 +1,194 @@
+"""The write path of the log: one writer for gpus, samples, transitions and events.
+
+A tick is written in one transaction: its samples, and its transitions and events when
+something changed. Imports use the same path in large batches inside one transaction.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from gpuhistory.domain.classify import Transition
+from gpuhistory.domain.events import EventDraft
+from gpuhistory.domain.reading import GpuIdentity, Reading
+from gpuhistory.storage.schema import events, gpus, samples, transitions
+
+LAST_SEEN_EVERY_MS = 60_000
+
+
+@dataclass(slots=True)
+class StoredEvent:
+    """An event as the log holds it: with its id and the GPU's index on its host."""
+
+    id: int
+    ts_ms: int
+    kind: str
+    gpu_index: int | None
+    payload: dict[str, Any]
+
+
+@dataclass(slots=True)
+class TickRecord:
+    """Everything one tick (or one imported batch) adds to the log."""
+
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    transitions: list[dict[str, Any]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    # (gpu_index, draft) in the order of ``events``, for callbacks after commit.
+    drafts: list[EventDraft] = field(default_factory=list)
+
+    def extend(self, other: TickRecord) -> None:
+        self.samples.extend(other.samples)
+        self.transitions.extend(other.transitions)
+        self.events.extend(other.events)
+        self.drafts.extend(other.drafts)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+
+def sample_row(gpu_id: int, ts_ms: int, state: int, r: Reading) -> dict[str, Any]:
+    """The samples row for a reading (power stored as integer deciwatts)."""
+    return {
+        "gpu_id": gpu_id,
+        "ts_ms": ts_ms,
+        "state": state,
+        "temperature_c": r.temperature_c,
+        "memory_temperature_c": r.memory_temperature_c,
+        "memory_used_mib": r.memory_used_mib,
+        "utilization_pct": r.utilization_pct,
+        "power_dw": None if r.power_w is None else round(r.power_w * 10),
+        "sm_clock_mhz": r.sm_clock_mhz,
+        "mem_clock_mhz": r.mem_clock_mhz,
+        "clock_event_reasons": r.clock_event_reasons,
+        "pstate": r.pstate,
+        "fan_pct": r.fan_pct,
+    }
+
+
+def transition_row(gpu_id: int, t: Transition) -> dict[str, Any]:
+    return {
+        "gpu_id": gpu_id,
+        "ts_ms": t.ts_ms,
+        "from_state": None if t.from_state is None else int(t.from_state),
+        "to_state": int(t.to_state),
+        "cause": t.cause,
+        "temperature_c": t.temperature_c,
+        "memory_percent": t.memory_percent,
+    }
+
+
+def event_row(gpu_id: int | None, draft: EventDraft) -> dict[str, Any]:
+    return {"ts_ms": draft.ts_ms, "gpu_id": gpu_id, "kind": str(draft.kind),
+            "payload": draft.payload}
+
+
+class LogStore:
+    """Writes to the log for one host. Thread-safe; one instance per process and engine."""
+
+    def __init__(self, engine: sa.Engine, host: str) -> None:
+        self.engine = engine
+        self.host = host
+        self._gpu_ids: dict[str, int] = {}  # uuid → gpus.id
+        self._gpu_facts: dict[int, tuple[Any, ...]] = {}
+        self._last_seen_written: dict[int, int] = {}
+        self._lock = threading.Lock()
+
+    # -- GPUs --------------------------------------------------------------------------
+    def gpu_id(self, identity: GpuIdentity, backend: str, ts_ms: int) -> int:
+        """The gpus.id of a device on this host, creating or refreshing its row as needed."""
+        facts = (identity.index, identity.name, identity.memory_total_mib,
+                 identity.power_limit_w, identity.slowdown_temp_c, identity.shutdown_temp_c,
+                 backend)
+        with self._lock:
+            known = self._gpu_ids.get(identity.uuid)
+            if known is not None and self._gpu_facts.get(known) == facts:
+                return known
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                sa.select(gpus.c.id).where(gpus.c.host == self.host,
+                                           gpus.c.uuid == identity.uuid)
+            ).first()
+            values = {
+                "gpu_index": identity.index, "name": identity.name,
+                "memory_total_mib": identity.memory_total_mib,
+                "power_limit_w": identity.power_limit_w,
+                "slowdown_temp_c": identity.slowdown_temp_c,
+                "shutdown_temp_c": identity.shutdown_temp_c, "backend": backend,
+                "last_seen_ms": ts_ms,
+            }
+            if row is None:
+                gpu_id = conn.execute(
+                    gpus.insert().values(host=self.host, uuid=identity.uuid,
+                                         first_seen_ms=ts_ms, **values)
+                ).inserted_primary_key[0]
+            else:
+                gpu_id = row[0]
+                conn.execute(gpus.update().where(gpus.c.id == gpu_id).values(**values))
+        with self._lock:
+            self._gpu_ids[identity.uuid] = gpu_id
+            self._gpu_facts[gpu_id] = facts
+            self._last_seen_written[gpu_id] = ts_ms
+        return gpu_id
+
+    def known_gpus(self, backend: str | None = None) -> list[sa.Row[Any]]:
+        """This host's GPUs (optionally of one backend), lowest index first."""
+        query = sa.select(gpus).where(gpus.c.host == self.host)
+        if backend is not None:
+            query = query.where(gpus.c.backend == backend)
+        with self.engine.connect() as conn:
+            return list(conn.execute(query.order_by(gpus.c.gpu_index, gpus.c.id)))
+
+    # -- writes ------------------------------------------------------------------------
+    def write(self, record: TickRecord, conn: sa.Connection | None = None) -> list[int]:
+        """Append a tick's rows in one transaction; returns the new event ids in order."""
+        if conn is None:
+            with self.engine.begin() as own:
+                ids = self._write(own, record)
+                self._touch_last_seen(own, record)
+            return ids
+        return self._write(conn, record)
+
+    def _write(self, conn: sa.Connection, record: TickRecord) -> list[int]:
+        if record.samples:
+            conn.execute(samples.insert(), record.samples)
+        if record.transitions:
+            conn.execute(transitions.insert(), record.transitions)
+        return [
+            conn.execute(events.insert().values(**row)).inserted_primary_key[0]
+            for row in record.events
+        ]
+
+    def _touch_last_seen(self, conn: sa.Connection, record: TickRecord) -> None:
+        stale: dict[int, int] = {}
+        for row in record.samples:
+            gpu_id, ts = row["gpu_id"], row["ts_ms"]
+            if ts - self._last_seen_written.get(gpu_id, 0) >= LAST_SEEN_EVERY_MS:
+                stale[gpu_id] = max(ts, stale.get(gpu_id, 0))
+        for gpu_id, ts in stale.items():
+            conn.execute(gpus.update().where(gpus.c.id == gpu_id).values(last_seen_ms=ts))
+            self._last_seen_written[gpu_id] = ts
+
+    def append_events(self, drafts: Iterable[EventDraft],
+                      gpu_ids: dict[int, int] | None = None) -> list[int]:
+        """Append events that no tick produced (service_started, monitoring_stopped, ...)."""
+        record = TickRecord()
+        for draft in drafts:
+            gpu_id = None if draft.gpu_index is None else (gpu_ids or {}).get(draft.gpu_index)
+            record.events.append(event_row(gpu_id, draft))
+        return self.write(record)
+
+    def finalize_last_seen(self, ts_ms: int, gpu_ids: Sequence[int]) -> None:
+        """On shutdown: make ``last_seen_ms`` exact."""
+        if not gpu_ids:
+            return
+        with self.engine.begin() as conn:
+            conn.execute(
+                gpus.update().where(gpus.c.id.in_(list(gpu_ids)),
+                                    gpus.c.last_seen_ms < ts_ms).values(last_seen_ms=ts_ms)
+            )

@@ -1,0 +1,84 @@
+"""Table definitions (SQLAlchemy Core) used by queries and the write path.
+
+The schema itself is created and changed only by the Alembic migrations in
+``migrations/``; a test checks that these definitions and the migrated database agree.
+
+Size matters for ``samples`` (one row per GPU per tick): integer columns only, a
+``WITHOUT ROWID`` table clustered on (gpu, ts) so a GPU's history is one range scan, power
+as integer deciwatts, and facts that rarely change (name, total memory, power limit) kept
+on ``gpus`` rather than repeated per row.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+# An auto-incrementing 64-bit id that is also SQLite's rowid alias.
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+gpus = sa.Table(
+    "gpus",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("host", sa.String(255), nullable=False),
+    sa.Column("gpu_index", sa.SmallInteger, nullable=False),
+    sa.Column("uuid", sa.String(96), nullable=False),
+    sa.Column("name", sa.String(255)),
+    sa.Column("memory_total_mib", sa.Integer),
+    sa.Column("power_limit_w", sa.Float),
+    sa.Column("slowdown_temp_c", sa.SmallInteger),
+    sa.Column("shutdown_temp_c", sa.SmallInteger),
+    sa.Column("backend", sa.String(16), nullable=False),
+    sa.Column("first_seen_ms", sa.BigInteger, nullable=False),
+    sa.Column("last_seen_ms", sa.BigInteger, nullable=False),
+    sa.UniqueConstraint("host", "uuid", name="uq_gpus_host_uuid"),
+    sa.Index("ix_gpus_host_index", "host", "gpu_index"),
+)
+
+samples = sa.Table(
+    "samples",
+    metadata,
+    sa.Column("gpu_id", sa.Integer, sa.ForeignKey("gpus.id"), primary_key=True),
+    sa.Column("ts_ms", sa.BigInteger, primary_key=True),
+    sa.Column("state", sa.SmallInteger, nullable=False),
+    sa.Column("temperature_c", sa.SmallInteger),
+    sa.Column("memory_temperature_c", sa.SmallInteger),
+    sa.Column("memory_used_mib", sa.Integer),
+    sa.Column("utilization_pct", sa.SmallInteger),
+    sa.Column("power_dw", sa.Integer),  # deciwatts
+    sa.Column("sm_clock_mhz", sa.SmallInteger),
+    sa.Column("mem_clock_mhz", sa.SmallInteger),
+    sa.Column("clock_event_reasons", sa.BigInteger),
+    sa.Column("pstate", sa.SmallInteger),
+    sa.Column("fan_pct", sa.SmallInteger),
+    sqlite_with_rowid=False,
+)
+
+transitions = sa.Table(
+    "transitions",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("gpu_id", sa.Integer, sa.ForeignKey("gpus.id"), nullable=False),
+    sa.Column("ts_ms", sa.BigInteger, nullable=False),
+    sa.Column("from_state", sa.SmallInteger),
+    sa.Column("to_state", sa.SmallInteger, nullable=False),
+    sa.Column("cause", sa.String(16), nullable=False),
+    sa.Column("temperature_c", sa.SmallInteger),
+    sa.Column("memory_percent", sa.Float),
+    sa.Index("ix_transitions_gpu_ts", "gpu_id", "ts_ms"),
+)
+
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("ts_ms", sa.BigInteger, nullable=False),
+    sa.Column("gpu_id", sa.Integer, sa.ForeignKey("gpus.id")),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("payload", sa.JSON, nullable=False),
+    sa.Index("ix_events_kind_id", "kind", "id"),
+    sa.Index("ix_events_gpu_id", "gpu_id", "id"),
+    sa.Index("ix_events_ts", "ts_ms"),
+)
