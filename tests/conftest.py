@@ -40,3 +40,43 @@ def store(engine: sa.Engine) -> LogStore:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
+
+
+class LiveServer:
+    """A real HTTP server (waitress) running the app in a thread, on a free port."""
+
+    def __init__(self, app) -> None:
+        import threading
+
+        from waitress.server import create_server
+
+        self.server = create_server(app, host="127.0.0.1", port=0, threads=4)
+        self.url = f"http://127.0.0.1:{self.server.effective_port}"
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        from waitress import wasyncore
+
+        self.server.task_dispatcher.shutdown()
+        wasyncore.close_all(self.server._map)
+        self.thread.join(5)
+
+
+@pytest.fixture
+def live_api(engine: sa.Engine, clock: FakeClock):
+    """Factory: start the app over real HTTP with a given sampler (or none)."""
+    from gpuhistory.api.app import create_app
+    from gpuhistory.context import ServiceContext
+
+    servers: list[LiveServer] = []
+
+    def start(sampler=None, host: str = "testhost") -> LiveServer:
+        context = ServiceContext(engine=engine, host=host, clock=clock, sampler=sampler)
+        server = LiveServer(create_app(context))
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.close()

@@ -221,3 +221,16 @@ def test_scheduler_runs_ticks_and_stops_cleanly(store, engine) -> None:
     assert count(engine, "events", "kind = 'monitoring_started'") == 1
     assert count(engine, "events", "kind = 'monitoring_stopped'") == 1
     assert count(engine, "samples") >= 3
+
+
+def test_a_lost_gpu_keeps_its_recorded_name_and_memory(store, clock, engine) -> None:
+    """An unavailable reading carries no facts; the gpus row keeps name and total memory."""
+    backend = ScriptedBackend(1)
+    sampler = make_sampler(store, clock, backend)
+    sampler.tick()
+    backend.lost.add(0)
+    clock.advance(1)
+    sampler.tick()
+    with engine.connect() as conn:
+        row = conn.execute(sa.text("SELECT name, memory_total_mib FROM gpus")).one()
+    assert tuple(row) == ("card 0", 1000)

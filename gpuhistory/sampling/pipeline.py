@@ -111,8 +111,12 @@ class Pipeline:
     # -- ticks -------------------------------------------------------------------------
     def _resolve(self, reading: Reading, identities: Mapping[str, GpuIdentity],
                  ts_ms: int) -> int | None:
-        if reading.uuid is None:
-            return self.gpu_ids.get(reading.index)
+        known_id = self.gpu_ids.get(reading.index)
+        if reading.uuid is None or (
+            not reading.available and self.uuids.get(reading.index) == reading.uuid
+        ):
+            # An unavailable reading says nothing new about the card: keep its row as it is.
+            return known_id
         known = identities.get(reading.uuid)
         identity = GpuIdentity(
             index=reading.index, uuid=reading.uuid,

@@ -1,0 +1,1 @@
+"""gpuhistory's benchmark harness: ``python -m bench [--quick] [--only NAME ...]``."""

@@ -1,0 +1,1 @@
+"""Flask app: the JSON API and health endpoints."""

@@ -1,0 +1,48 @@
+"""GET /healthz: is the database reachable, how old is the last tick, which backend."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from flask import Blueprint, Response, jsonify
+
+from gpuhistory.api.common import ctx
+from gpuhistory.clock import iso_utc
+from gpuhistory.storage.queries import newest_sample_ms
+
+bp = Blueprint("health", __name__)
+
+
+@bp.get("/healthz")
+def healthz() -> tuple[Response, int]:
+    """200 when healthy or degraded (stale ticks, backend failing); 503 when the DB is down."""
+    c = ctx()
+    now = c.clock.now_ms()
+    body: dict[str, Any] = {"status": "ok", "host": c.host}
+    try:
+        with c.engine.connect() as conn:
+            revision = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+            newest = newest_sample_ms(conn, c.host)
+        body["database"] = {"ok": True, "revision": revision, "dialect": c.engine.dialect.name}
+    except sa.exc.SQLAlchemyError as exc:
+        body.update(status="down", database={"ok": False, "error": type(exc).__name__})
+        return jsonify(body), 503
+    sampler = c.sampler
+    interval = c.config().monitor_interval if sampler is None else sampler.interval
+    age = None if newest is None else round((now - newest) / 1000, 3)
+    body["last_sample"] = {"timestamp": iso_utc(newest), "age_seconds": age}
+    if sampler is not None:
+        health = sampler.backend.health()
+        tick = sampler.last_tick
+        body["backend"] = {"name": sampler.backend.name, "ok": health.ok, "detail": health.detail}
+        body["monitoring"] = sampler.running
+        body["last_tick"] = None if tick is None else {
+            "timestamp": iso_utc(tick.ts_ms), "gpus": tick.gpus,
+            "duration_ms": round(tick.seconds * 1000, 3), "error": tick.error,
+        }
+        if not health.ok or (tick is not None and tick.error):
+            body["status"] = "degraded"
+        if sampler.running and (age is None or age > 3 * interval + 5):
+            body["status"] = "degraded"
+    return jsonify(body), 200

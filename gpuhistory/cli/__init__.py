@@ -1,0 +1,1 @@
+"""The gpuhistory command line."""

@@ -1,0 +1,43 @@
+"""Choosing the backend: ``nvml``, ``sim``, or ``auto`` (DESIGN §4)."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from gpuhistory.clock import Clock
+from gpuhistory.sampling.backend import Backend
+from gpuhistory.sampling.nvml import NvmlBackend, nvml_library_present
+from gpuhistory.sampling.sim import SimBackend
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "nvml", "sim")
+
+SIM_WARNING = (
+    "NVML library not found (no NVIDIA driver on this machine): falling back to the SIMULATED "
+    "backend, replaying {trace}. Every answer says \"backend\": \"sim\". "
+    "Install the NVIDIA driver, or pass --backend sim to silence this warning."
+)
+
+
+def select_backend(
+    kind: str,
+    clock: Clock,
+    trace: str | os.PathLike[str] | None = None,
+    sim_gpus: int | None = None,
+) -> Backend:
+    """The backend for ``kind``. ``auto`` uses NVML unless its library is absent.
+
+    When the library is present but failing, ``auto`` stays on NVML: the GPUs are reported
+    UNAVAILABLE and init is retried, rather than quietly showing simulated data.
+    """
+    if kind not in BACKENDS:
+        raise ValueError(f"unknown backend {kind!r}; one of {', '.join(BACKENDS)}")
+    if kind == "sim":
+        return SimBackend(clock, trace=trace, gpus=sim_gpus)
+    if kind == "nvml" or nvml_library_present():
+        return NvmlBackend(clock=clock)
+    backend = SimBackend(clock, trace=trace, gpus=sim_gpus)
+    log.warning(SIM_WARNING.format(trace=backend.trace))
+    return backend

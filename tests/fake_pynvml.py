@@ -1,0 +1,307 @@
+"""A fake ``pynvml`` module for tests, driven by named scenarios.
+
+It exposes only the names ``NvmlBackend`` uses. Results are the real binding's ctypes
+structures (``c_nvmlMemory_t``, ``c_nvmlFieldValue_t``...), so the backend is tested against
+their real layout; errors are ``NVMLError`` with ``.value`` and the real binding's texts.
+Devices are configured per index; ``calls`` counts every function called.
+"""
+
+from __future__ import annotations
+
+import types
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pynvml
+
+MIB = 1024 * 1024
+_VALUE_MEMBERS = {  # c_nvmlFieldValue_t.valueType → the union member that holds the value
+    pynvml.NVML_VALUE_TYPE_DOUBLE: "dVal",
+    pynvml.NVML_VALUE_TYPE_UNSIGNED_INT: "uiVal",
+    pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG: "ulVal",
+    pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG: "ullVal",
+    pynvml.NVML_VALUE_TYPE_SIGNED_LONG_LONG: "sllVal",
+    pynvml.NVML_VALUE_TYPE_SIGNED_INT: "siVal",
+    pynvml.NVML_VALUE_TYPE_UNSIGNED_SHORT: "usVal",
+}
+
+
+class NVMLError(Exception):
+    """An NVML error code, printed as pynvml prints it."""
+
+    def __init__(self, value: int) -> None:
+        super().__init__(value)
+        self.value = value
+
+    def __str__(self) -> str:
+        return pynvml.NVMLError._errcode_to_string.get(
+            self.value, f"NVML Error with code {self.value}")
+
+
+@dataclass
+class FakeDevice:
+    """One GPU's answers.
+
+    ``errors`` maps an NVML function name to the error code it raises for this device (or
+    to any other exception, raised as is); ``field_errors`` maps a field id to the per-value
+    return of ``nvmlDeviceGetFieldValues``.
+    """
+
+    uuid: str
+    name: str = "NVIDIA H100 80GB HBM3"
+    memory_total: int = 81559 * MIB
+    memory_used: int = 20480 * MIB + 123
+    temperature: int = 45
+    memory_temperature: float = 52
+    memory_temperature_type: int = pynvml.NVML_VALUE_TYPE_UNSIGNED_INT
+    utilization: int = 37
+    power_mw: int = 312_450
+    power_limit_mw: int = 700_000
+    sm_clock: int = 1980
+    mem_clock: int = 2619
+    clock_event_reasons: int = 0x4  # SwPowerCap
+    pstate: int = 0
+    fan: int = 41
+    slowdown_c: int = 89
+    shutdown_c: int = 95
+    errors: dict[str, int | Exception] = field(default_factory=dict)
+    field_errors: dict[int, int] = field(default_factory=dict)
+    lost: bool = False  # every call for it raises GPU_IS_LOST
+    generation: int = 0  # bumped on recovery: handles taken before it are stale
+
+
+@dataclass(frozen=True)
+class FakeHandle:
+    index: int
+    device: FakeDevice
+    generation: int
+
+
+def h100(index: int) -> FakeDevice:
+    """A data-centre card: no fan to report."""
+    return FakeDevice(uuid=f"GPU-fake-h100-{index:04d}",
+                      errors={"nvmlDeviceGetFanSpeed": pynvml.NVML_ERROR_NOT_SUPPORTED})
+
+
+def rtx4090(index: int) -> FakeDevice:
+    """A consumer card: a fan, but no memory temperature."""
+    return FakeDevice(
+        uuid=f"GPU-fake-4090-{index:04d}", name="NVIDIA GeForce RTX 4090",
+        memory_total=24564 * MIB, memory_used=1200 * MIB, power_mw=35_120,
+        power_limit_mw=450_000, sm_clock=210, mem_clock=405, clock_event_reasons=0x1,
+        pstate=8, fan=30, slowdown_c=90, shutdown_c=100,
+        field_errors={pynvml.NVML_FI_DEV_MEMORY_TEMP: pynvml.NVML_ERROR_NOT_SUPPORTED},
+    )
+
+
+class FakeNvml(types.ModuleType):
+    """Stands in for the ``pynvml`` module."""
+
+    NVML_SUCCESS = pynvml.NVML_SUCCESS
+    NVML_ERROR_UNINITIALIZED = pynvml.NVML_ERROR_UNINITIALIZED
+    NVML_ERROR_INVALID_ARGUMENT = pynvml.NVML_ERROR_INVALID_ARGUMENT
+    NVML_ERROR_NOT_SUPPORTED = pynvml.NVML_ERROR_NOT_SUPPORTED
+    NVML_ERROR_NO_PERMISSION = pynvml.NVML_ERROR_NO_PERMISSION
+    NVML_ERROR_DRIVER_NOT_LOADED = pynvml.NVML_ERROR_DRIVER_NOT_LOADED
+    NVML_ERROR_TIMEOUT = pynvml.NVML_ERROR_TIMEOUT
+    NVML_ERROR_LIBRARY_NOT_FOUND = pynvml.NVML_ERROR_LIBRARY_NOT_FOUND
+    NVML_ERROR_FUNCTION_NOT_FOUND = pynvml.NVML_ERROR_FUNCTION_NOT_FOUND
+    NVML_ERROR_GPU_IS_LOST = pynvml.NVML_ERROR_GPU_IS_LOST
+    NVML_ERROR_NO_DATA = pynvml.NVML_ERROR_NO_DATA
+    NVML_ERROR_UNKNOWN = pynvml.NVML_ERROR_UNKNOWN
+    NVML_TEMPERATURE_GPU = pynvml.NVML_TEMPERATURE_GPU
+    NVML_TEMPERATURE_THRESHOLD_SHUTDOWN = pynvml.NVML_TEMPERATURE_THRESHOLD_SHUTDOWN
+    NVML_TEMPERATURE_THRESHOLD_SLOWDOWN = pynvml.NVML_TEMPERATURE_THRESHOLD_SLOWDOWN
+    NVML_CLOCK_SM = pynvml.NVML_CLOCK_SM
+    NVML_CLOCK_MEM = pynvml.NVML_CLOCK_MEM
+    NVML_FI_DEV_MEMORY_TEMP = pynvml.NVML_FI_DEV_MEMORY_TEMP
+    NVML_VALUE_TYPE_DOUBLE = pynvml.NVML_VALUE_TYPE_DOUBLE
+    NVML_VALUE_TYPE_UNSIGNED_INT = pynvml.NVML_VALUE_TYPE_UNSIGNED_INT
+    NVML_VALUE_TYPE_UNSIGNED_LONG = pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG
+    NVML_VALUE_TYPE_UNSIGNED_LONG_LONG = pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG
+    NVML_VALUE_TYPE_SIGNED_LONG_LONG = pynvml.NVML_VALUE_TYPE_SIGNED_LONG_LONG
+    NVML_VALUE_TYPE_SIGNED_INT = pynvml.NVML_VALUE_TYPE_SIGNED_INT
+    NVML_VALUE_TYPE_UNSIGNED_SHORT = pynvml.NVML_VALUE_TYPE_UNSIGNED_SHORT
+    NVMLError = NVMLError
+
+    def __init__(self, devices: list[FakeDevice] | None = None, *,
+                 library_missing: bool = False, strings_as_bytes: bool = False) -> None:
+        super().__init__("fake_pynvml")
+        self.devices = list(devices or [])
+        self.library_missing = library_missing
+        self.strings_as_bytes = strings_as_bytes
+        self.init_error: int | None = None
+        self.init_failures_left: int | None = 0  # None: fail for ever
+        self.refcount = 0
+        self.calls: Counter[str] = Counter()
+
+    # -- scenario controls ---------------------------------------------------------------
+    def fail_init(self, code: int, times: int | None = None) -> None:
+        """nvmlInit raises ``code`` the next ``times`` calls (for ever if None)."""
+        self.init_error, self.init_failures_left = code, times
+
+    def lose(self, index: int) -> None:
+        """The GPU falls off the bus: every call for it raises GPU_IS_LOST."""
+        self.devices[index].lost = True
+
+    def recover(self, index: int) -> None:
+        """The GPU answers again, but only through a freshly acquired handle."""
+        self.devices[index].lost = False
+        self.devices[index].generation += 1
+
+    # -- plumbing --------------------------------------------------------------------------
+    def _begin(self, function: str) -> None:
+        self.calls[function] += 1
+        if self.refcount == 0:
+            raise NVMLError(self.NVML_ERROR_UNINITIALIZED)
+
+    def _device(self, function: str, handle: FakeHandle) -> FakeDevice:
+        self._begin(function)
+        device = handle.device
+        if device.lost or handle.generation != device.generation or (
+                self.devices[handle.index] is not device):
+            raise NVMLError(self.NVML_ERROR_GPU_IS_LOST)
+        error = device.errors.get(function)
+        if isinstance(error, Exception):
+            raise error
+        if error is not None:
+            raise NVMLError(error)
+        return device
+
+    def _text(self, value: str) -> str | bytes:
+        return value.encode() if self.strings_as_bytes else value
+
+    # -- the functions NvmlBackend calls ----------------------------------------------------
+    def nvmlInit(self) -> None:
+        self.calls["nvmlInit"] += 1
+        if self.library_missing:
+            raise NVMLError(self.NVML_ERROR_LIBRARY_NOT_FOUND)
+        if self.init_error is not None and self.init_failures_left != 0:
+            if self.init_failures_left is not None:
+                self.init_failures_left -= 1
+            raise NVMLError(self.init_error)
+        self.refcount += 1
+
+    def nvmlShutdown(self) -> None:
+        self._begin("nvmlShutdown")
+        self.refcount -= 1
+
+    def nvmlDeviceGetCount(self) -> int:
+        self._begin("nvmlDeviceGetCount")
+        return len(self.devices)
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> FakeHandle:
+        self._begin("nvmlDeviceGetHandleByIndex")
+        if not 0 <= index < len(self.devices):
+            raise NVMLError(self.NVML_ERROR_INVALID_ARGUMENT)
+        device = self.devices[index]
+        if device.lost:
+            raise NVMLError(self.NVML_ERROR_GPU_IS_LOST)
+        return FakeHandle(index, device, device.generation)
+
+    def nvmlDeviceGetUUID(self, handle: FakeHandle) -> str | bytes:
+        return self._text(self._device("nvmlDeviceGetUUID", handle).uuid)
+
+    def nvmlDeviceGetName(self, handle: FakeHandle) -> str | bytes:
+        return self._text(self._device("nvmlDeviceGetName", handle).name)
+
+    def nvmlDeviceGetMemoryInfo(self, handle: FakeHandle) -> pynvml.c_nvmlMemory_t:
+        device = self._device("nvmlDeviceGetMemoryInfo", handle)
+        return pynvml.c_nvmlMemory_t(total=device.memory_total, used=device.memory_used,
+                                     free=device.memory_total - device.memory_used)
+
+    def nvmlDeviceGetEnforcedPowerLimit(self, handle: FakeHandle) -> int:
+        return self._device("nvmlDeviceGetEnforcedPowerLimit", handle).power_limit_mw
+
+    def nvmlDeviceGetTemperatureThreshold(self, handle: FakeHandle, threshold: int) -> int:
+        device = self._device("nvmlDeviceGetTemperatureThreshold", handle)
+        if threshold == self.NVML_TEMPERATURE_THRESHOLD_SLOWDOWN:
+            return device.slowdown_c
+        if threshold == self.NVML_TEMPERATURE_THRESHOLD_SHUTDOWN:
+            return device.shutdown_c
+        raise NVMLError(self.NVML_ERROR_INVALID_ARGUMENT)
+
+    def nvmlDeviceGetTemperature(self, handle: FakeHandle, sensor: int) -> int:
+        device = self._device("nvmlDeviceGetTemperature", handle)
+        if sensor != self.NVML_TEMPERATURE_GPU:
+            raise NVMLError(self.NVML_ERROR_INVALID_ARGUMENT)
+        return device.temperature
+
+    def nvmlDeviceGetFieldValues(self, handle: FakeHandle, field_ids: list[int]) -> Any:
+        device = self._device("nvmlDeviceGetFieldValues", handle)
+        values = (pynvml.c_nvmlFieldValue_t * len(field_ids))()
+        for value, field_id in zip(values, field_ids, strict=True):
+            value.fieldId = field_id
+            supported = field_id == self.NVML_FI_DEV_MEMORY_TEMP
+            value.nvmlReturn = device.field_errors.get(
+                field_id, self.NVML_SUCCESS if supported else self.NVML_ERROR_NOT_SUPPORTED)
+            if value.nvmlReturn == self.NVML_SUCCESS:
+                value.valueType = device.memory_temperature_type
+                member = _VALUE_MEMBERS[device.memory_temperature_type]
+                setattr(value.value, member, device.memory_temperature)
+        return values
+
+    def nvmlDeviceGetUtilizationRates(self, handle: FakeHandle) -> pynvml.c_nvmlUtilization_t:
+        device = self._device("nvmlDeviceGetUtilizationRates", handle)
+        return pynvml.c_nvmlUtilization_t(gpu=device.utilization, memory=device.utilization // 2)
+
+    def nvmlDeviceGetPowerUsage(self, handle: FakeHandle) -> int:
+        return self._device("nvmlDeviceGetPowerUsage", handle).power_mw
+
+    def nvmlDeviceGetClockInfo(self, handle: FakeHandle, clock: int) -> int:
+        device = self._device("nvmlDeviceGetClockInfo", handle)
+        return {self.NVML_CLOCK_SM: device.sm_clock, self.NVML_CLOCK_MEM: device.mem_clock}[clock]
+
+    def nvmlDeviceGetCurrentClocksEventReasons(self, handle: FakeHandle) -> int:
+        return self._device("nvmlDeviceGetCurrentClocksEventReasons",
+                            handle).clock_event_reasons
+
+    def nvmlDeviceGetCurrentClocksThrottleReasons(self, handle: FakeHandle) -> int:
+        return self._device("nvmlDeviceGetCurrentClocksThrottleReasons",
+                            handle).clock_event_reasons
+
+    def nvmlDeviceGetPerformanceState(self, handle: FakeHandle) -> int:
+        return self._device("nvmlDeviceGetPerformanceState", handle).pstate
+
+    def nvmlDeviceGetFanSpeed(self, handle: FakeHandle) -> int:
+        return self._device("nvmlDeviceGetFanSpeed", handle).fan
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle: FakeHandle) -> int:
+        """Present only so a test can prove it is never called (~3 ms on an H100)."""
+        self._device("nvmlDeviceGetTotalEnergyConsumption", handle)
+        return 123_456_789
+
+
+class LegacyFakeNvml(FakeNvml):
+    """Bindings older than 12.535: bytes for strings, no ``...ClocksEventReasons``."""
+
+    def __init__(self, devices: list[FakeDevice] | None = None) -> None:
+        super().__init__(devices, strings_as_bytes=True)
+
+    @property
+    def nvmlDeviceGetCurrentClocksEventReasons(self) -> Any:  # type: ignore[override]
+        raise AttributeError("module 'pynvml' has no attribute "
+                             "'nvmlDeviceGetCurrentClocksEventReasons'")
+
+
+def _driver_not_loaded() -> FakeNvml:
+    nvml = FakeNvml()
+    nvml.fail_init(pynvml.NVML_ERROR_DRIVER_NOT_LOADED)
+    return nvml
+
+
+SCENARIOS: dict[str, Callable[[], FakeNvml]] = {
+    "one_h100": lambda: FakeNvml([h100(0)]),
+    "four_h100": lambda: FakeNvml([h100(i) for i in range(4)]),
+    "one_rtx4090": lambda: FakeNvml([rtx4090(0)]),
+    "old_bindings_h100": lambda: LegacyFakeNvml([h100(0)]),
+    "no_driver": lambda: FakeNvml(library_missing=True),
+    "driver_not_loaded": _driver_not_loaded,
+}
+
+
+def scenario(name: str) -> FakeNvml:
+    """A fresh fake for one of ``SCENARIOS``."""
+    return SCENARIOS[name]()
