@@ -5,12 +5,17 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
 from gpuhistory.clock import Clock, SystemClock
 from gpuhistory.domain.config import DEFAULT_CONFIG, Config
 from gpuhistory.sampling.sampler import Sampler
+
+if TYPE_CHECKING:
+    from gpuhistory.config.store import ConfigStore
+    from gpuhistory.leases.manager import LeaseManager
 
 
 def machine_name() -> str:
@@ -24,3 +29,7 @@ class ServiceContext:
     clock: Clock = field(default_factory=SystemClock)
     config: Callable[[], Config] = lambda: DEFAULT_CONFIG
     sampler: Sampler | None = None  # None in a process that only serves the API
+    config_store: ConfigStore | None = None  # runtime changes; None: ``config`` is fixed
+    leases: LeaseManager | None = None
+    api_token: str | None = None  # GPUHISTORY_TOKEN: guards every mutating endpoint
+    stream_seconds: float = 300.0  # how long one event-stream response lasts

@@ -1,4 +1,4 @@
-"""``serve``: the sampler and the WSGI app in one process, with a clean shutdown.
+"""``serve``: the sampler, the lease reaper and the WSGI app in one process.
 
 SIGTERM or SIGINT stops the scheduler (the tick in flight finishes and is committed), logs
 ``monitoring_stopped`` and ``service_stopped``, then closes the HTTP server.
@@ -13,15 +13,20 @@ import signal
 import threading
 from dataclasses import dataclass
 from types import FrameType
+from typing import Any
 
+from apscheduler.schedulers.background import BackgroundScheduler
 from waitress import wasyncore
 from waitress.server import create_server
 
 from gpuhistory.api.app import create_app
 from gpuhistory.clock import Clock, SystemClock
+from gpuhistory.config.layers import load_static
+from gpuhistory.config.store import ConfigStore
 from gpuhistory.context import ServiceContext, machine_name
-from gpuhistory.domain.config import DEFAULT_CONFIG, Config
 from gpuhistory.domain.events import EventDraft, EventKind
+from gpuhistory.leases.manager import LeaseManager
+from gpuhistory.sampling.control import should_monitor
 from gpuhistory.sampling.pipeline import Pipeline
 from gpuhistory.sampling.sampler import Sampler
 from gpuhistory.sampling.select import select_backend
@@ -29,6 +34,9 @@ from gpuhistory.storage.engine import make_engine, upgrade
 from gpuhistory.storage.log import LogStore
 
 log = logging.getLogger(__name__)
+
+REAP_JOB_ID = "gpuhistory.reap_leases"
+REAP_EVERY_SECONDS = 5
 
 
 @dataclass(frozen=True)
@@ -42,11 +50,26 @@ class ServeSettings:
     interval: float | None = None
     host_name: str | None = None
     threads: int = 8
+    config_file: str | None = None
+    api_token: str | None = None
+
+
+def stop_waitress(server: Any) -> None:
+    """Stop a waitress server running in another thread: its sockets are closed from inside
+    its own loop (through its trigger), so the loop never selects on a closed descriptor."""
+    def close_all() -> None:
+        wasyncore.close_all(server._map)
+
+    try:
+        server.trigger.pull_trigger(close_all)
+    except OSError:  # the loop is already gone
+        close_all()
+    server.task_dispatcher.shutdown()
 
 
 def is_loopback(address: str) -> bool:
-    if address in ("localhost", ""):
-        return address == "localhost"
+    if address == "localhost":
+        return True
     try:
         return ipaddress.ip_address(address).is_loopback
     except ValueError:
@@ -59,22 +82,27 @@ class Service:
     def __init__(self, settings: ServeSettings, clock: Clock | None = None) -> None:
         self.settings = settings
         self.clock = clock or SystemClock()
+        static = load_static(settings.config_file,
+                             overrides={"monitor_interval": settings.interval})
         self.engine = make_engine(settings.db)
         upgrade(self.engine)
-        config = DEFAULT_CONFIG
-        if settings.interval is not None:
-            config = config.changed(monitor_interval=settings.interval)
-        self.config: Config = config
+        self.config = ConfigStore(self.engine, static, self.clock)
         self.host = settings.host_name or machine_name()
         self.store = LogStore(self.engine, self.host)
         self.backend = select_backend(settings.backend, self.clock, settings.trace,
                                       settings.sim_gpus)
-        self.pipeline = Pipeline(self.store, self.backend.name, lambda: self.config)
+        self.pipeline = Pipeline(self.store, self.backend.name, self.config)
         self.pipeline.restore(self.clock.now_ms())
         self.sampler = Sampler(self.backend, self.pipeline, self.store, self.clock,
-                               interval=lambda: self.config.monitor_interval)
-        self.context = ServiceContext(engine=self.engine, host=self.host, clock=self.clock,
-                                      config=lambda: self.config, sampler=self.sampler)
+                               interval=lambda: self.config().monitor_interval)
+        self.leases = LeaseManager(self.engine, self.host, self.clock, self.config)
+        self.scheduler = BackgroundScheduler(timezone="UTC")
+        self.sampler.attach(self.scheduler)
+        self.context = ServiceContext(
+            engine=self.engine, host=self.host, clock=self.clock, config=self.config,
+            sampler=self.sampler, config_store=self.config, leases=self.leases,
+            api_token=settings.api_token,
+        )
         self.app = create_app(self.context)
         self._server = None
         self._stopping = threading.Event()
@@ -83,20 +111,32 @@ class Service:
         self.store.append_events([EventDraft(kind=kind, ts_ms=self.clock.now_ms(),
                                              payload=payload)])
 
+    def start_background(self) -> None:
+        """Start the scheduler: the lease reaper always, sampling unless stopped by request."""
+        self.scheduler.add_job(self.leases.reap, "interval", seconds=REAP_EVERY_SECONDS,
+                               id=REAP_JOB_ID, name="expire overdue leases",
+                               max_instances=1, coalesce=True, replace_existing=True)
+        self.scheduler.start()
+        if should_monitor(self.engine):
+            self.sampler.start()
+        else:
+            log.warning("monitoring stays stopped: it was stopped over the API; "
+                        "POST /api/gpu/monitoring/start resumes it")
+
     def run(self) -> None:
         """Serve until SIGTERM/SIGINT (or ``stop()``); then shut down cleanly."""
         s = self.settings
         self._server = create_server(self.app, host=s.bind, port=s.port, threads=s.threads,
                                      ident="gpuhistory", clear_untrusted_proxy_headers=True)
         self._event(EventKind.SERVICE_STARTED, pid=os.getpid(), backend=self.backend.name,
-                    bind=f"{s.bind}:{s.port}")
-        self.sampler.start()
+                    bind=f"{s.bind}:{self.port}")
+        self.start_background()
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
         log.info("gpuhistory serving on http://%s:%s (backend %s, %d GPU(s), db %s)",
-                 s.bind, self._server.effective_port, self.backend.name,  # type: ignore[union-attr]
-                 len(self.backend.identities()), self.engine.url.render_as_string())
+                 s.bind, self.port, self.backend.name, len(self.backend.identities()),
+                 self.engine.url.render_as_string())
         try:
             self._server.run()  # returns on SystemExit from the signal handler, or stop()
         except (OSError, ValueError):
@@ -123,12 +163,12 @@ class Service:
         if self._stopping.is_set() or self._server is None:
             return
         self._stopping.set()
-        server = self._server
-        server.task_dispatcher.shutdown()  # type: ignore[union-attr]
-        wasyncore.close_all(server._map)  # type: ignore[union-attr]
+        stop_waitress(self._server)
 
     def shutdown(self) -> None:
         self.sampler.stop(reason="service stopping")
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=True)
         self._event(EventKind.SERVICE_STOPPED, pid=os.getpid())
         self.backend.close()
         self.engine.dispose()

@@ -56,10 +56,9 @@ class LiveServer:
         self.thread.start()
 
     def close(self) -> None:
-        from waitress import wasyncore
+        from gpuhistory.service import stop_waitress
 
-        self.server.task_dispatcher.shutdown()
-        wasyncore.close_all(self.server._map)
+        stop_waitress(self.server)
         self.thread.join(5)
 
 
@@ -80,3 +79,70 @@ def live_api(engine: sa.Engine, clock: FakeClock):
     yield start
     for server in servers:
         server.close()
+
+
+class App:
+    """The whole API over real HTTP on a migrated SQLite file, with a fake clock.
+
+    The sim sampler replays the 4-GPU fleet trace; ``tick(seconds)`` advances the clock
+    and samples, so tests move through the trace without sleeping.
+    """
+
+    def __init__(self, engine: sa.Engine, clock: FakeClock, token: str | None = None,
+                 static=None, stream_seconds: float = 2.0) -> None:
+        from gpuhistory.api.app import create_app
+        from gpuhistory.config.layers import load_static
+        from gpuhistory.config.store import ConfigStore
+        from gpuhistory.context import ServiceContext
+        from gpuhistory.leases.manager import LeaseManager
+        from gpuhistory.sampling.pipeline import Pipeline
+        from gpuhistory.sampling.sampler import Sampler
+        from gpuhistory.sampling.sim import SimBackend
+
+        self.engine, self.clock = engine, clock
+        self.config = ConfigStore(engine, static or load_static(environ={}), clock,
+                                  refresh_ms=0)
+        self.store = LogStore(engine, "testhost")
+        self.backend = SimBackend(clock, trace=FLEET4)
+        self.pipeline = Pipeline(self.store, "sim", self.config)
+        self.sampler = Sampler(self.backend, self.pipeline, self.store, clock,
+                               interval=lambda: self.config().monitor_interval)
+        self.leases = LeaseManager(engine, "testhost", clock, self.config)
+        self.context = ServiceContext(engine=engine, host="testhost", clock=clock,
+                                      config=self.config, sampler=self.sampler,
+                                      config_store=self.config, leases=self.leases,
+                                      api_token=token, stream_seconds=stream_seconds)
+        self.sampler.tick()
+        self.server = LiveServer(create_app(self.context))
+        self.url = self.server.url
+
+    def tick(self, seconds: float = 1.0, times: int = 1) -> None:
+        for _ in range(times):
+            self.clock.advance(seconds)
+            self.sampler.tick()
+
+    def close(self) -> None:
+        self.sampler.stop()
+        self.server.close()
+
+
+@pytest.fixture
+def app(engine: sa.Engine, clock: FakeClock):
+    application = App(engine, clock)
+    yield application
+    application.close()
+
+
+@pytest.fixture
+def make_app(engine: sa.Engine, clock: FakeClock):
+    """Factory for an App with options (an API token, a static config)."""
+    apps: list[App] = []
+
+    def make(**kwargs) -> App:
+        application = App(engine, clock, **kwargs)
+        apps.append(application)
+        return application
+
+    yield make
+    for application in apps:
+        application.close()

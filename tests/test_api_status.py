@@ -7,6 +7,7 @@ import requests
 from gpuhistory.sampling.pipeline import Pipeline
 from gpuhistory.sampling.sampler import Sampler
 from gpuhistory.sampling.sim import SimBackend
+from gpuhistory.storage.engine import head_revision
 from tests.conftest import FLEET4
 
 
@@ -71,7 +72,7 @@ def test_unknown_gpu_is_404_and_bad_arguments_400(store, clock, live_api) -> Non
     sampler.tick()
     server = live_api(sampler)
     cases = [({"gpu_id": 7}, 404, "gpu_not_found"), ({"gpu_id": "x"}, 400, "invalid_argument"),
-             ({"gpu_id": -1}, 400, "invalid_argument"),
+             ({"gpu_id": -1}, 422, "validation_failed"),
              ({"gpu_id": 0, "at": "yesterday"}, 400, "invalid_argument"),
              ({"gpu_id": 0, "at": "nan"}, 400, "invalid_argument")]
     for params, status, code in cases:
@@ -91,7 +92,7 @@ def test_healthz_reports_database_backend_and_tick_age(store, clock, live_api) -
     server = live_api(sampler)
     body = requests.get(f"{server.url}/healthz", timeout=5).json()
     assert body["status"] == "ok"
-    assert body["database"] == {"ok": True, "revision": "0001", "dialect": "sqlite"}
+    assert body["database"] == {"ok": True, "revision": head_revision(), "dialect": "sqlite"}
     assert body["backend"]["name"] == "sim" and body["backend"]["ok"]
     assert body["last_sample"]["age_seconds"] == 2.0
     assert body["last_tick"]["gpus"] == 4

@@ -33,7 +33,7 @@ def test_upgrade_and_downgrade_on_a_file(tmp_path: Path) -> None:
     engine = make_engine(db)
     upgrade(engine)
     assert current_revision(engine) == head_revision()
-    assert {"gpus", "samples", "transitions", "events"} <= tables(db)
+    assert {"gpus", "samples", "transitions", "events", "leases"} <= tables(db)
     downgrade(engine, "base")
     assert current_revision(engine) is None
     assert tables(db) == {"alembic_version"}

@@ -1,23 +1,60 @@
-"""The Flask app factory. The app only reads and writes the database; never NVML."""
+"""The Flask app factory (flask-openapi3: pydantic validation and the OpenAPI document).
+
+The app only reads and writes the database — never NVML. Everything it needs comes in the
+ServiceContext, so tests build it with their own database and clock.
+"""
 
 from __future__ import annotations
 
-from flask import Flask
+from flask import jsonify
+from flask_openapi3 import Info, OpenAPI
 
+from gpuhistory import __version__
+from gpuhistory.api import (
+    config_api,
+    events_api,
+    health,
+    memory,
+    metrics,
+    monitoring,
+    status,
+    system,
+    throttle,
+)
+from gpuhistory.api.auth import install_auth
 from gpuhistory.api.errors import register_error_handlers
-from gpuhistory.api.health import bp as health_bp
-from gpuhistory.api.status import bp as status_bp
+from gpuhistory.api.validation import validation_error_response
 from gpuhistory.context import ServiceContext
 
 MAX_BODY_BYTES = 64 * 1024
+BLUEPRINTS = (health, status, metrics, throttle, memory, monitoring, config_api, events_api,
+              system)
+
+SECURITY_SCHEMES = {"bearer": {"type": "http", "scheme": "bearer",
+                               "description": "GPUHISTORY_TOKEN, when one is configured"}}
 
 
-def create_app(context: ServiceContext) -> Flask:
-    app = Flask("gpuhistory")
+def create_app(context: ServiceContext) -> OpenAPI:
+    app = OpenAPI(
+        "gpuhistory",
+        info=Info(title="gpuhistory", version=__version__,
+                  description="A GPU monitoring service that remembers."),
+        security_schemes=SECURITY_SCHEMES,  # type: ignore[arg-type]
+        validation_error_status=422,
+        validation_error_callback=validation_error_response,
+        doc_ui=False,
+    )
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["gpuhistory"] = context
     register_error_handlers(app)
-    app.register_blueprint(health_bp)
-    app.register_blueprint(status_bp)
+    install_auth(app)
+    for module in BLUEPRINTS:
+        app.register_api(module.bp)
+
+    @app.get("/api/openapi.json", doc_ui=False)
+    def openapi_document():  # type: ignore[no-untyped-def]
+        """The OpenAPI 3.1 document describing every endpoint, request and response."""
+        return jsonify(app.api_doc)
+
     return app

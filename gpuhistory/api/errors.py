@@ -8,6 +8,8 @@ from flask import Flask, Response, jsonify
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
+from gpuhistory.leases.model import LeaseError
+
 
 class ApiError(Exception):
     def __init__(self, status: int, code: str, message: str,
@@ -26,10 +28,18 @@ def register_error_handlers(app: Flask) -> None:
     def _api_error(exc: ApiError) -> tuple[Response, int]:
         return error_response(exc.status, exc.code, exc.message, exc.details)
 
+    @app.errorhandler(LeaseError)
+    def _lease_error(exc: LeaseError) -> tuple[Response, int]:
+        return error_response(exc.status, exc.code, exc.message, exc.details)
+
     @app.errorhandler(HTTPException)
-    def _http_error(exc: HTTPException) -> tuple[Response, int]:
+    def _http_error(exc: HTTPException) -> Response | tuple[Response, int]:
+        if exc.response is not None:  # abort(response): already in the error shape
+            return exc.response  # type: ignore[return-value]
         code = (exc.name or "error").lower().replace(" ", "_")
-        return error_response(exc.code or 500, code, exc.description or exc.name or "error")
+        message = {413: f"the request body is larger than {64 * 1024} bytes"}.get(
+            exc.code or 0, exc.description or exc.name or "error")
+        return error_response(exc.code or 500, code, message)
 
     @app.errorhandler(OperationalError)
     def _db_unavailable(exc: OperationalError) -> tuple[Response, int]:

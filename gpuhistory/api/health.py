@@ -5,18 +5,20 @@ from __future__ import annotations
 from typing import Any
 
 import sqlalchemy as sa
-from flask import Blueprint, Response, jsonify
+from flask import jsonify
+from flask_openapi3 import APIBlueprint, Tag
 
-from gpuhistory.api.common import ctx
+from gpuhistory.api.common import View, ctx
+from gpuhistory.api.responses import Health
 from gpuhistory.clock import iso_utc
 from gpuhistory.storage.queries import newest_sample_ms
 
-bp = Blueprint("health", __name__)
+bp = APIBlueprint("health", __name__, abp_tags=[Tag(name="health")])
 
 
-@bp.get("/healthz")
-def healthz() -> tuple[Response, int]:
-    """200 when healthy or degraded (stale ticks, backend failing); 503 when the DB is down."""
+@bp.get("/healthz", responses={200: Health, 503: Health})
+def healthz() -> View:
+    """Health: 200 when ok or degraded (stale ticks, backend failing); 503 when the DB is down."""
     c = ctx()
     now = c.clock.now_ms()
     body: dict[str, Any] = {"status": "ok", "host": c.host}
@@ -29,7 +31,7 @@ def healthz() -> tuple[Response, int]:
         body.update(status="down", database={"ok": False, "error": type(exc).__name__})
         return jsonify(body), 503
     sampler = c.sampler
-    interval = c.config().monitor_interval if sampler is None else sampler.interval
+    interval = c.config().monitor_interval
     age = None if newest is None else round((now - newest) / 1000, 3)
     body["last_sample"] = {"timestamp": iso_utc(newest), "age_seconds": age}
     if sampler is not None:

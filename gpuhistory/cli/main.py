@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from typing import Any
 
@@ -14,6 +15,7 @@ import click
 
 from gpuhistory import __version__
 from gpuhistory.cli import output
+from gpuhistory.cli.lease import lease
 from gpuhistory.clock import SystemClock, parse_time
 
 DB_HELP = "Database: a SQLite file path or a SQLAlchemy URL (default: the user's data dir)."
@@ -65,24 +67,35 @@ def cli(verbose: int) -> None:
               help="Name this machine's GPUs are stored under (default: the hostname).")
 @click.option("--threads", default=8, show_default=True, type=click.IntRange(1, 256),
               envvar="GPUHISTORY_THREADS", show_envvar=True, help="HTTP worker threads.")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
+              envvar="GPUHISTORY_CONFIG", show_envvar=True,
+              help="TOML file of thresholds and policies (see docs/configuration.md).")
 def serve(db: str | None, bind: str, port: int, backend: str, trace: str | None,
           sim_gpus: int | None, interval: float | None, host_name: str | None,
-          threads: int) -> None:
-    """Sample the GPUs and serve the API, in one process, until SIGTERM/SIGINT."""
+          threads: int, config_file: str | None) -> None:
+    """Sample the GPUs and serve the API, in one process, until SIGTERM/SIGINT.
+
+    Binding a non-loopback address needs an API token in GPUHISTORY_TOKEN; it then guards
+    every mutating endpoint (Authorization: Bearer <token>).
+    """
+    from gpuhistory.config.layers import ConfigFileError
     from gpuhistory.sampling.backend import BackendUnavailable
     from gpuhistory.service import ServeSettings, Service, is_loopback
 
     logging.getLogger("gpuhistory").setLevel(logging.INFO)
-    if not is_loopback(bind):
+    token = os.environ.get("GPUHISTORY_TOKEN") or None
+    if not is_loopback(bind) and not token:
         raise click.UsageError(
-            f"refusing to bind {bind}: gpuhistory listens on loopback only until API tokens "
-            "guard the mutating endpoints; use --host 127.0.0.1")
+            f"refusing to bind {bind} without an API token: set GPUHISTORY_TOKEN (it then "
+            "guards every mutating endpoint), or bind 127.0.0.1")
+    if token is not None and len(token) < 16:
+        raise click.UsageError("GPUHISTORY_TOKEN must be at least 16 characters")
     settings = ServeSettings(db=db, bind=bind, port=port, backend=backend, trace=trace,
                              sim_gpus=sim_gpus, interval=interval, host_name=host_name,
-                             threads=threads)
+                             threads=threads, config_file=config_file, api_token=token)
     try:
         service = Service(settings)
-    except BackendUnavailable as exc:
+    except (BackendUnavailable, ConfigFileError) as exc:
         raise click.ClickException(str(exc)) from None
     if service.backend.name == "sim":
         click.secho(f"NOTE: simulated GPUs (backend sim, trace {service.backend.trace.name}); "  # type: ignore[attr-defined]
@@ -165,11 +178,17 @@ def import_cmd(db: str | None, file: str, fmt: str, start: int | None, host_name
 @click.option("--host-name", envvar="GPUHISTORY_HOST_NAME", show_envvar=True,
               help="Whose GPUs (default: this machine).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (the API's documents).")
+@click.option("--url", envvar="GPUHISTORY_URL", show_envvar=True,
+              help="Ask a running server's API instead of reading the database "
+                   "(--db and --host-name are then not used).")
 def status(db: str | None, gpu_id: int | None, at: int | None, host_name: str | None,
-           as_json: bool) -> None:
-    """Each GPU's latest state and reading, read from the log."""
-    from gpuhistory.api.status import gpu_status
+           as_json: bool, url: str | None) -> None:
+    """Each GPU's latest state and reading, read from the log (or a server with --url)."""
+    if url:
+        _status_from_server(url, gpu_id, at, as_json)
+        return
     from gpuhistory.context import machine_name
+    from gpuhistory.documents import status_doc
     from gpuhistory.domain.config import DEFAULT_CONFIG
     from gpuhistory.storage.engine import make_engine, upgrade
     from gpuhistory.storage.queries import latest_samples
@@ -179,7 +198,7 @@ def status(db: str | None, gpu_id: int | None, at: int | None, host_name: str | 
     host = host_name or machine_name()
     now = at if at is not None else SystemClock().now_ms()
     with engine.connect() as conn:
-        docs = [gpu_status(conn, e, now, DEFAULT_CONFIG)
+        docs = [status_doc(conn, e, now, DEFAULT_CONFIG)
                 for e in latest_samples(conn, host, gpu_id, at_ms=at)]
     if as_json:
         click.echo(json.dumps({"host": host, "count": len(docs), "gpus": docs}, indent=2))
@@ -188,6 +207,38 @@ def status(db: str | None, gpu_id: int | None, at: int | None, host_name: str | 
         click.echo(f"no GPUs recorded for host {host!r} yet", err=True)
         sys.exit(3)
     click.echo(output.status_table(docs))
+
+
+def _status_from_server(url: str, gpu_id: int | None, at_ms: int | None,
+                        as_json: bool) -> None:
+    """``status --url``: the same documents, from the server's API (exit 3/6 as lease)."""
+    from gpuhistory.cli.lease import fail
+    from gpuhistory.client import ApiError, Client
+
+    try:
+        client = Client(url)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--url") from None
+    at = None if at_ms is None else at_ms / 1000
+    try:
+        if gpu_id is None:
+            body = client.status_all(at=at)
+            host, docs = body["host"], body["gpus"]
+        else:
+            doc = client.status(gpu_id, at=at)
+            host, docs = doc.get("host"), [doc]
+    except ApiError as exc:
+        fail(exc)
+    if as_json:
+        click.echo(json.dumps({"host": host, "count": len(docs), "gpus": docs}, indent=2))
+        return
+    if not docs:
+        click.echo(f"no GPUs recorded for host {host!r} yet", err=True)
+        sys.exit(3)
+    click.echo(output.status_table(docs))
+
+
+cli.add_command(lease)
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ tests drive it with a fake clock.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -15,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
+from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from gpuhistory.callbacks import CallbackRegistry, Event, make_event
@@ -57,7 +59,10 @@ class Sampler:
         self.last_tick: TickStats | None = None
         self.last_success_ms: int | None = None
         self._scheduler: BackgroundScheduler | None = None
+        self._owns_scheduler = False
+        self._job_interval: float | None = None
         self._tick_lock = threading.Lock()
+        self._control_lock = threading.RLock()
 
     @property
     def interval(self) -> float:
@@ -98,6 +103,7 @@ class Sampler:
         """The scheduled job: a failing tick is logged and recorded, never raised."""
         try:
             self.tick()
+            self._follow_interval()
         except Exception as exc:  # the next tick must still run
             log.exception("sampling tick failed")
             self.last_tick = TickStats(self.clock.now_ms(), 0, 0.0, f"{type(exc).__name__}: {exc}")
@@ -105,36 +111,69 @@ class Sampler:
     # -- schedule ----------------------------------------------------------------------
     @property
     def running(self) -> bool:
-        return self._scheduler is not None and self._scheduler.running
+        return self._job_interval is not None
 
-    def start(self) -> None:
-        """Start the interval job (first tick at once) and log ``monitoring_started``."""
-        if self.running:
-            return
-        scheduler = BackgroundScheduler(
-            job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": None},
-            timezone="UTC",
-        )
-        interval = self.interval
-        scheduler.add_job(
-            self.safe_tick, "interval", seconds=interval, id=SAMPLE_JOB_ID,
-            name="sample every GPU", next_run_time=datetime.now().astimezone(),
-        )
+    def attach(self, scheduler: BackgroundScheduler) -> None:
+        """Use a scheduler shared with other jobs (the service's); started by its owner."""
         self._scheduler = scheduler
-        self._append(EventKind.MONITORING_STARTED, interval_seconds=interval,
-                     backend=self.backend.name)
-        scheduler.start()
+        self._owns_scheduler = False
 
-    def stop(self, reason: str = "requested") -> None:
-        """Stop scheduling; wait for the tick in flight; log ``monitoring_stopped``."""
-        scheduler, self._scheduler = self._scheduler, None
-        if scheduler is None:
-            return
-        scheduler.shutdown(wait=True)
-        with self._tick_lock:  # a tick started by hand finishes too
-            pass
-        self._append(EventKind.MONITORING_STOPPED, reason=reason)
-        self.store.finalize_last_seen(self.clock.now_ms(), list(self.pipeline.gpu_ids.values()))
+    def start(self, requested_by: str | None = None) -> bool:
+        """Add the interval job (first tick at once) and log ``monitoring_started``.
+
+        Returns False when it was already running.
+        """
+        with self._control_lock:
+            if self.running:
+                return False
+            if self._scheduler is None:
+                self._scheduler = BackgroundScheduler(timezone="UTC")
+                self._owns_scheduler = True
+            interval = self.interval
+            self._scheduler.add_job(
+                self.safe_tick, "interval", seconds=interval, id=SAMPLE_JOB_ID,
+                name="sample every GPU", next_run_time=datetime.now().astimezone(),
+                max_instances=1, coalesce=True, misfire_grace_time=None,
+                replace_existing=True,
+            )
+            self._job_interval = interval
+            self._append(EventKind.MONITORING_STARTED, interval_seconds=interval,
+                         backend=self.backend.name, requested_by=requested_by)
+            if not self._scheduler.running:
+                self._scheduler.start()
+            return True
+
+    def stop(self, reason: str = "requested", requested_by: str | None = None) -> bool:
+        """Remove the job, wait for the tick in flight, log ``monitoring_stopped``.
+
+        Returns False when it was not running.
+        """
+        with self._control_lock:
+            if not self.running or self._scheduler is None:
+                return False
+            self._job_interval = None
+            with contextlib.suppress(JobLookupError):
+                self._scheduler.remove_job(SAMPLE_JOB_ID)
+            if self._owns_scheduler:
+                self._scheduler.shutdown(wait=True)
+                self._scheduler = None
+            with self._tick_lock:  # the tick in flight finishes and commits first
+                pass
+            self._append(EventKind.MONITORING_STOPPED, reason=reason, requested_by=requested_by)
+            self.store.finalize_last_seen(self.clock.now_ms(),
+                                          list(self.pipeline.gpu_ids.values()))
+            return True
+
+    def _follow_interval(self) -> None:
+        """Reschedule when the configured interval changed (a runtime config change)."""
+        interval = self.interval
+        if self._job_interval is not None and interval != self._job_interval \
+                and self._scheduler is not None:
+            with contextlib.suppress(JobLookupError):
+                self._scheduler.reschedule_job(SAMPLE_JOB_ID, trigger="interval",
+                                               seconds=interval)
+                self._job_interval = interval
+                log.info("sampling interval now %s s", interval)
 
     def _append(self, kind: EventKind, **payload: object) -> None:
         draft = EventDraft(kind=kind, ts_ms=self.clock.now_ms(), payload=payload)

@@ -13,6 +13,7 @@ import sqlalchemy as sa
 
 from gpuhistory.domain.reading import Reading
 from gpuhistory.domain.states import GPUState
+from gpuhistory.domain.trend import TrendSums
 from gpuhistory.storage.schema import gpus, samples, transitions
 
 
@@ -46,7 +47,8 @@ def _gpu(row: sa.Row[Any]) -> GpuRow:
                   row.first_seen_ms, row.last_seen_ms)
 
 
-def _reading(gpu: GpuRow, row: sa.Row[Any]) -> Reading:
+def reading_from_row(gpu: GpuRow, row: sa.Row[Any]) -> Reading:
+    """A samples row back into a Reading (power from deciwatts, facts from the GPU)."""
     available = row.state != GPUState.UNAVAILABLE
     return Reading(
         index=gpu.index, uuid=gpu.uuid, name=gpu.name, available=available,
@@ -83,7 +85,7 @@ def latest_samples(
             gpu=gpu,
             ts_ms=None if newest is None else newest.ts_ms,
             state=None if newest is None else GPUState(newest.state),
-            reading=None if newest is None else _reading(gpu, newest),
+            reading=None if newest is None else reading_from_row(gpu, newest),
         )
         current = best.get(gpu.index)
         if current is None or (entry.ts_ms or -1) > (current.ts_ms or -1):
@@ -109,3 +111,29 @@ def newest_sample_ms(conn: sa.Connection, host: str) -> int | None:
     """The time of the newest sample of any GPU on ``host`` (a seek per GPU)."""
     newest = [s.ts_ms for s in latest_samples(conn, host) if s.ts_ms is not None]
     return max(newest) if newest else None
+
+
+def trend_sums(conn: sa.Connection, gpu_id: int, since_ms: int, until_ms: int) -> TrendSums:
+    """Aggregates for the least-squares trend, computed in SQL over the window's samples.
+
+    Uses SEARCH samples USING PRIMARY KEY (gpu_id=? AND ts_ms>? AND ts_ms<?); x is minutes
+    from the window start so the sums stay well-conditioned.
+    """
+    s = samples.c
+    window = sa.and_(s.gpu_id == gpu_id, s.ts_ms >= since_ms, s.ts_ms <= until_ms,
+                     s.temperature_c.is_not(None))
+    x = (s.ts_ms - since_ms) / 60000.0
+    y = s.temperature_c * 1.0
+    row = conn.execute(
+        sa.select(sa.func.count(s.temperature_c), sa.func.sum(x), sa.func.sum(y),
+                  sa.func.sum(x * x), sa.func.sum(x * y), sa.func.min(s.temperature_c),
+                  sa.func.max(s.temperature_c)).where(window)
+    ).one()
+    first = conn.execute(sa.select(s.temperature_c).where(window)
+                         .order_by(s.ts_ms).limit(1)).scalar()
+    last = conn.execute(sa.select(s.temperature_c).where(window)
+                        .order_by(s.ts_ms.desc()).limit(1)).scalar()
+    n = int(row[0] or 0)
+    return TrendSums(n=n, sum_x=float(row[1] or 0), sum_y=float(row[2] or 0),
+                     sum_xx=float(row[3] or 0), sum_xy=float(row[4] or 0),
+                     min=row[5], max=row[6], first=first, last=last)

@@ -82,3 +82,34 @@ events = sa.Table(
     sa.Index("ix_events_gpu_id", "gpu_id", "id"),
     sa.Index("ix_events_ts", "ts_ms"),
 )
+
+# GPU-memory leases (DESIGN §3 "Leases"). A lease is active while ``released_ms`` is NULL
+# and ``expires_ms`` is in the future; expiry is decided by comparing with now, the reaper
+# only records it. Only a sha256 of the lease token is stored.
+_UNRELEASED = sa.text("released_ms IS NULL")
+
+leases = sa.Table(
+    "leases",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("host", sa.String(255), nullable=False),
+    sa.Column("allocation_id", sa.String(128), nullable=False),
+    sa.Column("gpu_id", sa.Integer, sa.ForeignKey("gpus.id"), nullable=False),
+    sa.Column("memory_mib", sa.Integer, nullable=False),
+    sa.Column("owner", sa.String(128)),
+    sa.Column("token_hash", sa.String(64), nullable=False),
+    sa.Column("ttl_ms", sa.BigInteger, nullable=False),
+    sa.Column("granted_ms", sa.BigInteger, nullable=False),
+    sa.Column("expires_ms", sa.BigInteger, nullable=False),
+    sa.Column("released_ms", sa.BigInteger),
+    sa.Column("release_reason", sa.String(16)),
+    sa.CheckConstraint("memory_mib > 0", name="ck_leases_memory_positive"),
+    sa.CheckConstraint("release_reason IN ('released', 'expired')",
+                       name="ck_leases_release_reason"),
+    # One unreleased lease per allocation id and host: a racing duplicate is an
+    # integrity error even where the grant's lock does not cover it.
+    sa.Index("uq_leases_host_allocation_active", "host", "allocation_id", unique=True,
+             sqlite_where=_UNRELEASED, postgresql_where=_UNRELEASED),
+    sa.Index("ix_leases_gpu_released", "gpu_id", "released_ms"),
+    sa.Index("ix_leases_gpu_granted", "gpu_id", "granted_ms"),
+)

@@ -1,0 +1,44 @@
+"""The API token: when configured, every mutating request must present it.
+
+``Authorization: Bearer <token>``; compared in constant time. Missing → 401, wrong → 403.
+Reads stay open (the service binds loopback unless a token is set).
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from flask import Flask, request
+
+from gpuhistory.api.errors import ApiError
+
+MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
+
+
+def presented_token() -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return None
+
+
+def is_admin(expected: str | None) -> bool:
+    """True when an API token is configured and the request presents it."""
+    given = presented_token()
+    return bool(expected and given and hmac.compare_digest(given.encode(), expected.encode()))
+
+
+def install_auth(app: Flask) -> None:
+    @app.before_request
+    def _require_token() -> None:
+        context = app.extensions["gpuhistory"]
+        expected = context.api_token
+        if not expected or request.method not in MUTATING:
+            return
+        given = presented_token()
+        if given is None:
+            raise ApiError(401, "unauthorized",
+                           "this server requires an API token: Authorization: Bearer <token>")
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            raise ApiError(403, "forbidden", "the API token is not valid")

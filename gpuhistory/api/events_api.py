@@ -1,0 +1,119 @@
+"""The event log over HTTP: a page of events after a cursor, and a live SSE stream.
+
+The event id is the cursor: ``since_id`` for polling clients; ``Last-Event-ID`` (sent back
+by every EventSource on reconnect) or ``since_id`` to resume the stream where it broke off.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import sqlalchemy as sa
+from flask import Response, jsonify, request, stream_with_context
+from flask_openapi3 import APIBlueprint, Tag
+
+from gpuhistory.api.common import View, ctx
+from gpuhistory.api.errors import ApiError
+from gpuhistory.api.responses import EventList, errors
+from gpuhistory.api.schemas import EventsQuery, StreamQuery
+from gpuhistory.clock import iso_utc
+from gpuhistory.storage.schema import events, gpus
+
+bp = APIBlueprint("events", __name__, url_prefix="/api/gpu", abp_tags=[Tag(name="events")])
+
+POLL_SECONDS = 0.5
+HEARTBEAT_SECONDS = 15.0
+MAX_STREAMS = 16
+_streams = threading.BoundedSemaphore(MAX_STREAMS)
+
+
+def _select(since_id: int, kind: str | None, gpu_id: int | None, limit: int) -> sa.Select:
+    """Events after a cursor: SEARCH events USING INTEGER PRIMARY KEY (rowid>?)."""
+    query = (
+        sa.select(events.c.id, events.c.ts_ms, events.c.kind, events.c.payload,
+                  gpus.c.gpu_index, gpus.c.uuid)
+        .select_from(events.outerjoin(gpus, gpus.c.id == events.c.gpu_id))
+        .where(events.c.id > since_id)
+    )
+    if kind is not None:
+        query = query.where(events.c.kind == kind)
+    if gpu_id is not None:
+        query = query.where(gpus.c.gpu_index == gpu_id, gpus.c.host == ctx().host)
+    return query.order_by(events.c.id).limit(limit)
+
+
+def _doc(row: sa.Row[Any]) -> dict[str, Any]:
+    return {"id": row.id, "timestamp": iso_utc(row.ts_ms), "kind": row.kind,
+            "gpu_id": row.gpu_index, "uuid": row.uuid, "payload": row.payload}
+
+
+@bp.get("/events", responses={200: EventList, **errors(400, 422)})
+def list_events(query: EventsQuery) -> View:
+    """Events with an id above ``since_id``, oldest first; ``last_id`` is the next cursor."""
+    with ctx().engine.connect() as conn:
+        rows = conn.execute(_select(query.since_id, query.kind, query.gpu_id, query.limit)).all()
+    docs = [_doc(r) for r in rows]
+    return jsonify({"count": len(docs), "last_id": docs[-1]["id"] if docs else query.since_id,
+                    "events": docs})
+
+
+def _cursor(query: StreamQuery) -> int:
+    header = request.headers.get("Last-Event-ID")
+    if header is not None:
+        try:
+            value = int(header)
+        except ValueError:
+            raise ApiError(400, "invalid_argument", "Last-Event-ID must be an event id",
+                           {"Last-Event-ID": header[:32]}) from None
+        if value < 0:
+            raise ApiError(400, "invalid_argument", "Last-Event-ID must not be negative")
+        return value
+    if query.since_id is not None:
+        return query.since_id
+    with ctx().engine.connect() as conn:  # only what happens from now on
+        return int(conn.execute(sa.select(sa.func.coalesce(sa.func.max(events.c.id), 0)))
+                   .scalar() or 0)
+
+
+@bp.get("/events/stream", responses={200: {"content": {"text/event-stream": {
+    "schema": {"type": "string"}}}}, **errors(400, 422, 429)})
+def stream_events(query: StreamQuery) -> View:
+    """Server-Sent Events: ``id``, ``event`` (the kind) and ``data`` (the event as JSON).
+
+    Each response lasts a few minutes, then ends; EventSource reconnects by itself with
+    Last-Event-ID, so nothing is missed.
+    """
+    c = ctx()
+    cursor = _cursor(query)
+    if not _streams.acquire(blocking=False):
+        raise ApiError(429, "too_many_streams",
+                       f"at most {MAX_STREAMS} event streams at once; poll /api/gpu/events")
+    engine, lifetime = c.engine, c.stream_seconds
+    kind, gpu_id = query.kind, query.gpu_id
+
+    def generate() -> Iterator[str]:
+        nonlocal cursor
+        try:
+            yield "retry: 2000\n\n"
+            started = last_sent = time.monotonic()
+            while time.monotonic() - started < lifetime:
+                with engine.connect() as conn:
+                    rows = conn.execute(_select(cursor, kind, gpu_id, 500)).all()
+                for row in rows:
+                    cursor = row.id
+                    yield f"id: {row.id}\nevent: {row.kind}\ndata: {json.dumps(_doc(row))}\n\n"
+                    last_sent = time.monotonic()
+                if not rows:
+                    if time.monotonic() - last_sent >= HEARTBEAT_SECONDS:
+                        yield ": keep-alive\n\n"
+                        last_sent = time.monotonic()
+                    time.sleep(POLL_SECONDS)
+        finally:
+            _streams.release()
+
+    return Response(stream_with_context(generate()), mimetype="text/event-stream",
+                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

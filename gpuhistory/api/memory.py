@@ -1,0 +1,84 @@
+"""GPU-memory leases: allocate, renew, deallocate, list, and what is available.
+
+A lease is a row with an expiry that survives restarts; granting never oversubscribes a GPU
+(DESIGN §3). Renew and deallocate need the lease's token, or the API token.
+"""
+
+from __future__ import annotations
+
+from flask import jsonify
+from flask_openapi3 import APIBlueprint, Tag
+
+from gpuhistory.api.auth import is_admin
+from gpuhistory.api.common import View, ctx
+from gpuhistory.api.errors import ApiError
+from gpuhistory.api.responses import Capacity, Lease, LeaseList, errors
+from gpuhistory.api.schemas import AllocateBody, DeallocateBody, GpuQuery, LeasesQuery, RenewBody
+from gpuhistory.leases.manager import LeaseManager
+
+bp = APIBlueprint("memory", __name__, url_prefix="/api/gpu/memory",
+                  abp_tags=[Tag(name="memory leases")])
+
+
+def leases() -> LeaseManager:
+    manager = ctx().leases
+    if manager is None:
+        raise ApiError(503, "leases_unavailable", "this process does not manage leases")
+    return manager
+
+
+@bp.post("/allocate", responses={201: Lease, **errors(400, 401, 403, 404, 409, 413, 422)},
+         security=[{"bearer": []}])
+def allocate(body: AllocateBody) -> View:
+    """Reserve ``memory_mb`` MiB on a GPU for ``ttl_seconds``; 201 with the lease and its token.
+
+    409 ``duplicate_allocation`` when the id is held by an active lease; 409 ``over_capacity``
+    (with ``available_mb``) when it does not fit.
+    """
+    c = ctx()
+    lease, token = leases().grant(body.allocation_id, body.memory_mb, gpu_index=body.gpu_id,
+                                  ttl_seconds=body.ttl_seconds, owner=body.owner)
+    return jsonify(lease.to_dict(c.clock.now_ms(), token=token)), 201
+
+
+@bp.post("/renew", responses={200: Lease, **errors(400, 401, 403, 404, 409, 413, 422)},
+         security=[{"bearer": []}])
+def renew(body: RenewBody) -> View:
+    """Extend an active lease by ``ttl_seconds`` (default: its own TTL) from now."""
+    c = ctx()
+    admin = is_admin(c.api_token)
+    if body.lease_token is None and not admin:
+        raise ApiError(400, "invalid_argument", "lease_token is required",
+                       {"fields": {"lease_token": "Field required"}})
+    lease = leases().renew(body.allocation_id, body.lease_token, ttl_seconds=body.ttl_seconds,
+                           admin=admin)
+    return jsonify(lease.to_dict(c.clock.now_ms()))
+
+
+@bp.post("/deallocate", responses={200: Lease, **errors(400, 401, 403, 404, 409, 413, 422)},
+         security=[{"bearer": []}])
+def deallocate(body: DeallocateBody) -> View:
+    """Release an active lease (its token, or the API token, is required)."""
+    c = ctx()
+    admin = is_admin(c.api_token)
+    if body.lease_token is None and not admin:
+        raise ApiError(400, "invalid_argument", "lease_token is required",
+                       {"fields": {"lease_token": "Field required"}})
+    lease = leases().release(body.allocation_id, body.lease_token, admin=admin)
+    return jsonify(lease.to_dict(c.clock.now_ms()))
+
+
+@bp.get("/leases", responses={200: LeaseList, **errors(400, 422)})
+def list_leases(query: LeasesQuery) -> View:
+    """Leases, newest first, filtered by GPU, owner and status (active, expired, released)."""
+    c = ctx()
+    found = leases().list(gpu_index=query.gpu_id, owner=query.owner, status=query.status,
+                          limit=query.limit)
+    now = c.clock.now_ms()
+    return jsonify({"count": len(found), "leases": [lease.to_dict(now) for lease in found]})
+
+
+@bp.get("/available", responses={200: Capacity, **errors(400, 404, 422)})
+def available(query: GpuQuery) -> View:
+    """Lease capacity, leased and available MiB, beside the device's real used/free memory."""
+    return jsonify(leases().capacity(query.gpu_id).to_dict())

@@ -1,0 +1,57 @@
+"""Latest metrics, their persisted history, and the temperature trend."""
+
+from __future__ import annotations
+
+from flask import jsonify
+from flask_openapi3 import APIBlueprint, Tag
+
+from gpuhistory.api.common import View, ctx, one_gpu
+from gpuhistory.api.errors import ApiError
+from gpuhistory.api.responses import History, Metrics, Trend, errors
+from gpuhistory.api.schemas import GpuQuery, HistoryQuery, TrendQuery
+from gpuhistory.clock import iso_utc
+from gpuhistory.documents import history_doc, metrics_doc
+from gpuhistory.domain.trend import trend_doc
+from gpuhistory.storage.queries import trend_sums
+
+bp = APIBlueprint("metrics", __name__, url_prefix="/api/gpu", abp_tags=[Tag(name="metrics")])
+
+
+@bp.get("/metrics", responses={200: Metrics, **errors(400, 404, 422)})
+def metrics(query: GpuQuery) -> View:
+    """The GPU's latest sample, with the seed's GPUMetrics field names."""
+    c = ctx()
+    with c.engine.connect() as conn:
+        doc = metrics_doc(one_gpu(conn, query.gpu_id))
+    if doc is None:
+        raise ApiError(404, "no_samples", f"GPU {query.gpu_id} has no samples yet",
+                       {"gpu_id": query.gpu_id})
+    return jsonify(doc)
+
+
+@bp.get("/metrics/history", responses={200: History, **errors(400, 404, 422)})
+def history(query: HistoryQuery) -> View:
+    """Persisted samples in [since, until], the newest ``limit`` (default history_size)."""
+    c = ctx()
+    since: int | None = query.since  # type: ignore[assignment]
+    until: int | None = query.until  # type: ignore[assignment]
+    if since is not None and until is not None and since > until:
+        raise ApiError(422, "validation_failed", "since must not be after until",
+                       {"since": iso_utc(since), "until": iso_utc(until)})
+    limit = query.limit or c.config().history_size
+    with c.engine.connect() as conn:
+        return jsonify(history_doc(conn, one_gpu(conn, query.gpu_id), since, until, limit))
+
+
+@bp.get("/temperature/trend", responses={200: Trend, **errors(400, 404, 422)})
+def temperature_trend(query: TrendQuery) -> View:
+    """Min/max/avg/first/last, least-squares slope (°C/min), direction and ETA to a threshold."""
+    c = ctx()
+    until: int = query.until if query.until is not None else c.clock.now_ms()  # type: ignore[assignment]
+    since = until - round(query.duration_minutes * 60_000)
+    config = c.config()
+    with c.engine.connect() as conn:
+        entry = one_gpu(conn, query.gpu_id)
+        doc = trend_doc(trend_sums(conn, entry.gpu.id, since, until), config)
+    return jsonify({"gpu_id": query.gpu_id, "since": iso_utc(since), "until": iso_utc(until),
+                    "duration_minutes": query.duration_minutes, **doc})

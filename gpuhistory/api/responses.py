@@ -1,0 +1,188 @@
+"""Response models: what each endpoint returns, for the OpenAPI document and its tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from gpuhistory.api.schemas import ErrorBody
+
+Iso = str | None
+
+
+class Metrics(BaseModel):
+    gpu_id: int
+    uuid: str | None
+    name: str | None
+    timestamp: Iso
+    state: str
+    load_percent: int | None
+    memory_used_mb: int | None
+    memory_total_mb: int | None
+    memory_percent: float | None
+    temperature_celsius: int | None
+    memory_temperature_celsius: int | None
+    power_watts: float | None
+    power_limit_watts: float | None
+    sm_clock_mhz: int | None
+    mem_clock_mhz: int | None
+    clock_event_reasons: list[str]
+    clock_event_reasons_mask: int | None
+    pstate: int | None
+    fan_percent: int | None
+    backend: str
+
+
+class Throttle(BaseModel):
+    state: str
+    effective_state: str
+    speed_multiplier: float
+    should_throttle: bool
+    reason: str
+    cooldown_remaining_seconds: float
+
+
+class ThrottleStatus(Throttle):
+    gpu_id: int
+    at: Iso
+
+
+class CardThresholds(BaseModel):
+    slowdown_temp_celsius: int | None
+    shutdown_temp_celsius: int | None
+
+
+class Status(BaseModel):
+    gpu_id: int
+    uuid: str
+    name: str | None
+    host: str
+    backend: str
+    available: bool
+    state: str
+    timestamp: Iso
+    sample_age_seconds: float | None
+    metrics: Metrics | None
+    throttling: Throttle
+    thresholds: CardThresholds
+    memory: dict[str, Any] | None = Field(None, description="lease capacity of the GPU")
+    monitoring: dict[str, Any] | None = None
+
+
+class StatusAll(BaseModel):
+    host: str
+    timestamp: Iso
+    count: int
+    gpus: list[Status]
+
+
+class History(BaseModel):
+    gpu_id: int
+    since: Iso
+    until: Iso
+    count: int
+    samples: list[Metrics]
+
+
+class Trend(BaseModel):
+    gpu_id: int
+    since: Iso
+    until: Iso
+    duration_minutes: float
+    samples: int
+    min: float | None
+    max: float | None
+    avg: float | None
+    first: float | None
+    last: float | None
+    slope_c_per_min: float | None
+    trend: str
+    next_threshold_celsius: float | None
+    minutes_to_next_threshold: float | None
+
+
+class Lease(BaseModel):
+    allocation_id: str
+    gpu_id: int
+    host: str
+    uuid: str | None
+    memory_mb: int
+    owner: str | None
+    ttl_seconds: float | None
+    granted_at: Iso
+    expires_at: Iso
+    released_at: Iso
+    release_reason: str | None
+    status: str
+    expires_in_seconds: float
+    lease_token: str | None = Field(None, description="only in the answer to allocate")
+
+
+class LeaseList(BaseModel):
+    count: int
+    leases: list[Lease]
+
+
+class Capacity(BaseModel):
+    gpu_id: int
+    capacity_mb: int
+    leased_mb: int
+    available_mb: int
+    active_leases: int
+    device_total_mb: int | None
+    device_used_mb: int | None
+    device_free_mb: int | None
+    memory_limit_mb: int | None
+    memory_reserve_mb: int
+
+
+class Event(BaseModel):
+    id: int
+    timestamp: Iso
+    kind: str
+    gpu_id: int | None
+    uuid: str | None
+    payload: dict[str, Any]
+
+
+class EventList(BaseModel):
+    count: int
+    last_id: int
+    events: list[Event]
+
+
+class ConfigDoc(BaseModel):
+    config: dict[str, Any]
+    sources: dict[str, str]
+    updated_at: Iso = None
+
+
+class Monitoring(BaseModel):
+    monitoring: bool
+    interval_seconds: float
+    backend: str | None
+    requested_at: Iso = None
+
+
+class Health(BaseModel):
+    status: str
+    host: str
+    database: dict[str, Any]
+    last_sample: dict[str, Any] | None = None
+    backend: dict[str, Any] | None = None
+    monitoring: bool | None = None
+    last_tick: dict[str, Any] | None = None
+
+
+class SystemStatus(BaseModel):
+    timestamp: Iso
+    host: str
+    gpu: StatusAll
+    cpu: dict[str, Any]
+    memory: dict[str, Any]
+
+
+def errors(*statuses: int) -> dict[int, type[BaseModel]]:
+    """The error responses an endpoint documents (always with the one error shape)."""
+    return {status: ErrorBody for status in (*statuses, 503)}

@@ -1,0 +1,154 @@
+"""Request and response models of the HTTP API (pydantic): validation and OpenAPI in one place.
+
+Field names follow DESIGN §5 and stay the same in the API, the CLI's ``--json`` and Python.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    create_model,
+)
+from pydantic_core import PydanticCustomError
+
+from gpuhistory.clock import parse_time
+
+MAX_GPU_INDEX = 1023
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@/+-]{0,127}$"
+
+
+def _to_ms(value: str) -> int:
+    try:
+        return parse_time(value)
+    except (ValueError, OverflowError):
+        raise PydanticCustomError(
+            "time_parsing", "use ISO-8601 UTC (2026-11-26T03:12:00Z) or epoch seconds"
+        ) from None
+
+
+TimeArg = Annotated[
+    Annotated[str, StringConstraints(max_length=64)], AfterValidator(_to_ms),
+    Field(description="ISO-8601 (naive means UTC) or epoch seconds",
+          examples=["2026-11-26T03:12:00Z", "1795716364"])]
+GpuIndex = Annotated[int, Field(ge=0, le=MAX_GPU_INDEX, description="GPU index on this host")]
+AllocationId = Annotated[str, Field(
+    pattern=ID_PATTERN, description="client-chosen id: letters, digits and ._:@/+- (1-128)")]
+LeaseToken = Annotated[str, Field(min_length=1, max_length=128,
+                                  description="the token returned by allocate")]
+Owner = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$",
+                             description="who holds the lease (free text, no control characters)")]
+TtlSeconds = Annotated[float, Field(gt=0, le=30 * 86_400, allow_inf_nan=False,
+                                    description="lease lifetime in seconds")]
+
+
+class Strict(BaseModel):
+    """Unknown fields are an error, so a typo never passes silently."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+# -- errors ------------------------------------------------------------------------------
+class ErrorDetail(BaseModel):
+    code: str = Field(description="stable machine-readable code, e.g. over_capacity")
+    message: str
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class ErrorBody(BaseModel):
+    """Every error, with every status: {"error": {"code", "message", "details"}}."""
+
+    error: ErrorDetail
+
+
+# -- queries -----------------------------------------------------------------------------
+class GpuQuery(Strict):
+    gpu_id: GpuIndex = 0
+
+
+class StatusQuery(Strict):
+    gpu_id: GpuIndex = 0
+    at: TimeArg | None = Field(None, description="answer as of this past time")
+
+
+class StatusAllQuery(Strict):
+    at: TimeArg | None = Field(None, description="answer as of this past time")
+
+
+class HistoryQuery(Strict):
+    gpu_id: GpuIndex = 0
+    since: TimeArg | None = None
+    until: TimeArg | None = None
+    limit: int | None = Field(None, ge=1, le=100_000,
+                              description="most samples returned (default: history_size)")
+
+
+class TrendQuery(Strict):
+    gpu_id: GpuIndex = 0
+    duration_minutes: float = Field(5, gt=0, le=525_600, allow_inf_nan=False)
+    until: TimeArg | None = Field(None, description="window end (default now)")
+
+
+class ThrottleQuery(Strict):
+    gpu_id: GpuIndex = 0
+    at: TimeArg | None = None
+
+
+class LeasesQuery(Strict):
+    gpu_id: GpuIndex | None = None
+    owner: Owner | None = None
+    status: str | None = Field(None, pattern="^(active|expired|released)$")
+    limit: int = Field(500, ge=1, le=10_000)
+
+
+class EventsQuery(Strict):
+    since_id: int = Field(0, ge=0, le=2**62, description="return events with a larger id")
+    kind: str | None = Field(None, max_length=32, pattern=r"^[a-z_]+$")
+    gpu_id: GpuIndex | None = None
+    limit: int = Field(100, ge=1, le=10_000)
+
+
+class StreamQuery(Strict):
+    since_id: int | None = Field(None, ge=0, le=2**62,
+                                 description="resume after this id (or Last-Event-ID)")
+    kind: str | None = Field(None, max_length=32, pattern=r"^[a-z_]+$")
+    gpu_id: GpuIndex | None = None
+
+
+# -- bodies ------------------------------------------------------------------------------
+class AllocateBody(Strict):
+    allocation_id: AllocationId
+    memory_mb: int = Field(ge=1, le=10_000_000, description="MiB to reserve")
+    gpu_id: GpuIndex = 0
+    ttl_seconds: TtlSeconds | None = None
+    owner: Owner | None = None
+
+
+class RenewBody(Strict):
+    allocation_id: AllocationId
+    lease_token: LeaseToken | None = None
+    ttl_seconds: TtlSeconds | None = None
+
+
+class DeallocateBody(Strict):
+    allocation_id: AllocationId
+    lease_token: LeaseToken | None = None
+
+
+def _config_patch_model() -> type[BaseModel]:
+    """PUT /api/gpu/config: any subset of the keys; null removes a runtime change."""
+    from gpuhistory.domain.config import Config
+
+    fields: dict[str, Any] = {}
+    for name, info in Config.model_fields.items():
+        base = int if info.annotation in (int, int | None) else float
+        fields[name] = (base | None, Field(None, description=info.description))
+    return create_model("ConfigPatch", __config__=ConfigDict(extra="forbid"), **fields)
+
+
+ConfigPatch = _config_patch_model()

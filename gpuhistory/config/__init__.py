@@ -1,0 +1,1 @@
+"""Effective configuration: defaults ← TOML file ← environment ← runtime changes (events)."""

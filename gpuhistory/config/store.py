@@ -1,0 +1,137 @@
+"""Runtime configuration changes, stored as ``config_changed`` events.
+
+The effective configuration is the static layers with every runtime change folded over
+them in event order; a change to ``null`` removes the runtime value of that key. Every
+process on the database sees a change within ``refresh_ms`` (one index seek to check).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import sqlalchemy as sa
+from pydantic import ValidationError
+
+from gpuhistory.clock import Clock
+from gpuhistory.config.layers import StaticLayers
+from gpuhistory.domain.config import Config
+from gpuhistory.domain.events import EventKind
+from gpuhistory.storage.schema import events
+
+KIND = str(EventKind.CONFIG_CHANGED)
+
+
+class UnknownConfigKeys(ValueError):
+    def __init__(self, keys: list[str]) -> None:
+        self.keys = keys
+        super().__init__(f"unknown configuration key(s): {', '.join(keys)}")
+
+
+class ConfigStore:
+    def __init__(self, engine: sa.Engine, static: StaticLayers, clock: Clock,
+                 refresh_ms: int = 1000) -> None:
+        self.engine = engine
+        self.static = static
+        self.clock = clock
+        self.refresh_ms = refresh_ms
+        self._lock = threading.Lock()
+        self._runtime: dict[str, Any] = {}
+        self._last_id = 0
+        self._checked_ms = -(10**18)
+        self._updated_ms: int | None = None
+        self._config = static.config()
+        self.refresh(force=True)
+
+    # -- reading -----------------------------------------------------------------------
+    def refresh(self, force: bool = False) -> None:
+        """Fold in config_changed events newer than the last seen (at most every refresh_ms)."""
+        now = self.clock.now_ms()
+        if not force and now - self._checked_ms < self.refresh_ms:
+            return
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(events.c.id, events.c.ts_ms, events.c.payload)
+                .where(events.c.kind == KIND, events.c.id > self._last_id)
+                .order_by(events.c.id)
+            ).all()
+        with self._lock:
+            self._checked_ms = now
+            for row in rows:
+                for key, change in (row.payload.get("changes") or {}).items():
+                    if key not in Config.model_fields:
+                        continue
+                    if change.get("new") is None and change.get("cleared"):
+                        self._runtime.pop(key, None)
+                    else:
+                        self._runtime[key] = change.get("new")
+                self._last_id, self._updated_ms = row.id, row.ts_ms
+            if rows:
+                self._config = self._fold(self._runtime)
+
+    def _fold(self, runtime: dict[str, Any]) -> Config:
+        merged = {**self.static.values, **runtime}
+        try:
+            return Config.model_validate(merged)
+        except ValidationError:
+            # Static layers changed under stored runtime values: keep what still validates.
+            good = dict(self.static.values)
+            for key, value in runtime.items():
+                try:
+                    Config.model_validate({**good, key: value})
+                    good[key] = value
+                except ValidationError:
+                    continue
+            return Config.model_validate(good)
+
+    def current(self) -> Config:
+        self.refresh()
+        return self._config
+
+    __call__ = current
+
+    def sources(self) -> dict[str, str]:
+        self.refresh()
+        with self._lock:
+            return {k: "api" if k in self._runtime else self.static.sources.get(k, "default")
+                    for k in Config.model_fields}
+
+    @property
+    def updated_ms(self) -> int | None:
+        return self._updated_ms
+
+    # -- changing ----------------------------------------------------------------------
+    def update(self, changes: dict[str, Any], actor: str = "api") -> tuple[Config, dict]:
+        """Validate and apply ``changes`` as one event; nothing changes if any key is bad.
+
+        Raises UnknownConfigKeys or pydantic's ValidationError (naming each bad key).
+        """
+        unknown = sorted(set(changes) - set(Config.model_fields))
+        if unknown:
+            raise UnknownConfigKeys(unknown)
+        self.refresh(force=True)
+        with self._lock:
+            runtime = dict(self._runtime)
+        old_config = self._config
+        for key, value in changes.items():
+            if value is None:
+                runtime.pop(key, None)
+            else:
+                runtime[key] = value
+        new_config = Config.model_validate({**self.static.values, **runtime})
+        diff = {
+            key: {"old": getattr(old_config, key), "new": getattr(new_config, key),
+                  **({"cleared": True} if changes[key] is None else {})}
+            for key in changes
+            if changes[key] is None or getattr(old_config, key) != getattr(new_config, key)
+        }
+        if diff:
+            # A cleared key stores new=None so that replay removes the runtime value.
+            stored = {k: ({"old": v["old"], "new": None, "cleared": True} if v.get("cleared")
+                          else v) for k, v in diff.items()}
+            with self.engine.begin() as conn:
+                conn.execute(events.insert().values(
+                    ts_ms=self.clock.now_ms(), gpu_id=None, kind=KIND,
+                    payload={"changes": stored, "actor": actor}))
+            self.refresh(force=True)
+        return self._config, diff

@@ -1,0 +1,85 @@
+"""The JSON documents every interface returns (API, CLI ``--json``, Python), built from SQL.
+
+Field names follow DESIGN §5. Each function takes an open connection, so an endpoint
+answers from one consistent read.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+
+from gpuhistory.clock import iso_utc
+from gpuhistory.domain.config import Config
+from gpuhistory.domain.metrics import GPUMetrics
+from gpuhistory.domain.states import GPUState
+from gpuhistory.domain.throttle import advise
+from gpuhistory.storage.queries import LatestSample, cooldown_starts, reading_from_row
+from gpuhistory.storage.schema import gpus, samples
+
+
+def metrics_doc(entry: LatestSample) -> dict[str, Any] | None:
+    if entry.reading is None or entry.state is None:
+        return None
+    return GPUMetrics.from_reading(entry.reading, entry.state, entry.ts_ms,
+                                   entry.gpu.backend).to_dict()
+
+
+def throttle_doc(conn: sa.Connection, entry: LatestSample, at_ms: int,
+                 config: Config) -> dict[str, Any]:
+    state = entry.state if entry.state is not None else GPUState.UNAVAILABLE
+    left_hot, left_critical = cooldown_starts(conn, entry.gpu.id, at_ms)
+    return advise(state, at_ms, config, left_hot, left_critical).to_dict()
+
+
+def status_doc(conn: sa.Connection, entry: LatestSample, now_ms: int,
+               config: Config) -> dict[str, Any]:
+    """One GPU's status: identity, state, latest metrics, throttle advice, card thresholds."""
+    gpu = entry.gpu
+    state = entry.state if entry.state is not None else GPUState.UNAVAILABLE
+    return {
+        "gpu_id": gpu.index,
+        "uuid": gpu.uuid,
+        "name": gpu.name,
+        "host": gpu.host,
+        "backend": gpu.backend,
+        "available": state is not GPUState.UNAVAILABLE,
+        "state": state.name,
+        "timestamp": iso_utc(entry.ts_ms),
+        "sample_age_seconds": (None if entry.ts_ms is None
+                               else round((now_ms - entry.ts_ms) / 1000, 3)),
+        "metrics": metrics_doc(entry),
+        "throttling": throttle_doc(conn, entry, now_ms, config),
+        "thresholds": {
+            "slowdown_temp_celsius": gpu.slowdown_temp_c,
+            "shutdown_temp_celsius": gpu.shutdown_temp_c,
+        },
+    }
+
+
+def history_doc(conn: sa.Connection, entry: LatestSample, since_ms: int | None,
+                until_ms: int | None, limit: int) -> dict[str, Any]:
+    """The newest ``limit`` raw samples of a GPU in [since, until], oldest first."""
+    s = samples.c
+    # SEARCH samples USING PRIMARY KEY (gpu_id=? AND ts_ms>? AND ts_ms<?), read backwards.
+    query = sa.select(samples).where(s.gpu_id == entry.gpu.id)
+    if since_ms is not None:
+        query = query.where(s.ts_ms >= since_ms)
+    if until_ms is not None:
+        query = query.where(s.ts_ms <= until_ms)
+    rows = conn.execute(query.order_by(s.ts_ms.desc()).limit(limit)).all()
+    docs = [
+        GPUMetrics.from_reading(reading_from_row(entry.gpu, row), GPUState(row.state),
+                                row.ts_ms, entry.gpu.backend).to_dict()
+        for row in reversed(rows)
+    ]
+    return {"gpu_id": entry.gpu.index, "since": iso_utc(since_ms), "until": iso_utc(until_ms),
+            "count": len(docs), "samples": docs}
+
+
+def gpu_index_ids(conn: sa.Connection, host: str, gpu_index: int) -> list[int]:
+    """Every gpus.id that has held ``gpu_index`` on ``host``."""
+    return list(conn.execute(
+        sa.select(gpus.c.id).where(gpus.c.host == host, gpus.c.gpu_index == gpu_index)
+    ).scalars())

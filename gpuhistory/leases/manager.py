@@ -1,0 +1,506 @@
+"""Grants, renews, releases and reaps GPU-memory leases: rows in the log, safe across processes.
+
+Every lease-changing transaction takes the database's write lock before it reads any lease
+(SQLite ``BEGIN IMMEDIATE``; on PostgreSQL a row lock on the GPU for grants, and guarded
+``UPDATE ... WHERE released_ms IS NULL`` everywhere), so summing the active leases and
+inserting a new one cannot interleave with another grant in any thread, process or server
+on the same database. Only the GPU's identity is looked up before the lock, keeping the
+locked part of a grant to two indexed reads and two inserts. On SQLite those transactions
+commit with ``synchronous=FULL``: an acknowledged grant survives a crash of the process and
+of the machine.
+
+Expiry is a comparison with now, never a background step: a lease whose ``expires_ms`` has
+passed stops counting at once. ``reap`` (and each grant, renew and release, for the rows
+it touches) records the expiry (``released_ms = expires_ms``, reason ``expired``) with one
+``lease_expired`` event per lease, guarded so two reapers never record one lease twice.
+
+The lease token is returned once, by ``grant``; only its sha256 is stored, compared in
+constant time, and it never appears in an event, a log line or an error message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import math
+import secrets
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import sqlalchemy as sa
+
+from gpuhistory.callbacks import CallbackRegistry, Event, make_event
+from gpuhistory.clock import Clock, iso_utc
+from gpuhistory.domain.config import Config
+from gpuhistory.domain.events import EventDraft, EventKind
+from gpuhistory.leases.model import (
+    REASON_EXPIRED,
+    REASON_RELEASED,
+    STATUSES,
+    Capacity,
+    DuplicateAllocation,
+    GpuNotFound,
+    Lease,
+    LeaseNotActive,
+    LeaseNotFound,
+    LeaseTokenMismatch,
+    OverCapacity,
+    lease_capacity_mb,
+    seconds,
+)
+from gpuhistory.storage.log import LogStore, TickRecord, event_row
+from gpuhistory.storage.queries import LatestSample, latest_samples
+from gpuhistory.storage.schema import gpus, leases
+
+log = logging.getLogger(__name__)
+
+MAX_ID_LENGTH = 128
+MAX_OWNER_LENGTH = 128
+MAX_MEMORY_MB = 2**31 - 1  # the column is a 32-bit integer on PostgreSQL
+MAX_TTL_SECONDS = 30 * 86_400  # as config's lease_ttl_seconds
+DEFAULT_LIST_LIMIT = 500
+
+_L = leases.c
+LeaseList = list[Lease]  # (the method named ``list`` shadows the builtin in class scope)
+
+
+def hash_token(token: str) -> str:
+    """The stored form of a lease token: sha256, hex."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def _check_allocation_id(allocation_id: object) -> str:
+    if not isinstance(allocation_id, str) or not allocation_id.strip():
+        raise ValueError("allocation_id must be a non-empty string")
+    if len(allocation_id) > MAX_ID_LENGTH:
+        raise ValueError(f"allocation_id must be at most {MAX_ID_LENGTH} characters")
+    return allocation_id
+
+
+def _check_ttl_ms(ttl_seconds: object) -> int:
+    if isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int | float):
+        raise ValueError("ttl_seconds must be a number")
+    if not math.isfinite(ttl_seconds) or ttl_seconds <= 0:
+        raise ValueError("ttl_seconds must be greater than 0")
+    if ttl_seconds > MAX_TTL_SECONDS:
+        raise ValueError(f"ttl_seconds must be at most {MAX_TTL_SECONDS}")
+    return max(1, round(ttl_seconds * 1000))
+
+
+def _check_gpu_index(gpu_index: object) -> int:
+    if isinstance(gpu_index, bool) or not isinstance(gpu_index, int):
+        raise ValueError("gpu_id must be an integer")
+    return gpu_index
+
+
+@dataclass(slots=True)
+class _Tx:
+    """One open lease transaction and the events to announce once it commits."""
+
+    conn: sa.Connection
+    events: list[Event] = field(default_factory=list)
+
+
+class LeaseManager:
+    """Leases of one host's GPUs. Stateless apart from its settings: share it freely."""
+
+    def __init__(self, engine: sa.Engine, host: str, clock: Clock,
+                 config: Callable[[], Config],
+                 callbacks: CallbackRegistry | None = None) -> None:
+        self.engine = engine
+        self.host = host
+        self.clock = clock
+        self.config = config
+        self.callbacks = callbacks
+        self._log = LogStore(engine, host)  # the events table's one writer path
+        self._sqlite = engine.dialect.name == "sqlite"
+        self._postgresql = engine.dialect.name == "postgresql"
+
+    # -- commands ----------------------------------------------------------------------
+    def grant(self, allocation_id: str, memory_mb: int, gpu_index: int = 0,
+              ttl_seconds: float | None = None, owner: str | None = None) -> tuple[Lease, str]:
+        """Lease ``memory_mb`` MiB of GPU ``gpu_index``; returns the lease and its token.
+
+        Raises GpuNotFound, DuplicateAllocation (an active lease has this id already) or
+        OverCapacity (with the MiB available); ValueError for malformed arguments.
+        """
+        allocation_id = _check_allocation_id(allocation_id)
+        gpu_index = _check_gpu_index(gpu_index)
+        if isinstance(memory_mb, bool) or not isinstance(memory_mb, int):
+            raise ValueError("memory_mb must be an integer")
+        if not 1 <= memory_mb <= MAX_MEMORY_MB:
+            raise ValueError(f"memory_mb must be between 1 and {MAX_MEMORY_MB}")
+        if owner is not None and (not isinstance(owner, str) or len(owner) > MAX_OWNER_LENGTH):
+            raise ValueError(f"owner must be a string of at most {MAX_OWNER_LENGTH} characters")
+        cfg = self.config()
+        ttl_ms = _check_ttl_ms(cfg.lease_ttl_seconds if ttl_seconds is None else ttl_seconds)
+        token = secrets.token_urlsafe(32)
+
+        # The device is looked up before the write lock: the lock covers only the sum and
+        # the insert, which keeps concurrent grants short (they queue on that lock).
+        with self.engine.connect() as conn:
+            latest = self._resolve_gpu(conn, gpu_index)
+        gpu_db_id = latest.gpu.id
+        token_hash = hash_token(token)
+        try:
+            with self._transaction() as tx:
+                if self._postgresql:
+                    # Serializes grants per GPU (sqlite's BEGIN IMMEDIATE already holds the
+                    # database's write lock). FOR NO KEY UPDATE excludes other grants of this
+                    # GPU but not the sampler's inserts, whose foreign-key checks take only
+                    # KEY SHARE.
+                    tx.conn.execute(_LOCK_GPU, {"gpu_id": gpu_db_id})
+                now = self.clock.now_ms()
+                usage, existing = self._grant_view(tx.conn, gpu_db_id, allocation_id, now)
+                if usage.overdue or (existing is not None and existing.expires_ms <= now):
+                    self._expire_overdue(tx, now, gpu_db_id=gpu_db_id,
+                                         allocation_id=allocation_id)
+                    usage, existing = self._grant_view(tx.conn, gpu_db_id, allocation_id, now)
+                if existing is not None:
+                    raise DuplicateAllocation(allocation_id, existing.gpu_id,
+                                              iso_utc(existing.expires_ms))
+                capacity = self._capacity(latest, cfg, usage.leased, usage.active)
+                if memory_mb > capacity.available_mb:
+                    raise OverCapacity(gpu_index, memory_mb, capacity)
+                row = {
+                    "host": self.host, "allocation_id": allocation_id, "gpu_id": gpu_db_id,
+                    "memory_mib": memory_mb, "owner": owner, "token_hash": token_hash,
+                    "ttl_ms": ttl_ms, "granted_ms": now, "expires_ms": now + ttl_ms,
+                    "released_ms": None, "release_reason": None,
+                }
+                lease_id = tx.conn.execute(_INSERT_LEASE, row).inserted_primary_key[0]
+                lease = Lease(
+                    allocation_id=allocation_id, gpu_id=latest.gpu.index, host=self.host,
+                    gpu_uuid=latest.gpu.uuid, memory_mb=memory_mb, owner=owner,
+                    ttl_seconds=seconds(ttl_ms), granted_ms=now, expires_ms=now + ttl_ms,
+                    id=lease_id, gpu_db_id=gpu_db_id,
+                )
+                self._event(tx, EventKind.LEASE_GRANTED, lease, now,
+                            memory_mb=memory_mb, owner=owner, ttl_seconds=lease.ttl_seconds,
+                            expires_at=iso_utc(lease.expires_ms))
+        except sa.exc.IntegrityError:
+            # Only reachable where the lock does not serialize two grants of one id on
+            # different GPUs (PostgreSQL); the partial unique index caught it.
+            existing = self._newest(allocation_id)
+            if existing is None or not existing.is_active(self.clock.now_ms()):
+                raise
+            raise DuplicateAllocation(allocation_id, existing.gpu_id,
+                                      iso_utc(existing.expires_ms)) from None
+        log.info("lease %r granted: %d MiB of GPU %d until %s", allocation_id, memory_mb,
+                 lease.gpu_id, iso_utc(lease.expires_ms))
+        return lease, token
+
+    def renew(self, allocation_id: str, token: str | None = None,
+              ttl_seconds: float | None = None, admin: bool = False) -> Lease:
+        """Extend the active lease to now + ``ttl_seconds`` (default: its own TTL)."""
+        allocation_id = _check_allocation_id(allocation_id)
+        ttl_ms = None if ttl_seconds is None else _check_ttl_ms(ttl_seconds)
+
+        def change(tx: _Tx, lease: Lease, now: int) -> Lease:
+            new_ttl_ms = ttl_ms or round(lease.ttl_seconds * 1000)
+            expires = now + new_ttl_ms
+            done = tx.conn.execute(
+                leases.update()
+                .where(_L.id == lease.id, _L.released_ms.is_(None), _L.expires_ms > now)
+                .values(expires_ms=expires, ttl_ms=new_ttl_ms)
+            ).rowcount
+            if done != 1:  # a concurrent release or reap won (PostgreSQL only)
+                raise self._not_active(tx.conn, allocation_id, now)
+            renewed = replace(lease, expires_ms=expires, ttl_seconds=seconds(new_ttl_ms))
+            self._event(tx, EventKind.LEASE_RENEWED, renewed, now,
+                        ttl_seconds=renewed.ttl_seconds,
+                        previous_expires_at=iso_utc(lease.expires_ms),
+                        expires_at=iso_utc(expires), by_admin=admin)
+            return renewed
+
+        return self._change(allocation_id, token, admin, change)
+
+    def release(self, allocation_id: str, token: str | None = None,
+                admin: bool = False) -> Lease:
+        """End the active lease now (reason ``released``)."""
+        allocation_id = _check_allocation_id(allocation_id)
+
+        def change(tx: _Tx, lease: Lease, now: int) -> Lease:
+            done = tx.conn.execute(
+                leases.update()
+                .where(_L.id == lease.id, _L.released_ms.is_(None), _L.expires_ms > now)
+                .values(released_ms=now, release_reason=REASON_RELEASED)
+            ).rowcount
+            if done != 1:
+                raise self._not_active(tx.conn, allocation_id, now)
+            released = replace(lease, released_ms=now, release_reason=REASON_RELEASED)
+            self._event(tx, EventKind.LEASE_RELEASED, released, now,
+                        memory_mb=lease.memory_mb, owner=lease.owner,
+                        granted_at=iso_utc(lease.granted_ms), by_admin=admin)
+            return released
+
+        return self._change(allocation_id, token, admin, change)
+
+    def reap(self) -> int:
+        """Record every overdue lease of this host as expired; returns how many it marked.
+
+        Idempotent, and safe with several reapers at once: each lease is marked (and gets
+        its ``lease_expired`` event) by exactly one of them.
+        """
+        now = self.clock.now_ms()
+        with self.engine.connect() as conn:  # the common case, nothing due: no write lock
+            due = conn.execute(
+                sa.select(sa.func.count()).select_from(leases).where(*self._overdue(now))
+            ).scalar_one()
+        if not due:
+            return 0
+        with self._transaction() as tx:
+            marked = self._expire_overdue(tx, now)
+        return marked
+
+    # -- queries -----------------------------------------------------------------------
+    def get(self, allocation_id: str) -> Lease:
+        """The lease with this id: the unreleased one, else the newest (LeaseNotFound)."""
+        allocation_id = _check_allocation_id(allocation_id)
+        lease = self._newest(allocation_id)
+        if lease is None:
+            raise LeaseNotFound(allocation_id)
+        return lease
+
+    def list(self, gpu_index: int | None = None, owner: str | None = None,
+             status: str | None = None, limit: int = DEFAULT_LIST_LIMIT) -> LeaseList:
+        """This host's leases, newest first, optionally of one GPU, owner or status."""
+        if status is not None and status not in STATUSES:
+            raise ValueError(f"status must be one of {list(STATUSES)}")
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError("limit must be a positive integer")
+        now = self.clock.now_ms()
+        query = _lease_select().where(_L.host == self.host)
+        if gpu_index is not None:
+            query = query.where(gpus.c.gpu_index == _check_gpu_index(gpu_index))
+        if owner is not None:
+            query = query.where(_L.owner == owner)
+        if status == "active":
+            query = query.where(_L.released_ms.is_(None), _L.expires_ms > now)
+        elif status == "expired":
+            query = query.where(sa.or_(
+                _L.release_reason == REASON_EXPIRED,
+                sa.and_(_L.released_ms.is_(None), _L.expires_ms <= now)))
+        elif status == "released":
+            query = query.where(_L.released_ms.is_not(None),
+                                sa.func.coalesce(_L.release_reason, "") != REASON_EXPIRED)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query.order_by(_L.id.desc()).limit(limit))
+            return [_lease(r) for r in rows]
+
+    def capacity(self, gpu_index: int = 0) -> Capacity:
+        """What GPU ``gpu_index`` can lease now (GpuNotFound for an unknown GPU)."""
+        gpu_index = _check_gpu_index(gpu_index)
+        cfg = self.config()
+        with self.engine.connect() as conn:
+            latest = self._resolve_gpu(conn, gpu_index)
+            usage = conn.execute(_GPU_USAGE, {"gpu_id": latest.gpu.id,
+                                              "now": self.clock.now_ms()}).one()
+        return self._capacity(latest, cfg, usage.leased, usage.active)
+
+    def active_between(self, gpu_db_id: int, start_ms: int, end_ms: int) -> LeaseList:
+        """Leases of the GPU row ``gpu_db_id`` whose life overlaps [start_ms, end_ms].
+
+        A lease lives from ``granted_ms`` until ``released_ms`` (release or recorded
+        expiry), or until ``expires_ms`` while unreleased; renewals keep it alive without a
+        gap, so that is one interval. Oldest grant first.
+        """
+        end_of_life = sa.func.coalesce(_L.released_ms, _L.expires_ms)
+        query = _lease_select().where(
+            _L.gpu_id == gpu_db_id, _L.granted_ms <= end_ms, end_of_life > start_ms
+        ).order_by(_L.granted_ms, _L.id)
+        with self.engine.connect() as conn:
+            return [_lease(r) for r in conn.execute(query)]
+
+    # -- transactions ------------------------------------------------------------------
+    @contextmanager
+    def _transaction(self) -> Iterator[_Tx]:
+        """A lease-changing transaction: write lock first, durable commit, then callbacks."""
+        with self.engine.connect() as conn:
+            if self._sqlite:
+                _set_synchronous(conn, "FULL")
+            try:
+                conn.execution_options(sqlite_begin="IMMEDIATE")
+                tx = _Tx(conn)
+                with conn.begin():
+                    yield tx
+            finally:
+                if self._sqlite:
+                    _set_synchronous(conn, "NORMAL")
+        if self.callbacks and tx.events:
+            self.callbacks.dispatch(tx.events)
+
+    def _change(self, allocation_id: str, token: str | None, admin: bool,
+                change: Callable[[_Tx, Lease, int], Lease]) -> Lease:
+        """Renew or release: find the active lease, check the token, apply ``change``."""
+        failure: Exception | None = None
+        with self._transaction() as tx:
+            now = self.clock.now_ms()
+            row = tx.conn.execute(_UNRELEASED, {"host": self.host,
+                                                "allocation_id": allocation_id}).first()
+            lease = None if row is None else _lease(row)
+            if lease is not None and lease.expires_ms <= now:
+                self._expire_overdue(tx, now, allocation_id=allocation_id)
+                lease = None
+            if lease is None:
+                newest = self._newest(allocation_id, tx.conn)
+                # Commit the expiry just recorded (if any), then refuse.
+                failure = (LeaseNotFound(allocation_id) if newest is None
+                           else LeaseNotActive(allocation_id, newest.status(now)))
+            else:
+                if not admin:
+                    _check_token(allocation_id, row.token_hash, token)
+                result = change(tx, lease, now)
+        if failure is not None:
+            raise failure
+        return result
+
+    def _not_active(self, conn: sa.Connection, allocation_id: str, now: int) -> LeaseNotActive:
+        newest = self._newest(allocation_id, conn)
+        return LeaseNotActive(allocation_id, "released" if newest is None else newest.status(now))
+
+    def _overdue(self, now: int) -> tuple[sa.ColumnElement[bool], ...]:
+        return (_L.host == self.host, _L.released_ms.is_(None), _L.expires_ms <= now)
+
+    def _expire_overdue(self, tx: _Tx, now: int, gpu_db_id: int | None = None,
+                        allocation_id: str | None = None) -> int:
+        """Record overdue leases as expired (all of the host's, or those of a GPU / id)."""
+        query = _lease_select().where(*self._overdue(now))
+        scope = []
+        if gpu_db_id is not None:
+            scope.append(_L.gpu_id == gpu_db_id)
+        if allocation_id is not None:
+            scope.append(_L.allocation_id == allocation_id)
+        if scope:
+            query = query.where(sa.or_(*scope))
+        marked = 0
+        for lease in [_lease(r) for r in tx.conn.execute(query.order_by(_L.id))]:
+            done = tx.conn.execute(
+                leases.update().where(_L.id == lease.id, _L.released_ms.is_(None))
+                .values(released_ms=lease.expires_ms, release_reason=REASON_EXPIRED)
+            ).rowcount
+            if done != 1:  # another reaper recorded it first
+                continue
+            marked += 1
+            expired = replace(lease, released_ms=lease.expires_ms,
+                               release_reason=REASON_EXPIRED)
+            # Stamped with the moment it stopped counting, not the moment it was noticed.
+            self._event(tx, EventKind.LEASE_EXPIRED, expired, lease.expires_ms,
+                        memory_mb=lease.memory_mb, owner=lease.owner,
+                        granted_at=iso_utc(lease.granted_ms),
+                        expires_at=iso_utc(lease.expires_ms), recorded_at=iso_utc(now))
+            log.info("lease %r expired at %s", lease.allocation_id, iso_utc(lease.expires_ms))
+        return marked
+
+    def _event(self, tx: _Tx, kind: EventKind, lease: Lease, ts_ms: int,
+               **payload: Any) -> None:
+        body = {"allocation_id": lease.allocation_id, **payload}
+        draft = EventDraft(kind=kind, ts_ms=ts_ms, gpu_index=lease.gpu_id, payload=body)
+        record = TickRecord(events=[event_row(lease.gpu_db_id, draft)])
+        (event_id,) = self._log.write(record, tx.conn)
+        tx.events.append(make_event(event_id, str(kind), lease.gpu_id, ts_ms, dict(body)))
+
+    # -- reads shared by commands and queries ------------------------------------------
+    def _resolve_gpu(self, conn: sa.Connection, gpu_index: int) -> LatestSample:
+        """This host's device at ``gpu_index`` (the one with the newest sample)."""
+        found = latest_samples(conn, self.host, gpu_index)
+        if not found:
+            raise GpuNotFound(gpu_index, self.host)
+        return found[0]
+
+    def _grant_view(self, conn: sa.Connection, gpu_db_id: int, allocation_id: str,
+                    now: int) -> tuple[sa.Row[Any], Lease | None]:
+        """What a grant decides on: the GPU's unreleased leases, and the id's own."""
+        usage = conn.execute(_GPU_USAGE, {"gpu_id": gpu_db_id, "now": now}).one()
+        return usage, self._unreleased(conn, allocation_id)
+
+    def _capacity(self, latest: LatestSample, cfg: Config, leased: int,
+                  active: int) -> Capacity:
+        total = latest.gpu.memory_total_mib
+        if total is None and latest.reading is not None:
+            total = latest.reading.memory_total_mib
+        used = None if latest.reading is None else latest.reading.memory_used_mib
+        return Capacity(
+            gpu_id=latest.gpu.index,
+            capacity_mb=lease_capacity_mb(total, cfg.memory_limit_mb, cfg.memory_reserve_mb),
+            leased_mb=int(leased), active_leases=int(active),
+            device_total_mb=total, device_used_mb=used,
+            device_free_mb=None if total is None or used is None else total - used,
+            memory_limit_mb=cfg.memory_limit_mb, memory_reserve_mb=cfg.memory_reserve_mb,
+        )
+
+    def _unreleased(self, conn: sa.Connection, allocation_id: str) -> Lease | None:
+        row = conn.execute(_UNRELEASED, {"host": self.host, "allocation_id": allocation_id}
+                           ).first()
+        return None if row is None else _lease(row)
+
+    def _newest(self, allocation_id: str, conn: sa.Connection | None = None) -> Lease | None:
+        if conn is None:
+            with self.engine.connect() as own:
+                return self._newest(allocation_id, own)
+        lease = self._unreleased(conn, allocation_id)
+        if lease is not None:
+            return lease
+        row = conn.execute(_lease_select().where(
+            _L.host == self.host, _L.allocation_id == allocation_id
+        ).order_by(_L.id.desc()).limit(1)).first()
+        return None if row is None else _lease(row)
+
+
+def _lease_select() -> sa.Select[Any]:
+    return sa.select(
+        leases, gpus.c.gpu_index.label("gpu_index"), gpus.c.uuid.label("gpu_uuid")
+    ).select_from(leases.join(gpus, _L.gpu_id == gpus.c.id))
+
+
+# Statements built once (the hot path of a grant runs them under the write lock).
+_NOW = sa.bindparam("now")
+_GPU_USAGE = sa.select(
+    sa.func.coalesce(
+        sa.func.sum(sa.case((_L.expires_ms > _NOW, _L.memory_mib), else_=0)), 0
+    ).label("leased"),
+    sa.func.count(sa.case((_L.expires_ms > _NOW, 1))).label("active"),
+    sa.func.count(sa.case((_L.expires_ms <= _NOW, 1))).label("overdue"),
+).where(_L.gpu_id == sa.bindparam("gpu_id"), _L.released_ms.is_(None))
+_UNRELEASED = _lease_select().where(
+    _L.host == sa.bindparam("host"), _L.allocation_id == sa.bindparam("allocation_id"),
+    _L.released_ms.is_(None),
+)
+_INSERT_LEASE = leases.insert()
+_LOCK_GPU = (sa.select(gpus.c.id).where(gpus.c.id == sa.bindparam("gpu_id"))
+             .with_for_update(key_share=True))
+
+
+def _check_token(allocation_id: str, stored_hash: str, token: str | None) -> None:
+    """Constant-time comparison of the token's hash with the stored one."""
+    if not isinstance(token, str) or not token:
+        raise LeaseTokenMismatch(allocation_id, missing=True)
+    if not hmac.compare_digest(hash_token(token), stored_hash):
+        raise LeaseTokenMismatch(allocation_id)
+
+
+def _lease(row: sa.Row[Any]) -> Lease:
+    return Lease(
+        allocation_id=row.allocation_id, gpu_id=row.gpu_index, host=row.host,
+        gpu_uuid=row.gpu_uuid, memory_mb=row.memory_mib, owner=row.owner,
+        ttl_seconds=seconds(row.ttl_ms), granted_ms=row.granted_ms,
+        expires_ms=row.expires_ms, released_ms=row.released_ms,
+        release_reason=row.release_reason, id=row.id, gpu_db_id=row.gpu_id,
+    )
+
+
+def _set_synchronous(conn: sa.Connection, mode: str) -> None:
+    """Set SQLite's ``synchronous`` on the pooled connection, outside any transaction."""
+    if conn.invalidated or conn.closed:
+        return
+    try:
+        conn.connection.driver_connection.execute(f"PRAGMA synchronous = {mode}")
+    except Exception:
+        if mode != "NORMAL":
+            raise
+        # Never hand a FULL connection back to the pool for sample ticks: drop it.
+        log.warning("could not restore PRAGMA synchronous = NORMAL", exc_info=True)
+        conn.invalidate()

@@ -1,0 +1,73 @@
+"""The event log over HTTP: cursor paging and the resumable Server-Sent Events stream."""
+
+from __future__ import annotations
+
+import json
+
+import requests
+
+
+def read_sse(response, count: int) -> list[dict]:
+    """The first ``count`` events of an SSE response (id, event, data)."""
+    events, current = [], {}
+    for line in response.iter_lines(decode_unicode=True):
+        if line == "":
+            if "data" in current:
+                events.append(current)
+                if len(events) == count:
+                    break
+            current = {}
+        elif not line.startswith(":"):
+            field, _, value = line.partition(": ")
+            current[field] = value
+    return events
+
+
+def test_events_page_with_cursor_and_filters(app) -> None:
+    """since_id pages through the log; kind and gpu_id filter; last_id is the next cursor."""
+    app.tick(5, times=30)  # GPU 1 overheats: throttle, critical, overheat events
+    first = requests.get(f"{app.url}/api/gpu/events", params={"limit": 3}, timeout=5).json()
+    assert first["count"] == 3 and [e["id"] for e in first["events"]] == sorted(
+        e["id"] for e in first["events"])
+    rest = requests.get(f"{app.url}/api/gpu/events", params={"since_id": first["last_id"]},
+                        timeout=5).json()
+    assert all(e["id"] > first["last_id"] for e in rest["events"])
+    overheats = requests.get(f"{app.url}/api/gpu/events", params={"kind": "overheat"},
+                             timeout=5).json()
+    assert overheats["count"] == 1 and overheats["events"][0]["gpu_id"] == 1
+    assert overheats["events"][0]["payload"]["threshold_celsius"] == 85
+    gpu3 = requests.get(f"{app.url}/api/gpu/events", params={"gpu_id": 3}, timeout=5).json()
+    assert {e["kind"] for e in gpu3["events"]} == {"state_change"}
+
+
+def test_stream_sends_events_and_resumes_with_last_event_id(app) -> None:
+    """The SSE stream replays from since_id, and a reconnect with Last-Event-ID misses none."""
+    app.tick(5, times=30)
+    with requests.get(f"{app.url}/api/gpu/events/stream", params={"since_id": 0},
+                      stream=True, timeout=10) as response:
+        assert response.headers["Content-Type"].startswith("text/event-stream")
+        first = read_sse(response, 3)
+    assert [int(e["id"]) for e in first] == [1, 2, 3]
+    assert json.loads(first[0]["data"])["kind"] == first[0]["event"]
+    with requests.get(f"{app.url}/api/gpu/events/stream",
+                      headers={"Last-Event-ID": first[-1]["id"]}, stream=True,
+                      timeout=10) as response:
+        resumed = read_sse(response, 2)
+    assert [int(e["id"]) for e in resumed] == [4, 5]
+
+
+def test_stream_delivers_new_events_live(app) -> None:
+    """Without a cursor the stream starts at the end and delivers what happens next."""
+    with requests.get(f"{app.url}/api/gpu/events/stream", stream=True,
+                      timeout=10) as response:
+        requests.put(f"{app.url}/api/gpu/config", json={"temp_throttle": 80}, timeout=5)
+        (event,) = read_sse(response, 1)
+    assert event["event"] == "config_changed"
+    assert json.loads(event["data"])["payload"]["changes"]["temp_throttle"]["new"] == 80
+
+
+def test_bad_last_event_id_is_400(app) -> None:
+    """A Last-Event-ID that is not an id gets the error shape."""
+    response = requests.get(f"{app.url}/api/gpu/events/stream",
+                            headers={"Last-Event-ID": "abc"}, timeout=5)
+    assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_argument"
