@@ -22,6 +22,7 @@ BENCHMARKS = {
     "nvml": "bench.nvml_tick",
     "import": "bench.importing",
     "storage": "bench.storage",
+    "http": "bench.http_api",
 }
 
 

@@ -29,7 +29,10 @@ def metrics_doc(entry: LatestSample) -> dict[str, Any] | None:
 def throttle_doc(conn: sa.Connection, entry: LatestSample, at_ms: int,
                  config: Config) -> dict[str, Any]:
     state = entry.state if entry.state is not None else GPUState.UNAVAILABLE
-    left_hot, left_critical = cooldown_starts(conn, entry.gpu.id, at_ms)
+    if at_ms >= (entry.ts_ms or 0):
+        left_hot, left_critical = entry.left_hot_ms, entry.left_critical_ms
+    else:  # asked about a time before the entry's sample
+        left_hot, left_critical = cooldown_starts(conn, entry.gpu.id, at_ms)
     return advise(state, at_ms, config, left_hot, left_critical).to_dict()
 
 

@@ -5,6 +5,7 @@ Field names follow DESIGN §5 and stay the same in the API, the CLI's ``--json``
 
 from __future__ import annotations
 
+import copy
 from typing import Annotated, Any
 
 from pydantic import (
@@ -47,10 +48,22 @@ TtlSeconds = Annotated[float, Field(gt=0, le=30 * 86_400, allow_inf_nan=False,
                                     description="lease lifetime in seconds")]
 
 
+_SCHEMAS: dict[tuple[Any, ...], dict[str, Any]] = {}
+
+
 class Strict(BaseModel):
     """Unknown fields are an error, so a typo never passes silently."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @classmethod
+    def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        # flask-openapi3 asks for the schema on every request to parse the query string;
+        # a model's schema never changes, so build it once (a copy keeps it unshared).
+        key = (cls, args, tuple(sorted(kwargs.items(), key=lambda kv: kv[0])))
+        if key not in _SCHEMAS:
+            _SCHEMAS[key] = super().model_json_schema(*args, **kwargs)
+        return copy.deepcopy(_SCHEMAS[key])
 
 
 # -- errors ------------------------------------------------------------------------------

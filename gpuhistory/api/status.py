@@ -18,16 +18,21 @@ from gpuhistory.storage.queries import LatestSample, latest_samples
 bp = APIBlueprint("status", __name__, url_prefix="/api/gpu", abp_tags=[Tag(name="status")])
 
 
-def _full_status(conn: sa.Connection, entry: LatestSample, now: int,
-                 live: bool) -> dict[str, Any]:
+def _full_status(conn: sa.Connection, entries: list[LatestSample], now: int,
+                 live: bool) -> list[dict[str, Any]]:
+    """Status documents; when live, with lease capacity and monitoring state."""
     c = ctx()
-    doc = status_doc(conn, entry, now, c.config())
+    config = c.config()
+    docs = [status_doc(conn, entry, now, config) for entry in entries]
     if live and c.leases is not None:
-        doc["memory"] = c.leases.capacity(entry.gpu.index).to_dict()
+        capacity = c.leases.capacities(conn, entries)
+        for doc in docs:
+            doc["memory"] = capacity[doc["gpu_id"]].to_dict()
     if live and c.sampler is not None:
-        doc["monitoring"] = {"monitoring": c.sampler.running,
-                             "interval_seconds": c.sampler.interval}
-    return doc
+        monitoring = {"monitoring": c.sampler.running, "interval_seconds": c.sampler.interval}
+        for doc in docs:
+            doc["monitoring"] = monitoring
+    return docs
 
 
 @bp.get("/status", responses={200: Status, **errors(400, 404, 422)})
@@ -38,7 +43,7 @@ def status(query: StatusQuery) -> View:
     with c.engine.connect() as conn:
         entry = one_gpu(conn, query.gpu_id, at)
         now = at if at is not None else c.clock.now_ms()
-        return jsonify(_full_status(conn, entry, now, live=at is None))
+        return jsonify(_full_status(conn, [entry], now, live=at is None)[0])
 
 
 def all_status(at: int | None = None) -> dict[str, Any]:
@@ -46,8 +51,7 @@ def all_status(at: int | None = None) -> dict[str, Any]:
     c = ctx()
     now = at if at is not None else c.clock.now_ms()
     with c.engine.connect() as conn:
-        docs = [_full_status(conn, e, now, live=at is None)
-                for e in latest_samples(conn, c.host, at_ms=at)]
+        docs = _full_status(conn, latest_samples(conn, c.host, at_ms=at), now, live=at is None)
     return {"host": c.host, "timestamp": iso_utc(now), "count": len(docs), "gpus": docs}
 
 

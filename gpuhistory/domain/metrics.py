@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from gpuhistory.clock import iso_utc
@@ -57,4 +57,9 @@ class GPUMetrics:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = {name: getattr(self, name) for name in _FIELDS}
+        out["clock_event_reasons"] = list(self.clock_event_reasons)
+        return out
+
+
+_FIELDS = tuple(f.name for f in fields(GPUMetrics))

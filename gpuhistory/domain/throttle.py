@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from gpuhistory.domain.classify import effective_state
@@ -20,7 +20,10 @@ class ThrottleAdvice:
     cooldown_remaining_seconds: float
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {"state": self.state, "effective_state": self.effective_state,
+                "speed_multiplier": self.speed_multiplier,
+                "should_throttle": self.should_throttle, "reason": self.reason,
+                "cooldown_remaining_seconds": self.cooldown_remaining_seconds}
 
 
 def advise(

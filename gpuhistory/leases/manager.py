@@ -301,6 +301,18 @@ class LeaseManager:
                                               "now": self.clock.now_ms()}).one()
         return self._capacity(latest, cfg, usage.leased, usage.active)
 
+    def capacities(self, conn: sa.Connection,
+                   entries: list[LatestSample]) -> dict[int, Capacity]:
+        """Capacity of several GPUs (by index) in one query, on the caller's connection."""
+        if not entries:
+            return {}
+        cfg = self.config()
+        rows = conn.execute(_USAGE_BY_GPU, {"ids": [e.gpu.id for e in entries],
+                                            "now": self.clock.now_ms()}).all()
+        usage = {gpu_id: (leased, count) for gpu_id, leased, count in rows}
+        return {e.gpu.index: self._capacity(e, cfg, *usage.get(e.gpu.id, (0, 0)))
+                for e in entries}
+
     def active_between(self, gpu_db_id: int, start_ms: int, end_ms: int) -> LeaseList:
         """Leases of the GPU row ``gpu_db_id`` whose life overlaps [start_ms, end_ms].
 
@@ -465,6 +477,12 @@ _GPU_USAGE = sa.select(
     sa.func.count(sa.case((_L.expires_ms > _NOW, 1))).label("active"),
     sa.func.count(sa.case((_L.expires_ms <= _NOW, 1))).label("overdue"),
 ).where(_L.gpu_id == sa.bindparam("gpu_id"), _L.released_ms.is_(None))
+_USAGE_BY_GPU = (
+    sa.select(_L.gpu_id, sa.func.coalesce(sa.func.sum(_L.memory_mib), 0), sa.func.count())
+    .where(_L.gpu_id.in_(sa.bindparam("ids", expanding=True)), _L.released_ms.is_(None),
+           _L.expires_ms > _NOW)
+    .group_by(_L.gpu_id)
+)
 _UNRELEASED = _lease_select().where(
     _L.host == sa.bindparam("host"), _L.allocation_id == sa.bindparam("allocation_id"),
     _L.released_ms.is_(None),

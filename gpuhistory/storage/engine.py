@@ -60,6 +60,12 @@ def _sqlite_on_begin(conn: sa.Connection) -> None:
 def make_engine(db: str | os.PathLike[str] | None, **kwargs: Any) -> sa.Engine:
     """An engine for ``db`` with this project's per-connection settings applied."""
     url = database_url(db)
+    if url.startswith("sqlite") and ":memory:" not in url:
+        # Enough pooled connections for every HTTP worker thread plus the scheduler's jobs,
+        # so no request waits for a connection (SQLite connections are cheap to keep).
+        kwargs.setdefault("pool_size", 32)
+        kwargs.setdefault("max_overflow", 32)
+        kwargs.setdefault("pool_timeout", 10)
     engine = sa.create_engine(url, **kwargs)
     if engine.dialect.name == "sqlite":
         sa.event.listen(engine, "connect", _sqlite_on_connect)

@@ -6,6 +6,7 @@ The latest row of a GPU is always a per-GPU seek on the (gpu_id, ts_ms) key
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,10 +36,18 @@ class GpuRow:
 
 @dataclass(frozen=True, slots=True)
 class LatestSample:
+    """A GPU with its newest sample at some time, and when it last left a hot state.
+
+    ``left_hot_ms``: the last transition from THROTTLED/CRITICAL to NORMAL/OPTIMAL;
+    ``left_critical_ms``: the last transition out of CRITICAL — what throttle advice needs.
+    """
+
     gpu: GpuRow
     ts_ms: int | None
     state: GPUState | None
     reading: Reading | None
+    left_hot_ms: int | None = None
+    left_critical_ms: int | None = None
 
 
 def _gpu(row: sa.Row[Any]) -> GpuRow:
@@ -62,30 +71,70 @@ def reading_from_row(gpu: GpuRow, row: sa.Row[Any]) -> Reading:
     )
 
 
+def _newest_transition(timed: bool, from_states: list[int],
+                       to_states: list[int]) -> sa.ScalarSelect[Any]:
+    """Correlated: the newest matching transition of the outer GPU (at or before ``:at``).
+
+    SEARCH transitions USING INDEX ix_transitions_gpu_ts (gpu_id=? AND ts_ms<?), read
+    backwards until the first match, which is near the end.
+    """
+    t = transitions.c
+    query = sa.select(t.ts_ms).where(t.gpu_id == gpus.c.id, t.from_state.in_(from_states),
+                                     t.to_state.in_(to_states))
+    if timed:
+        query = query.where(t.ts_ms <= sa.bindparam("at"))
+    return query.order_by(t.ts_ms.desc()).limit(1).correlate(gpus).scalar_subquery()
+
+
+@functools.cache
+def _latest_statement(one_gpu: bool, timed: bool) -> sa.Select[Any]:
+    """Built once per shape (and compiled once by SQLAlchemy's cache); values are bound."""
+    s2 = samples.alias("newest")
+    newest_ts = sa.select(sa.func.max(s2.c.ts_ms)).where(s2.c.gpu_id == gpus.c.id)
+    if timed:
+        newest_ts = newest_ts.where(s2.c.ts_ms <= sa.bindparam("at"))
+    newest_ts = newest_ts.correlate(gpus).scalar_subquery()
+    query = (
+        sa.select(gpus, samples.c.ts_ms.label("sample_ts"), *[
+            c for c in samples.c if c.name not in ("gpu_id", "ts_ms")],
+            _newest_transition(timed, [2, 3], [0, 1]).label("left_hot_ms"),
+            _newest_transition(timed, [3], [0, 1, 2]).label("left_critical_ms"))
+        .select_from(gpus.outerjoin(
+            samples, sa.and_(samples.c.gpu_id == gpus.c.id, samples.c.ts_ms == newest_ts)))
+        .where(gpus.c.host == sa.bindparam("host"))
+    )
+    if one_gpu:
+        query = query.where(gpus.c.gpu_index == sa.bindparam("gpu_index"))
+    return query.order_by(gpus.c.gpu_index, gpus.c.id)
+
+
 def latest_samples(
     conn: sa.Connection, host: str, gpu_index: int | None = None, at_ms: int | None = None
 ) -> list[LatestSample]:
     """Each GPU index on ``host`` with its newest sample (at or before ``at_ms``).
 
-    When one index was held by several devices over time (a sim run, then real cards; a
-    swapped card), the device with the newest sample wins.
+    One statement for all GPUs: the newest sample is a per-GPU seek on the samples key
+    (``max(ts_ms)`` with ``gpu_id=?``: SEARCH samples USING PRIMARY KEY), never a
+    ``GROUP BY`` over the samples. When one index was held by several devices over time
+    (a sim run, then real cards; a swapped card), the device with the newest sample wins.
     """
-    query = sa.select(gpus).where(gpus.c.host == host)
+    params: dict[str, Any] = {"host": host}
     if gpu_index is not None:
-        query = query.where(gpus.c.gpu_index == gpu_index)
+        params["gpu_index"] = gpu_index
+    if at_ms is not None:
+        params["at"] = at_ms
+    statement = _latest_statement(gpu_index is not None, at_ms is not None)
     best: dict[int, LatestSample] = {}
-    for row in conn.execute(query.order_by(gpus.c.gpu_index, gpus.c.id)):
+    for row in conn.execute(statement, params):
         gpu = _gpu(row)
-        # Uses the samples primary key: SEARCH samples USING PRIMARY KEY (gpu_id=? AND ts_ms<?)
-        seek = sa.select(samples).where(samples.c.gpu_id == gpu.id)
-        if at_ms is not None:
-            seek = seek.where(samples.c.ts_ms <= at_ms)
-        newest = conn.execute(seek.order_by(samples.c.ts_ms.desc()).limit(1)).first()
+        has_sample = row.sample_ts is not None
         entry = LatestSample(
             gpu=gpu,
-            ts_ms=None if newest is None else newest.ts_ms,
-            state=None if newest is None else GPUState(newest.state),
-            reading=None if newest is None else reading_from_row(gpu, newest),
+            ts_ms=row.sample_ts,
+            state=GPUState(row.state) if has_sample else None,
+            reading=reading_from_row(gpu, row) if has_sample else None,
+            left_hot_ms=row.left_hot_ms,
+            left_critical_ms=row.left_critical_ms,
         )
         current = best.get(gpu.index)
         if current is None or (entry.ts_ms or -1) > (current.ts_ms or -1):
@@ -94,17 +143,21 @@ def latest_samples(
 
 
 def cooldown_starts(conn: sa.Connection, gpu_id: int, at_ms: int) -> tuple[int | None, int | None]:
-    """When the GPU last left THROTTLED/CRITICAL for a cool state, and last left CRITICAL."""
+    """When the GPU last left THROTTLED/CRITICAL for a cool state, and last left CRITICAL.
+
+    Each is the newest matching transition at or before ``at_ms``: a backwards walk of
+    ix_transitions_gpu_ts (gpu_id=? AND ts_ms<?) that stops at the first match.
+    """
     t = transitions.c
-    left_hot = conn.execute(
-        sa.select(sa.func.max(t.ts_ms)).where(
-            t.gpu_id == gpu_id, t.ts_ms <= at_ms, t.from_state.in_([2, 3]), t.to_state.in_([0, 1]))
-    ).scalar()
-    left_critical = conn.execute(
-        sa.select(sa.func.max(t.ts_ms)).where(
-            t.gpu_id == gpu_id, t.ts_ms <= at_ms, t.from_state == 3, t.to_state.in_([0, 1, 2]))
-    ).scalar()
-    return left_hot, left_critical
+
+    def newest(from_states: list[int], to_states: list[int]) -> int | None:
+        return conn.execute(
+            sa.select(t.ts_ms).where(t.gpu_id == gpu_id, t.ts_ms <= at_ms,
+                                     t.from_state.in_(from_states), t.to_state.in_(to_states))
+            .order_by(t.ts_ms.desc()).limit(1)
+        ).scalar()
+
+    return newest([2, 3], [0, 1]), newest([3], [0, 1, 2])
 
 
 def newest_sample_ms(conn: sa.Connection, host: str) -> int | None:
