@@ -17,7 +17,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from gpuhistory.callbacks import Callback, CallbackRegistry
+from gpuhistory.callbacks import Callback, CallbackRegistry, make_event
 from gpuhistory.clock import Clock, SystemClock
 from gpuhistory.config.layers import load_static
 from gpuhistory.config.store import ConfigStore
@@ -207,7 +207,10 @@ class GPUManager:
 
     def update_config(self, changes: Mapping[str, Any]) -> Config:
         """Validate and apply config changes (persisted as a config_changed event)."""
-        config, _ = self.config_store.update(dict(changes), actor="python")
+        config, diff = self.config_store.update(dict(changes), actor="python")
+        if diff:
+            self.callbacks.dispatch([make_event(None, "config_changed", None,
+                                                self.clock.now_ms(), {"changes": diff})])
         return config
 
     def start_monitoring(self) -> bool:

@@ -187,18 +187,21 @@ def status(db: str | None, gpu_id: int | None, at: int | None, host_name: str | 
     if url:
         _status_from_server(url, gpu_id, at, as_json)
         return
+    from gpuhistory.config.layers import load_static
+    from gpuhistory.config.store import ConfigStore
     from gpuhistory.context import machine_name
     from gpuhistory.documents import status_doc
-    from gpuhistory.domain.config import DEFAULT_CONFIG
     from gpuhistory.storage.engine import make_engine, upgrade
     from gpuhistory.storage.queries import latest_samples
 
     engine = make_engine(db)
     upgrade(engine)
     host = host_name or machine_name()
-    now = at if at is not None else SystemClock().now_ms()
+    clock = SystemClock()
+    now = at if at is not None else clock.now_ms()
+    config = ConfigStore(engine, load_static(), clock).current()  # runtime changes included
     with engine.connect() as conn:
-        docs = [status_doc(conn, e, now, DEFAULT_CONFIG)
+        docs = [status_doc(conn, e, now, config)
                 for e in latest_samples(conn, host, gpu_id, at_ms=at)]
     if as_json:
         click.echo(json.dumps({"host": host, "count": len(docs), "gpus": docs}, indent=2))

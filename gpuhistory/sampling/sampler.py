@@ -55,7 +55,7 @@ class Sampler:
         self.store = store
         self.clock = clock
         self._interval = interval
-        self.callbacks = callbacks or CallbackRegistry()
+        self.callbacks = callbacks if callbacks is not None else CallbackRegistry()
         self.last_tick: TickStats | None = None
         self.last_success_ms: int | None = None
         self._scheduler: BackgroundScheduler | None = None
