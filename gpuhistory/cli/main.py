@@ -160,6 +160,15 @@ def import_cmd(db: str | None, file: str, fmt: str, start: int | None, host_name
     except (ZoneInfoNotFoundError, ValueError):
         raise click.BadParameter(f"unknown time zone {tz_name!r}", param_hint="--timezone") \
             from None
+    from gpuhistory.importer import detect_format
+
+    try:
+        kind = detect_format(file) if fmt == "auto" else fmt
+    except (FormatError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if kind == "trace" and start is None:
+        raise click.UsageError("a trace's times are seconds since it started: give --start, "
+                               "the wall-clock time of t_s = 0 (e.g. 2026-11-26T03:00:00Z)")
     engine = make_engine(db)
     upgrade(engine)
     try:

@@ -8,7 +8,7 @@ It performs no reads from hardware and writes only the ``gpus`` rows it must res
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import sqlalchemy as sa
 
@@ -27,9 +27,10 @@ from gpuhistory.storage.log import LogStore, TickRecord, event_row, sample_row, 
 from gpuhistory.storage.queries import cooldown_starts
 from gpuhistory.storage.schema import samples, transitions
 
+_NEW_TRACK = GpuTrack()
 
-@dataclass(frozen=True, slots=True)
-class Latest:
+
+class Latest(NamedTuple):
     """The newest classified reading of a GPU, kept in memory for in-process callers."""
 
     reading: Reading
@@ -56,6 +57,9 @@ class Pipeline:
         self.uuids: dict[int, str] = {}
         self.last_ts: dict[int, int] = {}
         self.latest: dict[int, Latest] = {}
+        # index → (what the gpus row was resolved from, its id): skips rebuilding the
+        # GpuIdentity and asking the store while nothing about the device changed.
+        self._resolved: dict[int, tuple[tuple[object, ...], int]] = {}
 
     # -- restart -----------------------------------------------------------------------
     def restore(self, now_ms: int) -> None:
@@ -118,6 +122,11 @@ class Pipeline:
             # An unavailable reading says nothing new about the card: keep its row as it is.
             return known_id
         known = identities.get(reading.uuid)
+        key = (reading.uuid, reading.name, reading.memory_total_mib, reading.power_limit_w,
+               known)
+        cached = self._resolved.get(reading.index)
+        if cached is not None and cached[0] == key:
+            return cached[1]
         identity = GpuIdentity(
             index=reading.index, uuid=reading.uuid,
             name=reading.name if reading.name is not None else getattr(known, "name", None),
@@ -132,6 +141,7 @@ class Pipeline:
                 self.tracks.pop(reading.index, None)  # another card now has this index
             self.gpu_ids[reading.index] = gpu_id
             self.uuids[reading.index] = reading.uuid
+        self._resolved[reading.index] = (key, gpu_id)
         return gpu_id
 
     def process(
@@ -152,17 +162,23 @@ class Pipeline:
                 unavailable(index, "not reported by the backend", self.uuids.get(index))
                 for index in self.gpu_ids if index not in reported
             )
+        identities = identities or {}
+        resolve, tracks, last_ts, latest = self._resolve, self.tracks, self.last_ts, self.latest
+        rows = record.samples
         for reading in batch:
-            gpu_id = self._resolve(reading, identities or {}, ts_ms)
-            if gpu_id is None or reading.index in seen:
+            index = reading.index
+            gpu_id = resolve(reading, identities, ts_ms)
+            if gpu_id is None or index in seen:
                 continue
-            seen.add(reading.index)
-            ts = max(ts_ms, self.last_ts.get(reading.index, ts_ms - 1) + 1)
-            self.last_ts[reading.index] = ts
-            result = classify(reading, self.tracks.get(reading.index, GpuTrack()), config, ts)
-            self.tracks[reading.index] = result.track
-            self.latest[reading.index] = Latest(reading, result.state, result.effective, ts)
-            record.samples.append(sample_row(gpu_id, ts, int(result.state), reading))
+            seen.add(index)
+            previous = last_ts.get(index)
+            ts = ts_ms if previous is None or previous < ts_ms else previous + 1
+            last_ts[index] = ts
+            track = tracks.get(index)
+            result = classify(reading, _NEW_TRACK if track is None else track, config, ts)
+            tracks[index] = result.track
+            latest[index] = Latest(reading, result.state, result.effective, ts)
+            rows.append(sample_row(gpu_id, ts, int(result.state), reading))
             if result.transition is not None:
                 record.transitions.append(transition_row(gpu_id, result.transition))
             for draft in result.events:
