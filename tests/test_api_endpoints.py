@@ -174,3 +174,20 @@ def test_openapi_document_describes_every_endpoint(app) -> None:
         assert path in doc["paths"]
     allocate = doc["paths"]["/api/gpu/memory/allocate"]["post"]
     assert "requestBody" in allocate and "409" in allocate["responses"]
+
+
+def test_past_questions_use_the_thresholds_in_force_then(app) -> None:
+    """Throttle advice ``at`` a time before a config change uses the old cooldown."""
+    app.tick(5, times=30)  # GPU 1 critical
+    app.tick(1, times=60)  # cooled at ~200 s: the 60 s critical pause runs
+    before_change = app.clock.now_ms()
+    past = get(app, "/api/gpu/throttle/status", gpu_id=1, at=str(before_change / 1000)).json()
+    assert past["effective_state"] == "CRITICAL"
+    app.clock.advance(1)
+    requests.put(f"{app.url}/api/gpu/config", json={"critical_pause_seconds": 0,
+                                                    "throttle_cooldown_seconds": 0}, timeout=5)
+    app.clock.advance(1)
+    now = get(app, "/api/gpu/throttle/status", gpu_id=1).json()
+    assert now["effective_state"] == now["state"]  # no pause under the new config
+    again = get(app, "/api/gpu/throttle/status", gpu_id=1, at=str(before_change / 1000)).json()
+    assert again["effective_state"] == "CRITICAL"  # the past keeps its own thresholds

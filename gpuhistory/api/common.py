@@ -7,6 +7,7 @@ from flask import Response, current_app
 
 from gpuhistory.api.errors import ApiError
 from gpuhistory.context import ServiceContext
+from gpuhistory.domain.config import Config
 from gpuhistory.storage.queries import LatestSample, latest_samples
 
 View = Response | tuple[Response, int]  # what a view returns (resolvable by get_type_hints)
@@ -14,6 +15,14 @@ View = Response | tuple[Response, int]  # what a view returns (resolvable by get
 
 def ctx() -> ServiceContext:
     return current_app.extensions["gpuhistory"]  # type: ignore[no-any-return]
+
+
+def config_at(ts_ms: int, live: bool) -> Config:
+    """The configuration now, or the one in force at a past time."""
+    c = ctx()
+    if live or c.config_store is None:
+        return c.config()
+    return c.config_store.at(ts_ms)
 
 
 def one_gpu(conn: sa.Connection, gpu_id: int, at_ms: int | None = None) -> LatestSample:

@@ -8,7 +8,7 @@ import sqlalchemy as sa
 from flask import jsonify
 from flask_openapi3 import APIBlueprint, Tag
 
-from gpuhistory.api.common import View, ctx, one_gpu
+from gpuhistory.api.common import View, config_at, ctx, one_gpu
 from gpuhistory.api.responses import Status, StatusAll, errors
 from gpuhistory.api.schemas import StatusAllQuery, StatusQuery
 from gpuhistory.clock import iso_utc
@@ -20,9 +20,12 @@ bp = APIBlueprint("status", __name__, url_prefix="/api/gpu", abp_tags=[Tag(name=
 
 def _full_status(conn: sa.Connection, entries: list[LatestSample], now: int,
                  live: bool) -> list[dict[str, Any]]:
-    """Status documents; when live, with lease capacity and monitoring state."""
+    """Status documents; when live, with lease capacity and monitoring state.
+
+    About the past, the thresholds and cooldowns are those in force at that time.
+    """
     c = ctx()
-    config = c.config()
+    config = config_at(now, live)
     docs = [status_doc(conn, entry, now, config) for entry in entries]
     if live and c.leases is not None:
         capacity = c.leases.capacities(conn, entries)

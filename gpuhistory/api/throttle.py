@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import jsonify
 from flask_openapi3 import APIBlueprint, Tag
 
-from gpuhistory.api.common import View, ctx, one_gpu
+from gpuhistory.api.common import View, config_at, ctx, one_gpu
 from gpuhistory.api.responses import ThrottleStatus, errors
 from gpuhistory.api.schemas import ThrottleQuery
 from gpuhistory.clock import iso_utc
@@ -22,5 +22,5 @@ def throttle_status(query: ThrottleQuery) -> View:
     when = at if at is not None else c.clock.now_ms()
     with c.engine.connect() as conn:
         entry = one_gpu(conn, query.gpu_id, at)
-        doc = throttle_doc(conn, entry, when, c.config())
+        doc = throttle_doc(conn, entry, when, config_at(when, live=at is None))
     return jsonify({"gpu_id": query.gpu_id, "at": iso_utc(when), **doc})

@@ -84,6 +84,29 @@ class ConfigStore:
                     continue
             return Config.model_validate(good)
 
+    def at(self, ts_ms: int) -> Config:
+        """The configuration that was in force at ``ts_ms``: runtime changes up to then.
+
+        Answers about the past (status or throttle advice ``at`` a time) use the thresholds
+        of that time, not today's.
+        """
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(events.c.payload).where(events.c.kind == KIND,
+                                                  events.c.ts_ms <= ts_ms)
+                .order_by(events.c.id)
+            ).scalars().all()
+        runtime: dict[str, Any] = {}
+        for payload in rows:
+            for key, change in (payload.get("changes") or {}).items():
+                if key not in Config.model_fields:
+                    continue
+                if change.get("cleared"):
+                    runtime.pop(key, None)
+                else:
+                    runtime[key] = change.get("new")
+        return self._fold(runtime)
+
     def current(self) -> Config:
         self.refresh()
         return self._config
