@@ -128,6 +128,8 @@ class GPUManager:
     def allocate_memory(self, allocation_id: str, memory_mb: int, gpu_id: int = 0,
                         ttl_seconds: float | None = None, owner: str | None = None) -> bool:
         """Lease ``memory_mb`` MiB; False when it does not fit or the id is taken."""
+        if not self.pipeline.gpu_ids:
+            self._fresh()  # a first sample registers the GPUs and their memory
         try:
             lease, token = self.leases.grant(allocation_id, memory_mb, gpu_index=gpu_id,
                                              ttl_seconds=ttl_seconds, owner=owner)
