@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from types import ModuleType
 
 from gpuhistory.clock import Clock
 from gpuhistory.sampling.backend import Backend
@@ -26,8 +27,11 @@ def select_backend(
     clock: Clock,
     trace: str | os.PathLike[str] | None = None,
     sim_gpus: int | None = None,
+    nvml: ModuleType | None = None,
 ) -> Backend:
     """The backend for ``kind``. ``auto`` uses NVML unless its library is absent.
+
+    ``nvml`` replaces the pynvml module (tests pass a fake one).
 
     When the library is present but failing, ``auto`` stays on NVML: the GPUs are reported
     UNAVAILABLE and init is retried, rather than quietly showing simulated data.
@@ -36,8 +40,8 @@ def select_backend(
         raise ValueError(f"unknown backend {kind!r}; one of {', '.join(BACKENDS)}")
     if kind == "sim":
         return SimBackend(clock, trace=trace, gpus=sim_gpus)
-    if kind == "nvml" or nvml_library_present():
-        return NvmlBackend(clock=clock)
+    if kind == "nvml" or nvml_library_present(nvml):
+        return NvmlBackend(nvml=nvml, clock=clock)
     backend = SimBackend(clock, trace=trace, gpus=sim_gpus)
     log.warning(SIM_WARNING.format(trace=backend.trace))
     return backend
