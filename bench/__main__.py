@@ -23,6 +23,7 @@ BENCHMARKS = {
     "import": "bench.importing",
     "storage": "bench.storage",
     "http": "bench.http_api",
+    "analytics": "bench.analytics",
 }
 
 
