@@ -197,10 +197,17 @@ class Client:
         return self._get("/api/gpu/metrics", gpu_id=gpu_id)
 
     def history(self, gpu_id: int = 0, since: TimeArg = None, until: TimeArg = None,
-                limit: int | None = None) -> dict[str, Any]:
-        """Persisted samples in [since, until], the newest ``limit``; ``samples`` oldest first."""
+                limit: int | None = None, resolution: str | None = None,
+                points: int | None = None) -> dict[str, Any]:
+        """History in [since, until], oldest first.
+
+        Without ``resolution``/``points``: raw ``samples``, the newest ``limit``. With them:
+        about ``points`` ``buckets`` (default 500) from ``raw``, ``1m`` or ``1h`` data
+        (``auto``: the coarsest with enough detail); since/until default to the last hour.
+        """
         return self._get("/api/gpu/metrics/history", gpu_id=gpu_id,
-                         since=time_param(since), until=time_param(until), limit=limit)
+                         since=time_param(since), until=time_param(until), limit=limit,
+                         resolution=resolution, points=points)
 
     def trend(self, gpu_id: int = 0, duration_minutes: float = 5,
               until: TimeArg = None) -> dict[str, Any]:
@@ -217,6 +224,21 @@ class Client:
         """Events with an id above ``since_id``, oldest first; ``last_id`` is the next cursor."""
         return self._get("/api/gpu/events", since_id=since_id, kind=kind,
                          gpu_id=gpu_id, limit=limit)
+
+    # -- incidents ---------------------------------------------------------------------
+    def incidents(self, gpu_id: int | None = None, since: TimeArg = None,
+                  until: TimeArg = None, severity: str | None = None,
+                  limit: int | None = None) -> list[dict[str, Any]]:
+        """Overheat incidents overlapping [since, until], newest first (``severity``:
+        overheat or severe)."""
+        doc = self._get("/api/gpu/incidents", gpu_id=gpu_id, since=time_param(since),
+                        until=time_param(until), severity=severity, limit=limit)
+        return doc["incidents"]  # type: ignore[no-any-return]
+
+    def incident(self, incident_id: int, max_samples: int | None = None) -> dict[str, Any]:
+        """The post-mortem of one incident (404 ``incident_not_found``): ``summary``, peak,
+        reasons, transitions, leases, processes and the context ``samples``."""
+        return self._get(f"/api/gpu/incidents/{int(incident_id)}", max_samples=max_samples)
 
     # -- leases ------------------------------------------------------------------------
     def available(self, gpu_id: int = 0) -> dict[str, Any]:

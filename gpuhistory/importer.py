@@ -27,6 +27,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from gpuhistory.analytics.incidents import mark_dirty
+from gpuhistory.analytics.rollups import mark_dirty as mark_rollups_dirty
 from gpuhistory.clock import iso_utc
 from gpuhistory.domain.config import DEFAULT_CONFIG, Config
 from gpuhistory.domain.reading import Reading
@@ -214,6 +216,7 @@ def _import_rows(
     gpu_ids: set[int] = set()
     totals = {"samples": 0, "transitions": 0, "events": 0}
     first_ts: int | None = None
+    earliest_ts: int | None = None  # from here on, the incident detector rescans
 
     def flush() -> None:
         nonlocal record
@@ -241,7 +244,7 @@ def _import_rows(
     tick_key: Any = None
 
     def run_tick() -> None:
-        nonlocal first_ts
+        nonlocal first_ts, earliest_ts
         ts = to_ms(tick_key)
         if not 0 <= ts <= MAX_TS_MS:
             raise FormatError(name, lines[0], f"the row's time ({ts} ms since 1970) is "
@@ -251,6 +254,8 @@ def _import_rows(
         process(ts, tick, record=record)
         if first_ts is None:
             first_ts = ts
+        if earliest_ts is None or ts < earliest_ts:
+            earliest_ts = ts
         if len(record.samples) >= CHUNK_SAMPLES:
             flush()
 
@@ -268,6 +273,9 @@ def _import_rows(
     if not totals["samples"]:
         raise FormatError(name, 2, "no data rows after the header")
     _finish_gpus(conn, existing, gpu_ids)
+    for gpu_id in sorted(gpu_ids):  # committed with the samples, or not at all
+        mark_dirty(conn, gpu_id, earliest_ts)  # type: ignore[arg-type]
+        mark_rollups_dirty(conn, gpu_id, earliest_ts)  # type: ignore[arg-type]
     return {**totals, "gpus": len(gpu_ids), "first_ts_ms": first_ts,
             "last_ts_ms": max(pipeline.last_ts.values(), default=None)}
 

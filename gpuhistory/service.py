@@ -1,4 +1,5 @@
-"""``serve``: the sampler, the lease reaper and the WSGI app in one process.
+"""``serve``: the sampler, the lease reaper, the incident detector, retention and the WSGI
+app in one process.
 
 SIGTERM or SIGINT stops the scheduler (the tick in flight finishes and is committed), logs
 ``monitoring_stopped`` and ``service_stopped``, then closes the HTTP server.
@@ -19,6 +20,9 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from waitress import wasyncore
 from waitress.server import create_server
 
+from gpuhistory.analytics.incidents import IncidentDetector
+from gpuhistory.analytics.retention import RetentionJob
+from gpuhistory.analytics.rollups import RollupJob
 from gpuhistory.api.app import create_app
 from gpuhistory.clock import Clock, SystemClock
 from gpuhistory.config.layers import load_static
@@ -37,6 +41,13 @@ log = logging.getLogger(__name__)
 
 REAP_JOB_ID = "gpuhistory.reap_leases"
 REAP_EVERY_SECONDS = 5
+ROLLUP_JOB_ID = "gpuhistory.rollups"
+ROLLUP_EVERY_SECONDS = 30
+ROLLUP_MAX_SECONDS = 20  # a long catch-up goes on at the next run
+INCIDENTS_JOB_ID = "gpuhistory.detect_incidents"
+INCIDENTS_EVERY_SECONDS = 10
+RETENTION_JOB_ID = "gpuhistory.retention"
+RETENTION_EVERY_SECONDS = 3600
 
 
 @dataclass(frozen=True)
@@ -96,6 +107,9 @@ class Service:
         self.sampler = Sampler(self.backend, self.pipeline, self.store, self.clock,
                                interval=lambda: self.config().monitor_interval)
         self.leases = LeaseManager(self.engine, self.host, self.clock, self.config)
+        self.rollups = RollupJob(self.engine, self.clock)
+        self.incidents = IncidentDetector(self.engine, self.clock, self.config, host=self.host)
+        self.retention = RetentionJob(self.engine, self.clock, self.config)
         self.scheduler = BackgroundScheduler(timezone="UTC")
         self.sampler.attach(self.scheduler)
         self.context = ServiceContext(
@@ -112,9 +126,22 @@ class Service:
                                              payload=payload)])
 
     def start_background(self) -> None:
-        """Start the scheduler: the lease reaper always, sampling unless stopped by request."""
+        """Start the scheduler: lease reaper, rollups, incident detector and retention always;
+        sampling unless stopped by request."""
         self.scheduler.add_job(self.leases.reap, "interval", seconds=REAP_EVERY_SECONDS,
                                id=REAP_JOB_ID, name="expire overdue leases",
+                               max_instances=1, coalesce=True, replace_existing=True)
+        self.scheduler.add_job(self.rollups.safe_run, "interval", seconds=ROLLUP_EVERY_SECONDS,
+                               kwargs={"max_seconds": ROLLUP_MAX_SECONDS},
+                               id=ROLLUP_JOB_ID, name="roll samples up into 1m/1h buckets",
+                               max_instances=1, coalesce=True, replace_existing=True)
+        self.scheduler.add_job(self.incidents.safe_run, "interval",
+                               seconds=INCIDENTS_EVERY_SECONDS, id=INCIDENTS_JOB_ID,
+                               name="detect overheat incidents",
+                               max_instances=1, coalesce=True, replace_existing=True)
+        self.scheduler.add_job(self.retention.safe_run, "interval",
+                               seconds=RETENTION_EVERY_SECONDS, id=RETENTION_JOB_ID,
+                               name="delete samples past retention",
                                max_instances=1, coalesce=True, replace_existing=True)
         self.scheduler.start()
         if should_monitor(self.engine):

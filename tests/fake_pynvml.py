@@ -4,10 +4,16 @@ It exposes only the names ``NvmlBackend`` uses. Results are the real binding's c
 structures (``c_nvmlMemory_t``, ``c_nvmlFieldValue_t``...), so the backend is tested against
 their real layout; errors are ``NVMLError`` with ``.value`` and the real binding's texts.
 Devices are configured per index; ``calls`` counts every function called.
+
+Hardware facts: a device's ``processes`` (pid, used bytes or None), its throttle-time
+``counters`` (field id → ns; a counter field absent answers NOT_SUPPORTED), and XID errors
+queued with ``FakeNvml.xid`` onto every event set its handle is registered with. Event
+sets are refused where ``event_sets_supported`` is False (register: NOT_SUPPORTED).
 """
 
 from __future__ import annotations
 
+import os
 import types
 from collections import Counter
 from collections.abc import Callable
@@ -17,6 +23,12 @@ from typing import Any
 import pynvml
 
 MIB = 1024 * 1024
+NOT_AVAILABLE = pynvml.NVML_VALUE_NOT_AVAILABLE_ulonglong.value  # usedGpuMemory: unknown
+POWER_CAP = pynvml.NVML_FI_DEV_CLOCKS_EVENT_REASON_SW_POWER_CAP
+SW_THERMAL = pynvml.NVML_FI_DEV_CLOCKS_EVENT_REASON_SW_THERM_SLOWDOWN
+HW_THERMAL = pynvml.NVML_FI_DEV_CLOCKS_EVENT_REASON_HW_THERM_SLOWDOWN
+POWER_BRAKE = pynvml.NVML_FI_DEV_CLOCKS_EVENT_REASON_HW_POWER_BRAKE_SLOWDOWN
+COUNTER_FIELDS = (POWER_CAP, SW_THERMAL, HW_THERMAL, POWER_BRAKE)
 _VALUE_MEMBERS = {  # c_nvmlFieldValue_t.valueType → the union member that holds the value
     pynvml.NVML_VALUE_TYPE_DOUBLE: "dVal",
     pynvml.NVML_VALUE_TYPE_UNSIGNED_INT: "uiVal",
@@ -70,6 +82,8 @@ class FakeDevice:
     field_errors: dict[int, int] = field(default_factory=dict)
     lost: bool = False  # every call for it raises GPU_IS_LOST
     generation: int = 0  # bumped on recovery: handles taken before it are stale
+    processes: list[tuple[int, int | None]] = field(default_factory=list)  # (pid, bytes)
+    counters: dict[int, int] = field(default_factory=lambda: dict.fromkeys(COUNTER_FIELDS, 0))
 
 
 @dataclass(frozen=True)
@@ -77,6 +91,13 @@ class FakeHandle:
     index: int
     device: FakeDevice
     generation: int
+
+
+@dataclass
+class FakeEventSet:
+    handles: list[FakeHandle] = field(default_factory=list)
+    pending: list[Any] = field(default_factory=list)
+    freed: bool = False
 
 
 def h100(index: int) -> FakeDevice:
@@ -93,6 +114,7 @@ def rtx4090(index: int) -> FakeDevice:
         power_limit_mw=450_000, sm_clock=210, mem_clock=405, clock_event_reasons=0x1,
         pstate=8, fan=30, slowdown_c=90, shutdown_c=100,
         field_errors={pynvml.NVML_FI_DEV_MEMORY_TEMP: pynvml.NVML_ERROR_NOT_SUPPORTED},
+        counters={},  # no throttle-time counters
     )
 
 
@@ -124,6 +146,11 @@ class FakeNvml(types.ModuleType):
     NVML_VALUE_TYPE_SIGNED_LONG_LONG = pynvml.NVML_VALUE_TYPE_SIGNED_LONG_LONG
     NVML_VALUE_TYPE_SIGNED_INT = pynvml.NVML_VALUE_TYPE_SIGNED_INT
     NVML_VALUE_TYPE_UNSIGNED_SHORT = pynvml.NVML_VALUE_TYPE_UNSIGNED_SHORT
+    NVML_FI_DEV_CLOCKS_EVENT_REASON_SW_POWER_CAP = POWER_CAP
+    NVML_FI_DEV_CLOCKS_EVENT_REASON_SW_THERM_SLOWDOWN = SW_THERMAL
+    NVML_FI_DEV_CLOCKS_EVENT_REASON_HW_THERM_SLOWDOWN = HW_THERMAL
+    NVML_FI_DEV_CLOCKS_EVENT_REASON_HW_POWER_BRAKE_SLOWDOWN = POWER_BRAKE
+    nvmlEventTypeXidCriticalError = pynvml.nvmlEventTypeXidCriticalError
     NVMLError = NVMLError
 
     def __init__(self, devices: list[FakeDevice] | None = None, *,
@@ -136,6 +163,9 @@ class FakeNvml(types.ModuleType):
         self.init_failures_left: int | None = 0  # None: fail for ever
         self.refcount = 0
         self.calls: Counter[str] = Counter()
+        self.event_sets_supported = True
+        self.event_sets: list[FakeEventSet] = []
+        self.field_requests: list[list[int]] = []  # the ids of each field-values call
 
     # -- scenario controls ---------------------------------------------------------------
     def fail_init(self, code: int, times: int | None = None) -> None:
@@ -150,6 +180,17 @@ class FakeNvml(types.ModuleType):
         """The GPU answers again, but only through a freshly acquired handle."""
         self.devices[index].lost = False
         self.devices[index].generation += 1
+
+    def xid(self, index: int, code: int, event_type: int | None = None) -> None:
+        """The driver reports XID ``code`` on GPU ``index`` to every set watching it."""
+        for event_set in self.event_sets:
+            for handle in event_set.handles:
+                if handle.index == index and not event_set.freed:
+                    event_set.pending.append(types.SimpleNamespace(
+                        device=handle, eventData=code,
+                        eventType=(self.nvmlEventTypeXidCriticalError if event_type is None
+                                   else event_type),
+                        gpuInstanceId=0xFFFFFFFF, computeInstanceId=0xFFFFFFFF))
 
     # -- plumbing --------------------------------------------------------------------------
     def _begin(self, function: str) -> None:
@@ -231,16 +272,22 @@ class FakeNvml(types.ModuleType):
 
     def nvmlDeviceGetFieldValues(self, handle: FakeHandle, field_ids: list[int]) -> Any:
         device = self._device("nvmlDeviceGetFieldValues", handle)
+        self.field_requests.append(list(field_ids))
         values = (pynvml.c_nvmlFieldValue_t * len(field_ids))()
         for value, field_id in zip(values, field_ids, strict=True):
             value.fieldId = field_id
-            supported = field_id == self.NVML_FI_DEV_MEMORY_TEMP
+            supported = field_id == self.NVML_FI_DEV_MEMORY_TEMP or field_id in device.counters
             value.nvmlReturn = device.field_errors.get(
                 field_id, self.NVML_SUCCESS if supported else self.NVML_ERROR_NOT_SUPPORTED)
-            if value.nvmlReturn == self.NVML_SUCCESS:
+            if value.nvmlReturn != self.NVML_SUCCESS:
+                continue
+            if field_id == self.NVML_FI_DEV_MEMORY_TEMP:
                 value.valueType = device.memory_temperature_type
                 member = _VALUE_MEMBERS[device.memory_temperature_type]
                 setattr(value.value, member, device.memory_temperature)
+            else:  # throttle time, as the driver gives it: unsigned long long nanoseconds
+                value.valueType = self.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG
+                value.value.ullVal = device.counters[field_id]
         return values
 
     def nvmlDeviceGetUtilizationRates(self, handle: FakeHandle) -> pynvml.c_nvmlUtilization_t:
@@ -268,6 +315,54 @@ class FakeNvml(types.ModuleType):
     def nvmlDeviceGetFanSpeed(self, handle: FakeHandle) -> int:
         return self._device("nvmlDeviceGetFanSpeed", handle).fan
 
+    def nvmlDeviceGetComputeRunningProcesses_v3(self, handle: FakeHandle) -> list[Any]:
+        """As the binding returns them: friendly objects, usedGpuMemory None when unknown."""
+        device = self._device("nvmlDeviceGetComputeRunningProcesses_v3", handle)
+        out = []
+        for pid, used in device.processes:
+            info = pynvml.nvmlStructToFriendlyObject(pynvml.c_nvmlProcessInfo_v3_t(
+                pid=pid, usedGpuMemory=NOT_AVAILABLE if used is None else used,
+                gpuInstanceId=0xFFFFFFFF, computeInstanceId=0xFFFFFFFF))
+            if info.usedGpuMemory == NOT_AVAILABLE:
+                info.usedGpuMemory = None
+            out.append(info)
+        return out
+
+    def nvmlDeviceGetComputeRunningProcesses(self, handle: FakeHandle) -> list[Any]:
+        self.calls["nvmlDeviceGetComputeRunningProcesses"] += 1
+        return self.nvmlDeviceGetComputeRunningProcesses_v3(handle)
+
+    def nvmlDeviceGetIndex(self, handle: FakeHandle) -> int:
+        self._device("nvmlDeviceGetIndex", handle)
+        return handle.index
+
+    def nvmlEventSetCreate(self) -> FakeEventSet:
+        self._begin("nvmlEventSetCreate")
+        event_set = FakeEventSet()
+        self.event_sets.append(event_set)
+        return event_set
+
+    def nvmlDeviceRegisterEvents(self, handle: FakeHandle, event_types: int,
+                                 event_set: FakeEventSet) -> None:
+        self._device("nvmlDeviceRegisterEvents", handle)
+        if not self.event_sets_supported:
+            raise NVMLError(self.NVML_ERROR_NOT_SUPPORTED)
+        assert event_types == self.nvmlEventTypeXidCriticalError
+        event_set.handles.append(handle)
+
+    def nvmlEventSetWait_v2(self, event_set: FakeEventSet, timeout_ms: int) -> Any:
+        self._begin("nvmlEventSetWait_v2")
+        assert timeout_ms == 0, "a tick must never block on the event set"
+        if event_set.freed:
+            raise NVMLError(self.NVML_ERROR_INVALID_ARGUMENT)
+        if not event_set.pending:
+            raise NVMLError(self.NVML_ERROR_TIMEOUT)
+        return event_set.pending.pop(0)
+
+    def nvmlEventSetFree(self, event_set: FakeEventSet) -> None:
+        self._begin("nvmlEventSetFree")
+        event_set.freed = True
+
     def nvmlDeviceGetTotalEnergyConsumption(self, handle: FakeHandle) -> int:
         """Present only so a test can prove it is never called (~3 ms on an H100)."""
         self._device("nvmlDeviceGetTotalEnergyConsumption", handle)
@@ -285,6 +380,30 @@ class LegacyFakeNvml(FakeNvml):
         raise AttributeError("module 'pynvml' has no attribute "
                              "'nvmlDeviceGetCurrentClocksEventReasons'")
 
+    @property
+    def nvmlDeviceGetComputeRunningProcesses_v3(self) -> Any:  # type: ignore[override]
+        raise AttributeError("module 'pynvml' has no attribute "
+                             "'nvmlDeviceGetComputeRunningProcesses_v3'")
+
+    def nvmlDeviceGetComputeRunningProcesses(self, handle: FakeHandle) -> list[Any]:
+        device = self._device("nvmlDeviceGetComputeRunningProcesses", handle)
+        return [types.SimpleNamespace(pid=pid, usedGpuMemory=used)
+                for pid, used in device.processes]
+
+
+def _no_event_sets() -> FakeNvml:
+    nvml = FakeNvml([h100(0)])
+    nvml.event_sets_supported = False
+    return nvml
+
+
+def _h100_busy() -> FakeNvml:
+    """One H100 running this test process (so psutil finds its name), power-capped."""
+    device = h100(0)
+    device.processes = [(os.getpid(), 20000 * MIB)]
+    device.counters[POWER_CAP] = 5_000_000_000
+    return FakeNvml([device])
+
 
 def _driver_not_loaded() -> FakeNvml:
     nvml = FakeNvml()
@@ -299,6 +418,8 @@ SCENARIOS: dict[str, Callable[[], FakeNvml]] = {
     "old_bindings_h100": lambda: LegacyFakeNvml([h100(0)]),
     "no_driver": lambda: FakeNvml(library_missing=True),
     "driver_not_loaded": _driver_not_loaded,
+    "h100_busy": _h100_busy,
+    "no_event_sets": _no_event_sets,
 }
 
 

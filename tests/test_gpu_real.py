@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import pynvml
 import pytest
 
+from gpuhistory.sampling.hardware import COUNTER_NAMES
 from gpuhistory.sampling.nvml import NvmlBackend, nvml_library_present
 
 
@@ -98,3 +99,72 @@ def test_200_reads_complete(backend: NvmlBackend) -> None:
     elapsed = time.perf_counter() - started
     print(f"NVML read: {elapsed / 200 / gpus * 1e6:.0f} µs per read per GPU "
           f"({gpus} GPU(s), 200 reads)")
+
+
+def test_read_hardware_on_real_nvml(backend: NvmlBackend) -> None:
+    """Processes (maybe none), throttle counters (ints or None) and XIDs, typed as promised."""
+    facts = backend.read_hardware()
+    assert [f.index for f in facts] == [r.index for r in backend.read()]
+    for f in facts:
+        assert f.processes is None or isinstance(f.processes, list)
+        for p in f.processes or []:
+            assert isinstance(p.pid, int) and p.pid > 0
+            assert p.name is None or isinstance(p.name, str)
+            assert p.used_memory_mib is None or (isinstance(p.used_memory_mib, int)
+                                                 and p.used_memory_mib >= 0)
+        if f.counters is not None:
+            assert set(f.counters) == set(COUNTER_NAMES)
+            assert all(v is None or (isinstance(v, int) and v >= 0)
+                       for v in f.counters.values())
+        assert all(isinstance(x.code, int) for x in f.xids)
+        print(f)
+    again = backend.read_hardware()
+    for before, after in zip(facts, again, strict=True):  # cumulative: never backwards
+        for name in COUNTER_NAMES:
+            a = (before.counters or {}).get(name)
+            b = (after.counters or {}).get(name)
+            assert a is None or b is None or b >= a
+    print(backend.health().detail)
+
+
+def test_xid_event_set_created_or_reported_unsupported() -> None:
+    """An event set for critical XIDs can be created and registered, and a 0 ms wait
+    answers TIMEOUT (nothing pending) — or registration says NOT_SUPPORTED."""
+    pynvml.nvmlInit()
+    try:
+        event_set = pynvml.nvmlEventSetCreate()
+        try:
+            handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+            supported = pynvml.nvmlDeviceGetSupportedEventTypes(handle)
+            print(f"supported event types: 0x{supported:x}")
+            try:
+                pynvml.nvmlDeviceRegisterEvents(handle, pynvml.nvmlEventTypeXidCriticalError,
+                                                event_set)
+            except pynvml.NVMLError as exc:
+                assert exc.value == pynvml.NVML_ERROR_NOT_SUPPORTED, exc
+                print("XID event sets: not supported")
+                return
+            with pytest.raises(pynvml.NVMLError) as waited:
+                while True:  # drain anything already pending
+                    data = pynvml.nvmlEventSetWait_v2(event_set, 0)
+                    print(f"pending event: type 0x{data.eventType:x} data {data.eventData}")
+            assert waited.value.value == pynvml.NVML_ERROR_TIMEOUT
+            print("XID event sets: supported")
+        finally:
+            pynvml.nvmlEventSetFree(event_set)
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def test_hardware_read_cost(backend: NvmlBackend) -> None:
+    """The cost of read_hardware next to read(), printed, not asserted."""
+    backend.read_hardware()
+    gpus = len(backend.read())
+    costs = {}
+    for name, call in (("read", backend.read), ("read_hardware", backend.read_hardware)):
+        started = time.perf_counter()
+        for _ in range(200):
+            call()
+        costs[name] = (time.perf_counter() - started) / 200 / gpus * 1e6
+    print(f"per GPU: read() {costs['read']:.0f} µs, read_hardware() "
+          f"{costs['read_hardware']:.0f} µs ({gpus} GPU(s), 200 calls each)")

@@ -10,10 +10,13 @@ import pytest
 
 from gpuhistory.clock import FakeClock
 from gpuhistory.domain.reading import GpuIdentity
+from gpuhistory.sampling import nvml as nvml_module
 from gpuhistory.sampling.nvml import NvmlBackend, nvml_library_present
-from tests.fake_pynvml import FakeNvml, LegacyFakeNvml, h100, scenario
+from tests import fake_pynvml
+from tests.fake_pynvml import POWER_CAP, FakeNvml, LegacyFakeNvml, h100, scenario
 
 NOT_SUPPORTED = FakeNvml.NVML_ERROR_NOT_SUPPORTED
+MIB_BYTES = fake_pynvml.MIB
 MakeBackend = Callable[..., NvmlBackend]
 
 
@@ -354,3 +357,202 @@ def test_concurrent_first_reads_initialise_once(make_backend: MakeBackend) -> No
         thread.join()
     assert results == [4] * 8
     assert (nvml.calls["nvmlInit"], nvml.calls["nvmlDeviceGetCount"]) == (1, 1)
+
+
+# -- hardware facts: processes, throttle-time counters, XID errors ---------------------------
+def test_read_hardware_processes_counters_and_names(make_backend: MakeBackend) -> None:
+    """A process's pid and memory come from NVML (bytes → MiB), its name from psutil."""
+    import os
+
+    import psutil
+
+    nvml = scenario("h100_busy")
+    (facts,) = make_backend(nvml, process_names=True).read_hardware()
+    assert facts.index == 0
+    assert facts.processes == [(os.getpid(), psutil.Process().name(), 20000)]
+    assert facts.counters == {"power_cap_ns": 5_000_000_000, "sw_thermal_ns": 0,
+                              "hw_thermal_ns": 0, "power_brake_ns": 0}
+    assert facts.xids == []
+    assert nvml.calls["nvmlDeviceGetComputeRunningProcesses_v3"] == 1
+    assert nvml.calls["nvmlDeviceGetComputeRunningProcesses"] == 0  # v3 where present
+    assert nvml.field_requests == [list(fake_pynvml.COUNTER_FIELDS)]  # one call for all four
+    assert nvml.calls["nvmlDeviceGetTotalEnergyConsumption"] == 0
+
+
+def test_process_memory_unknown_and_names_off(make_backend: MakeBackend) -> None:
+    """NVML's 'not available' memory is None; without names (a child PID namespace) the
+    name is None and psutil is not asked; an unknown pid has no name either."""
+    nvml = scenario("one_h100")
+    nvml.devices[0].processes = [(4_000_000, None)]
+    (facts,) = make_backend(nvml, process_names=True).read_hardware()
+    assert facts.processes == [(4_000_000, None, None)]  # no such pid here: no name
+    nvml.devices[0].processes = [(1, 512 * MIB_BYTES)]
+    (facts,) = make_backend(nvml, process_names=False).read_hardware()
+    assert facts.processes == [(1, None, 512)]
+
+
+def test_process_name_looked_up_once_per_pid(make_backend: MakeBackend,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Names are cached while the pid keeps appearing; a pid that left is asked again."""
+    asked: list[int] = []
+    monkeypatch.setattr(nvml_module, "process_name", lambda pid: asked.append(pid) or "train")
+    nvml = scenario("one_h100")
+    nvml.devices[0].processes = [(7, MIB_BYTES), (8, MIB_BYTES)]
+    backend = make_backend(nvml, process_names=True)
+    for _ in range(3):
+        backend.read_hardware()
+    nvml.devices[0].processes = [(8, MIB_BYTES)]
+    backend.read_hardware()
+    nvml.devices[0].processes = [(7, MIB_BYTES), (8, MIB_BYTES)]
+    (facts,) = backend.read_hardware()
+    assert asked == [7, 8, 7]
+    assert [p.name for p in facts.processes or []] == ["train", "train"]
+
+
+def test_counters_not_supported_are_none_and_not_asked_again(
+    make_backend: MakeBackend, clock: FakeClock,
+) -> None:
+    """Per-value NOT_SUPPORTED: that counter is None and dropped from later calls; a card
+    with none of them answers None and is not asked at all any more."""
+    nvml = scenario("one_h100")
+    del nvml.devices[0].counters[fake_pynvml.POWER_BRAKE]
+    backend = make_backend(nvml)
+    first = backend.read_hardware()[0].counters
+    clock.advance(60)
+    second = backend.read_hardware()[0].counters
+    assert first == second == {"power_cap_ns": 0, "sw_thermal_ns": 0, "hw_thermal_ns": 0,
+                               "power_brake_ns": None}
+    assert nvml.field_requests == [list(fake_pynvml.COUNTER_FIELDS),
+                                   list(fake_pynvml.COUNTER_FIELDS[:3])]
+    consumer = scenario("one_rtx4090")  # no counters at all
+    backend = make_backend(consumer)
+    assert [backend.read_hardware()[0].counters for _ in range(3)] == [None] * 3
+    assert consumer.calls["nvmlDeviceGetFieldValues"] == 1
+
+
+def test_slow_counters_read_once_a_minute_or_while_hw_slowdown(
+    make_backend: MakeBackend, clock: FakeClock,
+) -> None:
+    """HW thermal and power brake cost ~650 µs on an H100: asked for once a minute (keeping
+    their last value between), and at every read while the GPU reports an HW slowdown."""
+    nvml = scenario("one_h100")
+    device = nvml.devices[0]
+    backend = make_backend(nvml)
+    cheap, every = list(fake_pynvml.COUNTER_FIELDS[:2]), list(fake_pynvml.COUNTER_FIELDS)
+    backend.read()
+    backend.read_hardware()
+    device.counters[fake_pynvml.HW_THERMAL] = 5
+    device.counters[POWER_CAP] = 7
+    clock.advance(59)
+    facts = backend.read_hardware()[0].counters
+    assert facts == {"power_cap_ns": 7, "sw_thermal_ns": 0, "hw_thermal_ns": 0,
+                     "power_brake_ns": 0}  # the slow ones keep their last value
+    clock.advance(1)
+    assert backend.read_hardware()[0].counters["hw_thermal_ns"] == 5  # type: ignore[index]
+    device.clock_event_reasons = 0x40  # HwThermalSlowdown: now they are read every time
+    backend.read()
+    device.counters[fake_pynvml.HW_THERMAL] = 9
+    assert backend.read_hardware()[0].counters["hw_thermal_ns"] == 9  # type: ignore[index]
+    assert nvml.field_requests == [[FakeNvml.NVML_FI_DEV_MEMORY_TEMP], every, cheap, every,
+                                   [FakeNvml.NVML_FI_DEV_MEMORY_TEMP], every]
+
+
+def test_processes_not_supported_is_none_and_not_asked_again(make_backend: MakeBackend) -> None:
+    nvml = scenario("one_h100")
+    nvml.devices[0].errors["nvmlDeviceGetComputeRunningProcesses_v3"] = NOT_SUPPORTED
+    backend = make_backend(nvml)
+    assert [backend.read_hardware()[0].processes for _ in range(3)] == [None] * 3
+    assert nvml.calls["nvmlDeviceGetComputeRunningProcesses_v3"] == 1
+
+
+def test_pending_xid_is_reported_once_without_blocking(make_backend: MakeBackend) -> None:
+    """XID 79 (fallen off the bus) pending in the event set: reported on its GPU, drained."""
+    nvml = scenario("four_h100")
+    backend = make_backend(nvml)
+    assert all(f.xids == [] for f in backend.read_hardware())
+    nvml.xid(2, 79)
+    nvml.xid(2, 48)
+    nvml.xid(0, 13)
+    facts = backend.read_hardware()
+    assert [[x.code for x in f.xids] for f in facts] == [[13], [], [79, 48], []]
+    assert facts[2].xids[0].details == {}  # no MIG instance to name
+    assert all(f.xids == [] for f in backend.read_hardware())
+    assert nvml.calls["nvmlEventSetCreate"] == 1
+    assert nvml.calls["nvmlDeviceRegisterEvents"] == 4  # once per handle
+    assert "XID" not in (backend.health().detail or "")
+
+
+def test_event_sets_not_supported_health_says_so_and_facts_go_on(
+    make_backend: MakeBackend,
+) -> None:
+    nvml = scenario("no_event_sets")
+    nvml.devices[0].processes = [(1234, 100 * MIB_BYTES)]
+    backend = make_backend(nvml)
+    for _ in range(3):
+        (facts,) = backend.read_hardware()
+        assert facts.processes is not None and facts.processes[0].pid == 1234
+        assert facts.counters is not None and facts.xids == []
+    assert nvml.calls["nvmlDeviceRegisterEvents"] == 1
+    health = backend.health()
+    assert health.ok and "XID events not supported" in (health.detail or "")
+    assert backend.read()[0].available
+
+
+def test_event_set_creation_failing_is_reported(make_backend: MakeBackend) -> None:
+    nvml = scenario("one_h100")
+
+    def refuse() -> None:
+        raise fake_pynvml.NVMLError(FakeNvml.NVML_ERROR_NO_PERMISSION)
+
+    nvml.nvmlEventSetCreate = refuse  # type: ignore[method-assign]
+    backend = make_backend(nvml)
+    (facts,) = backend.read_hardware()
+    assert facts.counters is not None
+    assert "XID events unavailable: event set: Insufficient Permissions" in (
+        backend.health().detail or "")
+
+
+def test_lost_gpu_during_hardware_read_is_isolated(make_backend: MakeBackend) -> None:
+    """GPU_IS_LOST in read_hardware: no facts for that GPU (None, not []), no exception."""
+    nvml = scenario("four_h100")
+    backend = make_backend(nvml)
+    backend.read()
+    nvml.lose(1)
+    facts = backend.read_hardware()
+    assert [f.processes is None for f in facts] == [False, True, False, False]
+    assert facts[1].counters is None
+    assert "GPU 1: hardware facts: GPU is lost" in (backend.health().detail or "")
+    nvml.recover(1)
+    assert backend.read()[1].available
+    facts = backend.read_hardware()
+    assert facts[1].processes == []
+    assert nvml.calls["nvmlDeviceRegisterEvents"] == 5  # the new handle registered too
+
+
+def test_binding_surprise_in_hardware_read_is_contained(make_backend: MakeBackend) -> None:
+    nvml = scenario("one_h100")
+    nvml.devices[0].errors["nvmlDeviceGetComputeRunningProcesses_v3"] = RuntimeError("odd")
+    backend = make_backend(nvml)
+    (facts,) = backend.read_hardware()
+    assert facts.processes is None
+    assert "RuntimeError: odd" in (backend.health().detail or "")
+
+
+def test_old_bindings_without_v3_use_the_plain_call(make_backend: MakeBackend) -> None:
+    nvml = LegacyFakeNvml([h100(0)])
+    nvml.devices[0].processes = [(99, 3 * MIB_BYTES)]
+    (facts,) = make_backend(nvml, process_names=False).read_hardware()
+    assert facts.processes == [(99, None, 3)]
+
+
+def test_close_frees_the_event_set(make_backend: MakeBackend) -> None:
+    nvml = scenario("one_h100")
+    backend = make_backend(nvml)
+    backend.read_hardware()
+    backend.close()
+    assert nvml.event_sets[0].freed
+    assert (nvml.refcount, nvml.calls["nvmlShutdown"]) == (0, 1)
+
+
+def test_read_hardware_while_init_fails_returns_nothing(make_backend: MakeBackend) -> None:
+    assert make_backend(scenario("driver_not_loaded")).read_hardware() == []

@@ -14,6 +14,7 @@ from gpuhistory.api import (
     config_api,
     events_api,
     health,
+    incidents,
     memory,
     metrics,
     monitoring,
@@ -28,7 +29,7 @@ from gpuhistory.context import ServiceContext
 
 MAX_BODY_BYTES = 64 * 1024
 BLUEPRINTS = (health, status, metrics, throttle, memory, monitoring, config_api, events_api,
-              system)
+              system, incidents)
 
 SECURITY_SCHEMES = {"bearer": {"type": "http", "scheme": "bearer",
                                "description": "GPUHISTORY_TOKEN, when one is configured"}}

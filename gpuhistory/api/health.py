@@ -39,6 +39,9 @@ def healthz() -> View:
         tick = sampler.last_tick
         body["backend"] = {"name": sampler.backend.name, "ok": health.ok, "detail": health.detail}
         body["monitoring"] = sampler.running
+        hardware_error = getattr(sampler, "hardware_error", None)
+        if hardware_error:
+            body["backend"]["hardware_error"] = hardware_error
         body["last_tick"] = None if tick is None else {
             "timestamp": iso_utc(tick.ts_ms), "gpus": tick.gpus,
             "duration_ms": round(tick.seconds * 1000, 3), "error": tick.error,

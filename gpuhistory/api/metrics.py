@@ -5,9 +5,14 @@ from __future__ import annotations
 from flask import jsonify
 from flask_openapi3 import APIBlueprint, Tag
 
+from gpuhistory.analytics.history import (
+    DEFAULT_POINTS,
+    DEFAULT_RANGE_MS,
+    history_buckets_doc,
+)
 from gpuhistory.api.common import View, ctx, one_gpu
 from gpuhistory.api.errors import ApiError
-from gpuhistory.api.responses import History, Metrics, Trend, errors
+from gpuhistory.api.responses import HistoryAnswer, Metrics, Trend, errors
 from gpuhistory.api.schemas import GpuQuery, HistoryQuery, TrendQuery
 from gpuhistory.clock import iso_utc
 from gpuhistory.documents import history_doc, metrics_doc
@@ -29,18 +34,36 @@ def metrics(query: GpuQuery) -> View:
     return jsonify(doc)
 
 
-@bp.get("/metrics/history", responses={200: History, **errors(400, 404, 422)})
+@bp.get("/metrics/history", responses={200: HistoryAnswer, **errors(400, 404, 422)})
 def history(query: HistoryQuery) -> View:
-    """Persisted samples in [since, until], the newest ``limit`` (default history_size)."""
+    """Persisted history in [since, until]: raw samples, or buckets at any resolution.
+
+    Without ``resolution``/``points``: the newest ``limit`` raw samples (default
+    history_size). With them: about ``points`` buckets (default 500) over [since, until]
+    (default: the last hour), from raw samples or the 1-minute/1-hour rollups.
+    """
     c = ctx()
     since: int | None = query.since  # type: ignore[assignment]
     until: int | None = query.until  # type: ignore[assignment]
     if since is not None and until is not None and since > until:
         raise ApiError(422, "validation_failed", "since must not be after until",
                        {"since": iso_utc(since), "until": iso_utc(until)})
-    limit = query.limit or c.config().history_size
+    if query.resolution is None and query.points is None:
+        limit = query.limit or c.config().history_size
+        with c.engine.connect() as conn:
+            return jsonify(history_doc(conn, one_gpu(conn, query.gpu_id), since, until, limit))
+    if query.limit is not None:
+        raise ApiError(422, "validation_failed",
+                       "limit applies to raw samples; with resolution or points use points",
+                       {"fields": {"limit": "not allowed with resolution or points"}})
+    if until is None:
+        until = c.clock.now_ms() if since is None else max(since, c.clock.now_ms())
+    if since is None:
+        since = until - DEFAULT_RANGE_MS
     with c.engine.connect() as conn:
-        return jsonify(history_doc(conn, one_gpu(conn, query.gpu_id), since, until, limit))
+        return jsonify(history_buckets_doc(conn, one_gpu(conn, query.gpu_id), since, until,
+                                           query.resolution or "auto",
+                                           query.points or DEFAULT_POINTS))
 
 
 @bp.get("/temperature/trend", responses={200: Trend, **errors(400, 404, 422)})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, RootModel
 
 from gpuhistory.api.schemas import ErrorBody
 
@@ -83,6 +83,40 @@ class History(BaseModel):
     until: Iso
     count: int
     samples: list[Metrics]
+
+
+class HistoryBucket(BaseModel):
+    timestamp: Iso = Field(description="the bucket's start")
+    samples: int = Field(description="samples in the bucket")
+    temperature_min: int | None
+    temperature_max: int | None
+    temperature_avg: float | None
+    memory_used_max_mb: int | None
+    load_avg: float | None
+    power_avg_watts: float | None
+    power_max_watts: float | None
+    clock_event_reasons: list[str] = Field(description="every reason seen in the bucket")
+    clock_event_reasons_mask: int | None
+    state: str = Field(description="the worst state in the bucket")
+
+
+class HistoryBuckets(BaseModel):
+    """The answer with ``resolution`` or ``points``: about ``points`` buckets."""
+
+    gpu_id: int
+    since: Iso
+    until: Iso
+    resolution: str = Field(description="the source used: raw, 1m or 1h")
+    bucket_seconds: float
+    points: int
+    rolled_up_until: Iso = Field(description="rollups are complete before this time; "
+                                             "later buckets come from raw samples")
+    count: int
+    buckets: list[HistoryBucket]
+
+
+class HistoryAnswer(RootModel[History | HistoryBuckets]):
+    """Raw samples (no ``resolution``/``points``), or buckets."""
 
 
 class Trend(BaseModel):
@@ -181,6 +215,71 @@ class SystemStatus(BaseModel):
     gpu: StatusAll
     cpu: dict[str, Any]
     memory: dict[str, Any]
+
+
+class IncidentThresholds(BaseModel):
+    temp_throttle: float
+    hysteresis_c: float
+    temp_critical: float
+
+
+class Incident(BaseModel):
+    id: int
+    gpu_id: int
+    uuid: str
+    name: str | None
+    host: str
+    start: Iso
+    end: Iso = Field(description="null while the incident is ongoing")
+    ongoing: bool
+    duration_seconds: float = Field(description="to the end, or to now while ongoing")
+    last_sample_at: Iso
+    peak_temperature_celsius: int
+    peak_at: Iso
+    mean_temperature_celsius: float | None
+    sample_count: int = Field(description="samples with a temperature during the incident")
+    above_critical_seconds: float
+    severity: str = Field(description="overheat, or severe: a sample above temp_critical")
+    peak_power_watts: float | None
+    clock_event_reasons: list[str]
+    clock_event_reasons_mask: int
+    thresholds: IncidentThresholds = Field(description="the thresholds it was detected with")
+    detected_at: Iso
+    updated_at: Iso
+
+
+class IncidentList(BaseModel):
+    count: int
+    incidents: list[Incident]
+
+
+class ReasonSeen(BaseModel):
+    name: str
+    mask: int
+    samples: int
+    seconds: float = Field(description="sum of the gaps to each next sample")
+
+
+class IncidentReport(Incident):
+    """The post-mortem of one incident."""
+
+    summary: str
+    context_minutes: float
+    window: dict[str, Iso]
+    card: dict[str, int | None]
+    power: dict[str, float | None]
+    memory: dict[str, int | None]
+    clock_event_reasons_seen: list[ReasonSeen]
+    transitions: list[dict[str, Any]]
+    leases: list[Lease]
+    processes: list[dict[str, Any]] | None = Field(
+        description="compute processes seen (null: not recorded by this database)")
+    throttle_time_seconds: dict[str, float | None] | None = Field(
+        description="hardware throttle time accrued, from NVML's counters (null: unknown)")
+    xid_errors: list[dict[str, Any]]
+    samples_total: int
+    samples_stride: int
+    samples: list[Metrics]
 
 
 def errors(*statuses: int) -> dict[int, type[BaseModel]]:

@@ -6,7 +6,7 @@ Field names follow DESIGN §5 and stay the same in the API, the CLI's ``--json``
 from __future__ import annotations
 
 import copy
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -98,7 +98,13 @@ class HistoryQuery(Strict):
     since: TimeArg | None = None
     until: TimeArg | None = None
     limit: int | None = Field(None, ge=1, le=100_000,
-                              description="most samples returned (default: history_size)")
+                              description="most samples returned (default: history_size); "
+                                          "raw samples only, not with resolution/points")
+    resolution: Literal["raw", "1m", "1h", "auto"] | None = Field(
+        None, description="answer buckets from this source (auto: the coarsest with at least "
+                          "`points` buckets); without it and `points`, raw samples")
+    points: int | None = Field(None, ge=1, le=10_000,
+                               description="about how many buckets (default 500)")
 
 
 class TrendQuery(Strict):
@@ -131,6 +137,24 @@ class StreamQuery(Strict):
                                  description="resume after this id (or Last-Event-ID)")
     kind: str | None = Field(None, max_length=32, pattern=r"^[a-z_]+$")
     gpu_id: GpuIndex | None = None
+
+
+class IncidentsQuery(Strict):
+    gpu_id: GpuIndex | None = Field(None, description="one GPU (default: all)")
+    since: TimeArg | None = Field(None, description="incidents still going on at or after")
+    until: TimeArg | None = Field(None, description="incidents started at or before")
+    severity: str | None = Field(None, pattern="^(overheat|severe)$")
+    limit: int = Field(100, ge=1, le=10_000)
+
+
+class IncidentPath(BaseModel):
+    incident_id: int = Field(ge=1, le=2**62, description="the incident's id")
+
+
+class IncidentQuery(Strict):
+    max_samples: int = Field(5_000, ge=0, le=100_000,
+                             description="context samples listed at most (thinned beyond; "
+                                         "0: none; samples.csv has them all)")
 
 
 # -- bodies ------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""``gpuhistory``: serve, db, import, status. Every command takes ``--db``.
+"""``gpuhistory``: serve, db, import, status, history, incidents. Every command takes ``--db``.
 
 Options also come from GPUHISTORY_* environment variables (named in ``--help``).
 """
@@ -15,6 +15,8 @@ import click
 
 from gpuhistory import __version__
 from gpuhistory.cli import output
+from gpuhistory.cli.history import history
+from gpuhistory.cli.incidents import incidents
 from gpuhistory.cli.lease import lease
 from gpuhistory.clock import SystemClock, parse_time
 
@@ -251,6 +253,8 @@ def _status_from_server(url: str, gpu_id: int | None, at_ms: int | None,
 
 
 cli.add_command(lease)
+cli.add_command(history)
+cli.add_command(incidents)
 
 
 def main() -> None:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from gpuhistory.domain.reading import GpuIdentity, Reading
+from gpuhistory.sampling.hardware import HardwareFacts
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +34,20 @@ class Backend(Protocol):
     def health(self) -> BackendHealth: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class HardwareSource(Protocol):
+    """The optional part of a backend: what runs on each GPU and what its hardware did.
+
+    ``read_hardware`` returns one HardwareFacts per GPU it could ask: the compute processes
+    (None where the list cannot be read), the cumulative throttle-time counters (None where
+    unsupported) and the XID errors that arrived since the last call. The sampler calls it
+    every ``hardware_every`` ticks; an exception from it is logged and reported, and never
+    fails the tick.
+    """
+
+    def read_hardware(self) -> list[HardwareFacts]: ...
 
 
 class BackendUnavailable(RuntimeError):

@@ -5,11 +5,18 @@ answers NOT_SUPPORTED for is None and is not asked again; any other NVML error m
 that GPU's reading unavailable, and it is retried on the next read. A failing ``nvmlInit``
 is retried with exponential backoff on the injected clock. The energy counter is never read
 (it costs ~3 ms per call on an H100).
+
+``read_hardware`` adds the slower facts (gpuhistory/sampling/hardware.py): the compute
+processes (pid and used memory from NVML, the name from psutil), the cumulative
+throttle-time counters (one field-values call) and the critical XID errors pending in an
+NVML event set (drained with a 0 ms wait). Each part that a GPU answers NOT_SUPPORTED for
+is None and not asked again; where event sets are unsupported, health says so.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import threading
 from collections.abc import Callable
@@ -17,11 +24,13 @@ from dataclasses import dataclass, field, replace
 from types import ModuleType
 from typing import Any
 
+import psutil
 import pynvml
 
 from gpuhistory.clock import Clock, SystemClock
 from gpuhistory.domain.reading import GpuIdentity, Reading, unavailable
 from gpuhistory.sampling.backend import BackendHealth
+from gpuhistory.sampling.hardware import COUNTER_NAMES, HardwareFacts, ProcessInfo, Xid
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +47,47 @@ _VALUE_MEMBERS = {
     "NVML_VALUE_TYPE_SIGNED_INT": "siVal",
     "NVML_VALUE_TYPE_UNSIGNED_SHORT": "usVal",
 }
+
+# Throttle-time counters: (column, pynvml constant, its field id where the binding lacks it,
+# slow). Cumulative nanoseconds; NVML_FI_DEV_CLOCKS_EVENT_REASON_SW_POWER_CAP is the older
+# NVML_FI_DEV_PERF_POLICY_POWER. nvmlDeviceGetViolationStatus is deprecated: not used.
+# Measured on an H100 (driver 580): power cap and SW thermal cost ~3 µs; asking for HW
+# thermal or power brake (either or both) costs ~650 µs, so those two ("slow") are read at
+# most once a minute, and at every hardware read while the GPU reports an HW slowdown.
+_COUNTER_FIELDS = (
+    ("power_cap_ns", "NVML_FI_DEV_CLOCKS_EVENT_REASON_SW_POWER_CAP", 74, False),
+    ("sw_thermal_ns", "NVML_FI_DEV_CLOCKS_EVENT_REASON_SW_THERM_SLOWDOWN", 269, False),
+    ("hw_thermal_ns", "NVML_FI_DEV_CLOCKS_EVENT_REASON_HW_THERM_SLOWDOWN", 270, True),
+    ("power_brake_ns", "NVML_FI_DEV_CLOCKS_EVENT_REASON_HW_POWER_BRAKE_SLOWDOWN", 271, True),
+)
+assert tuple(name for name, _, _, _ in _COUNTER_FIELDS) == COUNTER_NAMES
+SLOW_COUNTERS_EVERY_MS = 60_000
+HW_SLOWDOWN_BITS = 0x08 | 0x40 | 0x80  # HwSlowdown, HwThermalSlowdown, HwPowerBrakeSlowdown
+XID_CRITICAL_ERROR = 0x8  # nvmlEventTypeXidCriticalError
+MAX_EVENTS_PER_READ = 256  # a storm of events is drained over several reads
+NOT_AVAILABLE_U64 = 2**64 - 1  # NVML_VALUE_NOT_AVAILABLE as an unsigned long long
+NO_INSTANCE = 0xFFFFFFFF  # gpuInstanceId / computeInstanceId outside MIG
+
+
+def pid_namespace_is_nested() -> bool:
+    """True inside a child PID namespace (most containers): NVML reports the host's PIDs,
+    which name other processes here or none, so process names cannot be looked up."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("NSpid:"):
+                    return len(line.split()) > 2
+    except OSError:
+        pass
+    return False
+
+
+def process_name(pid: int) -> str | None:
+    """The name of a local process, or None when it is gone or may not be inspected."""
+    try:
+        return psutil.Process(pid).name()[:255] or None
+    except (psutil.Error, OSError, ValueError):
+        return None
 
 
 def _text(value: Any) -> str:
@@ -79,6 +129,16 @@ class _Gpu:
     shutdown_temp_c: int | None = None
     unsupported: set[str] = field(default_factory=set)  # fields never to ask again
     error: str | None = None
+    # read_hardware: the handle XID events were registered with (None: not yet), why XID
+    # events are unavailable, the last hardware read's error, the names of the pids seen.
+    xid_handle: Any = None
+    xid_note: str | None = None
+    hardware_error: str | None = None
+    process_names: dict[int, str | None] = field(default_factory=dict)
+    # The throttle-time counters last read, when the slow ones were, the last reasons mask.
+    counters: dict[str, int | None] = field(default_factory=dict)
+    slow_counters_read_ms: int | None = None
+    last_reasons: int | None = None
 
 
 class NvmlBackend:
@@ -91,10 +151,16 @@ class NvmlBackend:
         nvml: ModuleType | None = None,
         clock: Clock | None = None,
         init_retry_max_s: float = 60.0,
+        process_names: bool | None = None,
     ) -> None:
         self.nvml: Any = nvml if nvml is not None else pynvml
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.init_retry_max_s = init_retry_max_s
+        # Look process names up with psutil? None: unless in a child PID namespace.
+        self.process_names = (not pid_namespace_is_nested() if process_names is None
+                              else process_names)
+        self._event_set: Any = None
+        self._event_set_note: str | None = None  # why there is no event set
         self._lock = threading.Lock()
         self._initialised = False
         self._session_lost = False
@@ -114,6 +180,8 @@ class NvmlBackend:
             getattr(n, name): member for name, member in _VALUE_MEMBERS.items()
             if hasattr(n, name)
         }
+        self._counter_fields = [(name, getattr(n, constant, fallback), slow)
+                                for name, constant, fallback, slow in _COUNTER_FIELDS]
 
     # -- the Backend interface -------------------------------------------------------------
     def read(self) -> list[Reading]:
@@ -147,15 +215,29 @@ class NvmlBackend:
                 return BackendHealth(ok=False, detail=f"{self._init_error}; "
                                                       f"retrying in {wait_s:g} s")
             failing = [f"GPU {g.index}: {g.error}" for g in self._gpus if g.error]
+            notes = [f"GPU {g.index}: hardware facts: {g.hardware_error}"
+                     for g in self._gpus if g.hardware_error and not g.error]
+            xid = sorted({g.xid_note for g in self._gpus if g.xid_note})
+            if self._event_set_note:
+                notes.append(self._event_set_note)
+            elif len(xid) == 1 and all(g.xid_note for g in self._gpus):
+                notes.append(xid[0])
+            else:
+                notes.extend(f"GPU {g.index}: {g.xid_note}" for g in self._gpus if g.xid_note)
             detail = f"NVML: {len(self._gpus)} GPU(s)"
-            return BackendHealth(ok=True, detail="; ".join([detail, *failing]))
+            return BackendHealth(ok=True, detail="; ".join([detail, *failing, *notes]))
 
     def close(self) -> None:
         """Shut NVML down if this backend initialised it; a later read initialises again."""
         with self._lock:
             if self._initialised:
+                if self._event_set is not None:
+                    with contextlib.suppress(Exception):
+                        self.nvml.nvmlEventSetFree(self._event_set)
                 with contextlib.suppress(Exception):
                     self.nvml.nvmlShutdown()
+            self._event_set = None
+            self._event_set_note = None
             self._initialised = False
             self._gpus = []
             self._init_failures = 0
@@ -186,6 +268,8 @@ class NvmlBackend:
         self._init_error = None
         self._init_failures = 0
         self._retry_at_ms = None
+        self._event_set = None  # an event set does not survive a re-init either
+        self._event_set_note = None
         known = {gpu.index: gpu for gpu in self._gpus}
         self._gpus = [known.get(i, _Gpu(index=i)) for i in range(count)]
         for i, gpu in enumerate(self._gpus):
@@ -241,6 +325,7 @@ class NvmlBackend:
         except Exception as exc:  # a binding surprise on one GPU must not sink the others
             return self._unavailable(gpu, f"{type(exc).__name__}: {exc}")
         gpu.error = None
+        gpu.last_reasons = reading.clock_event_reasons
         return reading
 
     def _sample(self, gpu: _Gpu, now: int) -> Reading:
@@ -299,10 +384,14 @@ class NvmlBackend:
         value = n.nvmlDeviceGetFieldValues(handle, [n.NVML_FI_DEV_MEMORY_TEMP])[0]
         if value.nvmlReturn != n.NVML_SUCCESS:
             raise n.NVMLError(value.nvmlReturn)
+        return round(self._field_value(value, "memory temperature"))
+
+    def _field_value(self, value: Any, what: str) -> float | int:
+        """The number in a c_nvmlFieldValue_t, from the union member its valueType names."""
         member = self._value_members.get(value.valueType)
         if member is None:
-            raise ValueError(f"memory temperature has unknown value type {value.valueType}")
-        return round(getattr(value.value, member))
+            raise ValueError(f"{what} has unknown value type {value.valueType}")
+        return getattr(value.value, member)
 
     def _clock_event_reasons(self, handle: Any) -> int:
         n = self.nvml
@@ -315,3 +404,183 @@ class NvmlBackend:
         gpu.error = error
         return replace(unavailable(gpu.index, error, gpu.uuid), name=gpu.name,
                        memory_total_mib=gpu.memory_total_mib, power_limit_w=gpu.power_limit_w)
+
+    # -- hardware facts ----------------------------------------------------------------------
+    def read_hardware(self) -> list[HardwareFacts]:
+        """Processes, throttle-time counters and pending XIDs of every GPU; never raises.
+
+        A GPU whose facts cannot be read this time reports None for them (its error is in
+        ``health``); the GPU itself is still read by ``read``.
+        """
+        with self._lock:
+            if not self._ensure_init():
+                return []
+            self._ensure_event_set()
+            for gpu in self._gpus:
+                if gpu.handle is not None:
+                    self._register_xid(gpu)
+            xids = self._drain_xids()
+            now = self.clock.now_ms()
+            facts = [self._hardware_one(gpu, xids.pop(gpu.index, []), now)
+                     for gpu in self._gpus]
+            for index, lost in xids.items():
+                log.warning("XID %s on a GPU this backend does not know (index %s)",
+                            [x.code for x in lost], index)
+            if self._session_lost:
+                self._initialised = self._session_lost = False
+            return facts
+
+    def _hardware_one(self, gpu: _Gpu, xids: list[Xid], now: int) -> HardwareFacts:
+        if gpu.handle is None:  # lost or not attached: read() re-acquires it
+            return HardwareFacts(index=gpu.index, xids=xids)
+        n = self.nvml
+        try:
+            processes = self._processes(gpu)
+            counters = self._counters(gpu, now)
+        except n.NVMLError as exc:
+            if exc.value == n.NVML_ERROR_GPU_IS_LOST:
+                gpu.handle = None
+            elif exc.value == n.NVML_ERROR_UNINITIALIZED:
+                self._session_lost = True
+            gpu.hardware_error = str(exc)
+            return HardwareFacts(index=gpu.index, xids=xids)
+        except Exception as exc:  # a binding surprise: no facts for this GPU this time
+            gpu.hardware_error = f"{type(exc).__name__}: {exc}"
+            log.warning("GPU %d: reading hardware facts failed: %s", gpu.index,
+                        gpu.hardware_error)
+            return HardwareFacts(index=gpu.index, xids=xids)
+        gpu.hardware_error = None
+        return HardwareFacts(index=gpu.index, processes=processes, counters=counters,
+                             xids=xids)
+
+    def _processes(self, gpu: _Gpu) -> list[ProcessInfo] | None:
+        """The compute processes on the GPU (v3 of the call where the binding has it)."""
+        n = self.nvml
+        call = getattr(n, "nvmlDeviceGetComputeRunningProcesses_v3", None) \
+            or n.nvmlDeviceGetComputeRunningProcesses
+        infos = self._field(gpu, "processes", call)
+        if infos is None:
+            return None
+        names: dict[int, str | None] = {}
+        out = []
+        for info in infos:
+            pid = int(info.pid)
+            used = info.usedGpuMemory  # bytes; None (or the sentinel) where NVML cannot say
+            mib = None if used is None or used >= NOT_AVAILABLE_U64 else int(used) // MIB
+            if pid not in names:
+                names[pid] = (gpu.process_names[pid] if pid in gpu.process_names
+                              else process_name(pid) if self.process_names else None)
+            out.append(ProcessInfo(pid, names[pid], mib))
+        gpu.process_names = names  # looked up once per pid while it runs
+        return out
+
+    def _counters(self, gpu: _Gpu, now: int) -> dict[str, int | None] | None:
+        """The throttle-time counters in one field-values call; None when none is known.
+
+        The slow pair (HW thermal, power brake) is asked for only when due; between those
+        reads, and after a transient refusal, a counter keeps its last value.
+        """
+        n = self.nvml
+        last = gpu.slow_counters_read_ms
+        slow_due = (last is None or now - last >= SLOW_COUNTERS_EVERY_MS
+                    or bool((gpu.last_reasons or 0) & HW_SLOWDOWN_BITS))
+        wanted = [(name, fid, slow) for name, fid, slow in self._counter_fields
+                  if f"counter:{name}" not in gpu.unsupported and (slow_due or not slow)]
+        if slow_due and any(slow for _, _, slow in wanted):
+            gpu.slow_counters_read_ms = now
+        if wanted:
+            try:
+                values = n.nvmlDeviceGetFieldValues(gpu.handle, [fid for _, fid, _ in wanted])
+            except n.NVMLError as exc:
+                if exc.value not in self._field_errors:
+                    raise
+                if exc.value == n.NVML_ERROR_NOT_SUPPORTED:
+                    gpu.unsupported.update(f"counter:{name}" for name, _, _ in wanted)
+                values = None
+            for (name, _, _), value in zip(wanted, values or (), strict=True):
+                if value.nvmlReturn == n.NVML_SUCCESS:
+                    number = int(self._field_value(value, name))
+                    gpu.counters[name] = number if 0 <= number < 2**63 else None
+                elif value.nvmlReturn == n.NVML_ERROR_NOT_SUPPORTED:
+                    gpu.unsupported.add(f"counter:{name}")
+        out = {name: None if f"counter:{name}" in gpu.unsupported else gpu.counters.get(name)
+               for name in COUNTER_NAMES}
+        return None if all(v is None for v in out.values()) else out
+
+    # -- XID errors through an NVML event set ---------------------------------------------------
+    def _ensure_event_set(self) -> None:
+        if self._event_set is not None or self._event_set_note is not None:
+            return
+        try:
+            self._event_set = self.nvml.nvmlEventSetCreate()
+        except Exception as exc:
+            self._event_set_note = f"XID events unavailable: event set: {exc}"
+            log.warning(self._event_set_note)
+
+    def _register_xid(self, gpu: _Gpu) -> None:
+        """Register the GPU's current handle for critical XID errors, once per handle."""
+        if self._event_set is None or gpu.xid_handle is gpu.handle or "xid" in gpu.unsupported:
+            return
+        n = self.nvml
+        gpu.xid_handle = gpu.handle  # tried with this handle: not again until re-acquired
+        try:
+            n.nvmlDeviceRegisterEvents(gpu.handle,
+                                       getattr(n, "nvmlEventTypeXidCriticalError",
+                                               XID_CRITICAL_ERROR), self._event_set)
+        except Exception as exc:
+            if isinstance(exc, n.NVMLError) and exc.value == n.NVML_ERROR_NOT_SUPPORTED:
+                gpu.unsupported.add("xid")
+                gpu.xid_note = "XID events not supported"
+            else:
+                gpu.xid_note = f"XID events unavailable: {exc}"
+            log.info("GPU %d: %s", gpu.index, gpu.xid_note)
+            return
+        gpu.xid_note = None
+
+    def _drain_xids(self) -> dict[int, list[Xid]]:
+        """Every XID pending in the event set (a 0 ms wait each; TIMEOUT: none pending)."""
+        if self._event_set is None:
+            return {}
+        n = self.nvml
+        wait = getattr(n, "nvmlEventSetWait_v2", None) or n.nvmlEventSetWait
+        xid_type = getattr(n, "nvmlEventTypeXidCriticalError", XID_CRITICAL_ERROR)
+        out: dict[int, list[Xid]] = {}
+        for _ in range(MAX_EVENTS_PER_READ):
+            try:
+                data = wait(self._event_set, 0)
+            except n.NVMLError as exc:
+                if exc.value != n.NVML_ERROR_TIMEOUT:
+                    log.warning("waiting for NVML events failed: %s", exc)
+                    if exc.value == n.NVML_ERROR_UNINITIALIZED:
+                        self._session_lost = True
+                break
+            if not int(data.eventType) & xid_type:
+                continue
+            details = {key: int(getattr(data, attr)) for key, attr in (
+                ("gpu_instance_id", "gpuInstanceId"),
+                ("compute_instance_id", "computeInstanceId"),
+            ) if int(getattr(data, attr, NO_INSTANCE)) != NO_INSTANCE}
+            index = self._index_of(data.device)
+            xid = Xid(int(data.eventData), details)
+            log.warning("GPU %s: XID %d", index, xid.code)
+            out.setdefault(-1 if index is None else index, []).append(xid)
+        return out
+
+    def _index_of(self, device: Any) -> int | None:
+        """The index of the GPU an event came from: by handle, else by asking NVML."""
+        key = _handle_key(device)
+        for gpu in self._gpus:
+            if gpu.handle is not None and _handle_key(gpu.handle) == key:
+                return gpu.index
+        try:
+            return int(self.nvml.nvmlDeviceGetIndex(device))
+        except Exception:
+            return None
+
+
+def _handle_key(handle: Any) -> Any:
+    """What identifies a device handle: the address a ctypes pointer holds, else itself."""
+    try:
+        return ctypes.cast(handle, ctypes.c_void_p).value
+    except (TypeError, ctypes.ArgumentError):
+        return handle

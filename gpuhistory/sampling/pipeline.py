@@ -7,7 +7,7 @@ It performs no reads from hardware and writes only the ``gpus`` rows it must res
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import NamedTuple
 
 import sqlalchemy as sa
@@ -23,6 +23,7 @@ from gpuhistory.domain.classify import (
 from gpuhistory.domain.config import Config
 from gpuhistory.domain.reading import GpuIdentity, Reading, unavailable
 from gpuhistory.domain.states import GPUState
+from gpuhistory.sampling.hardware import HardwareChanges, HardwareFacts, HardwareTracker
 from gpuhistory.storage.log import LogStore, TickRecord, event_row, sample_row, transition_row
 from gpuhistory.storage.queries import cooldown_starts
 from gpuhistory.storage.schema import samples, transitions
@@ -60,6 +61,8 @@ class Pipeline:
         # index → (what the gpus row was resolved from, its id): skips rebuilding the
         # GpuIdentity and asking the store while nothing about the device changed.
         self._resolved: dict[int, tuple[tuple[object, ...], int]] = {}
+        # What the log holds about processes and throttle counters (only changes are written).
+        self.hardware = HardwareTracker()
 
     # -- restart -----------------------------------------------------------------------
     def restore(self, now_ms: int) -> None:
@@ -73,6 +76,8 @@ class Pipeline:
             self.tracks[gpu.gpu_index] = track
             if newest_ms is not None:
                 self.last_ts[gpu.gpu_index] = newest_ms
+        with self.store.engine.connect() as conn:
+            self.hardware.restore(conn, self.gpu_ids.values())
 
     def _restored_track(self, gpu_id: int, total_mib: int | None, config: Config,
                         now_ms: int) -> tuple[GpuTrack, int | None]:
@@ -185,3 +190,16 @@ class Pipeline:
                 record.events.append(event_row(gpu_id, draft))
                 record.drafts.append(draft)
         return record
+
+    def process_hardware(self, facts: Sequence[HardwareFacts],
+                         record: TickRecord) -> HardwareChanges:
+        """Add the changes in processes, counters and XIDs to a tick's ``record``.
+
+        Call after ``process`` for the same tick: facts are stamped like that tick's sample
+        of their GPU. Pass the result to ``self.hardware.commit`` once the record is stored.
+        """
+        ts_by_gpu = {row["gpu_id"]: row["ts_ms"] for row in record.samples}
+        added = TickRecord()  # joined only when complete: a failure adds nothing
+        changes = self.hardware.diff(facts, self.gpu_ids, ts_by_gpu, added)
+        record.extend(added)
+        return changes

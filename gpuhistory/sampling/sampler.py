@@ -4,12 +4,17 @@ Scheduled by APScheduler 3's BackgroundScheduler as one interval job (explicit i
 ``max_instances=1``, ``coalesce=True``): the interval trigger computes fire times from its
 start, so the cadence does not drift. ``tick()`` is also callable directly, which is how
 tests drive it with a fake clock.
+
+Every ``hardware_every`` ticks a tick also asks a backend that can tell (``read_hardware``)
+what runs on each GPU and what the hardware did; the changes go into the same transaction
+as the tick's samples. A failing hardware read is logged and reported, never fails the tick.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -23,13 +28,20 @@ from gpuhistory.callbacks import CallbackRegistry, Event, make_event
 from gpuhistory.clock import Clock
 from gpuhistory.domain.events import EventDraft, EventKind
 from gpuhistory.domain.metrics import GPUMetrics
-from gpuhistory.sampling.backend import Backend
+from gpuhistory.sampling.backend import Backend, HardwareSource
+from gpuhistory.sampling.hardware import HardwareChanges, HardwareFacts
 from gpuhistory.sampling.pipeline import Pipeline
 from gpuhistory.storage.log import LogStore, TickRecord
 
 log = logging.getLogger(__name__)
 
 SAMPLE_JOB_ID = "gpuhistory.sample"
+HARDWARE_MIN_PERIOD_S = 1.0  # by default hardware facts are read about once a second at most
+
+
+def default_hardware_every(interval_s: float) -> int:
+    """Every tick when the interval is at least 1 s, else about once a second."""
+    return max(1, math.ceil(HARDWARE_MIN_PERIOD_S / interval_s - 1e-9))
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +61,7 @@ class Sampler:
         clock: Clock,
         interval: Callable[[], float] | float = 3.0,
         callbacks: CallbackRegistry | None = None,
+        hardware_every: int | None = None,
     ) -> None:
         self.backend = backend
         self.pipeline = pipeline
@@ -58,6 +71,10 @@ class Sampler:
         self.callbacks = callbacks if callbacks is not None else CallbackRegistry()
         self.last_tick: TickStats | None = None
         self.last_success_ms: int | None = None
+        # Ticks between hardware reads; None: default_hardware_every(interval).
+        self.hardware_every = hardware_every
+        self.hardware_error: str | None = None  # why the last hardware read failed, if it did
+        self._ticks = 0
         self._scheduler: BackgroundScheduler | None = None
         self._owns_scheduler = False
         self._job_interval: float | None = None
@@ -74,17 +91,53 @@ class Sampler:
         with self._tick_lock:
             started = time.perf_counter()
             readings = self.backend.read()
+            facts = self._read_hardware()
             ts_ms = self.clock.now_ms()
             record = self.pipeline.process(
                 ts_ms, readings, {i.uuid: i for i in self.backend.identities()}
             )
+            changes = self._hardware_changes(facts, record)
             ids = self.store.write(record)
+            if changes is not None:
+                self.pipeline.hardware.commit(changes)
             self.last_success_ms = ts_ms
             self.last_tick = TickStats(ts_ms, len(record.samples),
                                        time.perf_counter() - started)
         if self.callbacks and record.drafts:
             self.callbacks.dispatch(self._events(record.drafts, ids))
         return record
+
+    def _read_hardware(self) -> list[HardwareFacts] | None:
+        """This tick's hardware facts, when due and the backend has them; never raises."""
+        if not isinstance(self.backend, HardwareSource):
+            return None
+        every = self.hardware_every or default_hardware_every(self.interval)
+        due = self._ticks % every == 0
+        self._ticks += 1
+        if not due:
+            return None
+        try:
+            facts = self.backend.read_hardware()
+        except Exception as exc:  # a hardware read never fails the tick
+            if self.hardware_error is None:
+                log.exception("reading hardware facts failed")
+            self.hardware_error = f"{type(exc).__name__}: {exc}"
+            return None
+        if self.hardware_error is not None:
+            log.info("hardware facts read again (after: %s)", self.hardware_error)
+        self.hardware_error = None
+        return facts
+
+    def _hardware_changes(self, facts: list[HardwareFacts] | None,
+                          record: TickRecord) -> HardwareChanges | None:
+        if not facts:
+            return None
+        try:
+            return self.pipeline.process_hardware(facts, record)
+        except Exception as exc:  # nor does a surprise in comparing them
+            log.exception("processing hardware facts failed")
+            self.hardware_error = f"{type(exc).__name__}: {exc}"
+            return None
 
     def _events(self, drafts: list[EventDraft], ids: list[int]) -> list[Event]:
         out = []
@@ -162,7 +215,21 @@ class Sampler:
             self._append(EventKind.MONITORING_STOPPED, reason=reason, requested_by=requested_by)
             self.store.finalize_last_seen(self.clock.now_ms(),
                                           list(self.pipeline.gpu_ids.values()))
+            self._finalize_processes()
             return True
+
+    def _finalize_processes(self) -> None:
+        """On stop: each running process's last_seen_ms becomes the last read it was in."""
+        with self._tick_lock:
+            record, changes = self.pipeline.hardware.last_seen_updates()
+            if not record.process_updates:
+                return
+            try:
+                self.store.write(record)
+            except Exception:
+                log.exception("could not record when the running processes were last seen")
+                return
+            self.pipeline.hardware.commit(changes)
 
     def _follow_interval(self) -> None:
         """Reschedule when the configured interval changed (a runtime config change)."""

@@ -3,6 +3,12 @@
 For demos, tests and machines without a GPU. Every GPU it reports is stored with backend
 ``sim`` and a UUID that says so, so nobody mistakes it for hardware. ``gpus`` widens the
 trace to more GPUs than it holds by reusing its GPUs with a time offset each.
+
+``read_hardware`` synthesizes the slower facts from the trace: while a GPU is busy and holds
+memory above its idle level, one compute process (pid 4200 + index, ``python3``, using the
+memory above idle); and throttle-time counters that accrue the trace's time in each
+clock-event reason (SwPowerCap → power_cap_ns, SwThermal, HwThermal, HwPowerBrake), exactly
+and continuously, so they do not depend on how often they are read. No XIDs.
 """
 
 from __future__ import annotations
@@ -17,6 +23,11 @@ from gpuhistory.clock import Clock
 from gpuhistory.domain.reading import GpuIdentity, Reading
 from gpuhistory.formats.trace_csv import bundled_trace, read_trace
 from gpuhistory.sampling.backend import BackendHealth, BackendUnavailable
+from gpuhistory.sampling.hardware import COUNTER_BITS, HardwareFacts, ProcessInfo
+
+SIM_PID_BASE = 4200
+SIM_PROCESS_NAME = "python3"
+BUSY_MEMORY_MIB = 64  # memory above idle that means a process holds it even at 0 % util
 
 H100_SLOWDOWN_C = 89  # the recorded card's own thresholds (traces/INDEX.md)
 H100_SHUTDOWN_C = 95
@@ -61,6 +72,11 @@ class SimBackend:
             offset = (index // len(source)) * 37.0  # copies of a GPU run out of step
             times, readings = timelines[src]
             self._gpus.append((index, offset, times, readings))
+        self._throttle = {src: self._throttle_time(*timelines[src]) for src in source}
+        self._idle_mib = {src: min((r.memory_used_mib for r in timelines[src][1]
+                                    if r.memory_used_mib is not None), default=0)
+                          for src in source}
+        self._source = [source[index % len(source)] for index in range(count)]
         self.start_ms = clock.now_ms()
 
     def _name(self, index: int) -> str:
@@ -77,15 +93,55 @@ class SimBackend:
             for index, _, _, readings in self._gpus
         ]
 
+    def _position(self, offset: float, times: list[float]) -> tuple[int, float]:
+        """(whole loops played, seconds into the trace) for a GPU with this offset now."""
+        position = (self.clock.now_ms() - self.start_ms) / 1000 + offset
+        if not self.loop:
+            return 0, min(position, times[-1])
+        loops, into = divmod(position, self.duration_s)
+        return int(loops), into
+
     def read(self) -> list[Reading]:
-        elapsed = (self.clock.now_ms() - self.start_ms) / 1000
         out = []
         for index, offset, times, readings in self._gpus:
-            position = elapsed + offset
-            position = position % self.duration_s if self.loop else min(position, times[-1])
+            _, position = self._position(offset, times)
             i = max(0, bisect.bisect_right(times, position) - 1)
             out.append(replace(readings[i], index=index, uuid=self._uuid(index),
                                name=self._name(index)))
+        return out
+
+    # -- hardware facts ----------------------------------------------------------------
+    def _throttle_time(self, times: list[float], readings: list[Reading]
+                       ) -> dict[str, tuple[list[float], list[bool], float]]:
+        """Per counter: the seconds accrued before each row, whether each row's reason bit
+        is set, and the seconds accrued in one whole play of the trace."""
+        out = {}
+        for name, bit in COUNTER_BITS.items():
+            on = [bool((r.clock_event_reasons or 0) & bit) for r in readings]
+            before, total = [], 0.0
+            for i, t in enumerate(times):
+                before.append(total)
+                end = times[i + 1] if i + 1 < len(times) else self.duration_s
+                total += (end - t) if on[i] else 0.0
+            out[name] = (before, on, total)
+        return out
+
+    def read_hardware(self) -> list[HardwareFacts]:
+        out = []
+        for (index, offset, times, readings), src in zip(self._gpus, self._source, strict=True):
+            loops, position = self._position(offset, times)
+            i = max(0, bisect.bisect_right(times, position) - 1)
+            reading = readings[i]
+            counters: dict[str, int | None] = {}
+            for name, (before, on, total) in self._throttle[src].items():
+                seconds = loops * total + before[i] + (
+                    max(0.0, position - times[i]) if on[i] else 0.0)
+                counters[name] = round(seconds * 1e9)
+            used = (reading.memory_used_mib or 0) - self._idle_mib[src]
+            busy = used > 0 and ((reading.utilization_pct or 0) > 0 or used > BUSY_MEMORY_MIB)
+            processes = [ProcessInfo(SIM_PID_BASE + index, SIM_PROCESS_NAME, used)] if busy \
+                else []
+            out.append(HardwareFacts(index=index, processes=processes, counters=counters))
         return out
 
     def health(self) -> BackendHealth:

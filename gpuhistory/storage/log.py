@@ -1,7 +1,9 @@
-"""The write path of the log: one writer for gpus, samples, transitions and events.
+"""The write path of the log: one writer for gpus, samples, transitions, events and the
+hardware facts (gpu_processes, throttle_counters).
 
-A tick is written in one transaction: its samples, and its transitions and events when
-something changed. Imports use the same path in large batches inside one transaction.
+A tick is written in one transaction: its samples, and its transitions, events, process
+rows and counter rows when something changed. Imports use the same path in large batches
+inside one transaction.
 """
 
 from __future__ import annotations
@@ -18,7 +20,14 @@ from sqlalchemy.dialects import sqlite
 from gpuhistory.domain.classify import Transition
 from gpuhistory.domain.events import EventDraft
 from gpuhistory.domain.reading import GpuIdentity, Reading
-from gpuhistory.storage.schema import events, gpus, samples, transitions
+from gpuhistory.storage.schema import (
+    events,
+    gpu_processes,
+    gpus,
+    samples,
+    throttle_counters,
+    transitions,
+)
 
 LAST_SEEN_EVERY_MS = 60_000
 
@@ -26,6 +35,14 @@ LAST_SEEN_EVERY_MS = 60_000
 # per-row parameter processing (construct_params) costs ~5 µs a row, the insert itself ~2.
 _SQLITE_INSERT_SAMPLES = str(samples.insert().compile(dialect=sqlite.dialect()))
 _sample_values = itemgetter(*(c.name for c in samples.columns))
+
+# A running process's row, addressed by (gpu, pid): at most one row per pair is running.
+# The SET clause comes from the parameters' column keys (name, used_memory_mib, ...).
+_p = gpu_processes.c
+_UPDATE_RUNNING_PROCESS = gpu_processes.update().where(
+    _p.gpu_id == sa.bindparam("b_gpu_id"), _p.pid == sa.bindparam("b_pid"),
+    _p.ended_ms.is_(None),
+)
 
 
 @dataclass(slots=True)
@@ -48,12 +65,20 @@ class TickRecord:
     events: list[dict[str, Any]] = field(default_factory=list)
     # (gpu_index, draft) in the order of ``events``, for callbacks after commit.
     drafts: list[EventDraft] = field(default_factory=list)
+    # Hardware facts that changed (gpuhistory/sampling/hardware.py): new gpu_processes
+    # rows, updates of running ones (keyed b_gpu_id, b_pid), new throttle_counters rows.
+    processes: list[dict[str, Any]] = field(default_factory=list)
+    process_updates: list[dict[str, Any]] = field(default_factory=list)
+    counters: list[dict[str, Any]] = field(default_factory=list)
 
     def extend(self, other: TickRecord) -> None:
         self.samples.extend(other.samples)
         self.transitions.extend(other.transitions)
         self.events.extend(other.events)
         self.drafts.extend(other.drafts)
+        self.processes.extend(other.processes)
+        self.process_updates.extend(other.process_updates)
+        self.counters.extend(other.counters)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -170,6 +195,12 @@ class LogStore:
                 conn.execute(samples.insert(), record.samples)
         if record.transitions:
             conn.execute(transitions.insert(), record.transitions)
+        if record.process_updates:  # first: a reused pid ends its old row, then starts anew
+            conn.execute(_UPDATE_RUNNING_PROCESS, record.process_updates)
+        if record.processes:
+            conn.execute(gpu_processes.insert(), record.processes)
+        if record.counters:
+            conn.execute(throttle_counters.insert(), record.counters)
         insert = events.insert()  # one statement, compiled once and cached
         return [conn.execute(insert, row).inserted_primary_key[0] for row in record.events]
 

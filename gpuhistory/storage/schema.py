@@ -113,3 +113,122 @@ leases = sa.Table(
     sa.Index("ix_leases_gpu_released", "gpu_id", "released_ms"),
     sa.Index("ix_leases_gpu_granted", "gpu_id", "granted_ms"),
 )
+
+
+# Rollups of samples (DESIGN §3 "Retention and rollups"; gpuhistory/analytics/rollups.py).
+# One row per GPU per bucket (bucket_ms: the bucket's start), clustered on (gpu_id,
+# bucket_ms) like samples. Partial aggregates that combine exactly: counts and sums, not
+# averages (avg = sum / n of the non-NULL readings), min/max, the OR of the clock-event
+# reasons (NULL when no sample reported any) and the worst state. Power in deciwatts.
+
+
+def _rollup_table(name: str) -> sa.Table:
+    return sa.Table(
+        name,
+        metadata,
+        sa.Column("gpu_id", sa.Integer, sa.ForeignKey("gpus.id"), primary_key=True),
+        sa.Column("bucket_ms", sa.BigInteger, primary_key=True),
+        sa.Column("n", sa.Integer, nullable=False),
+        sa.Column("temp_n", sa.Integer, nullable=False),
+        sa.Column("temp_min", sa.SmallInteger),
+        sa.Column("temp_max", sa.SmallInteger),
+        sa.Column("temp_sum", sa.BigInteger),
+        sa.Column("mem_max", sa.Integer),
+        sa.Column("util_n", sa.Integer, nullable=False),
+        sa.Column("util_sum", sa.BigInteger),
+        sa.Column("power_n", sa.Integer, nullable=False),
+        sa.Column("power_sum", sa.BigInteger),
+        sa.Column("power_max", sa.Integer),
+        sa.Column("reasons", sa.BigInteger),
+        sa.Column("state_max", sa.SmallInteger, nullable=False),
+        sqlite_with_rowid=False,
+    )
+
+
+samples_1m = _rollup_table("samples_1m")
+samples_1h = _rollup_table("samples_1h")
+
+# The rollup watermark per GPU and resolution ('1m', '1h'): every bucket that starts
+# before done_until_ms is complete and up to date.
+rollup_progress = sa.Table(
+    "rollup_progress",
+    metadata,
+    sa.Column("gpu_id", sa.Integer, sa.ForeignKey("gpus.id"), primary_key=True),
+    sa.Column("resolution", sa.String(8), primary_key=True),
+    sa.Column("done_until_ms", sa.BigInteger, nullable=False),
+)
+
+# What ran on each GPU and what its hardware did (DESIGN §4; gpuhistory/sampling/hardware.py).
+# One gpu_processes row per (GPU, pid) lifetime: running while ``ended_ms`` is NULL;
+# ``used_memory_mib`` is the most the process held; ``last_seen_ms`` is refreshed at most
+# once a minute while it runs. throttle_counters holds NVML's cumulative throttle time in
+# nanoseconds, a row only when a counter changed (a decrease means the driver restarted).
+gpu_processes = sa.Table(
+    "gpu_processes",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("gpu_id", sa.Integer, sa.ForeignKey("gpus.id"), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("name", sa.String(255)),
+    sa.Column("used_memory_mib", sa.Integer),
+    sa.Column("first_seen_ms", sa.BigInteger, nullable=False),
+    sa.Column("last_seen_ms", sa.BigInteger, nullable=False),
+    sa.Column("ended_ms", sa.BigInteger),
+    sa.Index("ix_gpu_processes_gpu_ended", "gpu_id", "ended_ms"),
+    sa.Index("ix_gpu_processes_gpu_first_seen", "gpu_id", "first_seen_ms"),
+)
+
+throttle_counters = sa.Table(
+    "throttle_counters",
+    metadata,
+    sa.Column("gpu_id", sa.Integer, sa.ForeignKey("gpus.id"), primary_key=True),
+    sa.Column("ts_ms", sa.BigInteger, primary_key=True),
+    sa.Column("power_cap_ns", sa.BigInteger),
+    sa.Column("sw_thermal_ns", sa.BigInteger),
+    sa.Column("hw_thermal_ns", sa.BigInteger),
+    sa.Column("power_brake_ns", sa.BigInteger),
+    sqlite_with_rowid=False,
+)
+
+# Overheat incidents (DESIGN §3), found by SQL over the samples: a row per incident, keyed
+# (gpu, start) so re-detection and re-imports update the same row. ``end_ms`` is NULL while
+# the incident is ongoing; the thresholds it was detected with are kept beside it.
+incidents = sa.Table(
+    "incidents",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("gpu_id", sa.Integer, sa.ForeignKey("gpus.id"), nullable=False),
+    sa.Column("start_ms", sa.BigInteger, nullable=False),
+    sa.Column("end_ms", sa.BigInteger),
+    sa.Column("last_sample_ms", sa.BigInteger, nullable=False),
+    sa.Column("peak_temp_c", sa.SmallInteger, nullable=False),
+    sa.Column("peak_ms", sa.BigInteger, nullable=False),
+    sa.Column("temp_sum", sa.BigInteger, nullable=False),
+    sa.Column("temp_n", sa.Integer, nullable=False),
+    sa.Column("above_critical_ms", sa.BigInteger, nullable=False),
+    sa.Column("severity", sa.String(16), nullable=False),
+    sa.Column("peak_power_dw", sa.Integer),
+    sa.Column("clock_event_reasons", sa.BigInteger, nullable=False),
+    sa.Column("temp_throttle", sa.Float, nullable=False),
+    sa.Column("hysteresis_c", sa.Float, nullable=False),
+    sa.Column("temp_critical", sa.Float, nullable=False),
+    sa.Column("detected_ms", sa.BigInteger, nullable=False),
+    sa.Column("updated_ms", sa.BigInteger, nullable=False),
+    sa.UniqueConstraint("gpu_id", "start_ms", name="uq_incidents_gpu_start"),
+    sa.CheckConstraint("severity IN ('overheat', 'severe')", name="ck_incidents_severity"),
+    sa.Index("ix_incidents_start", "start_ms"),
+)
+
+# How far each GPU's samples have been scanned for incidents. ``scanned_until_ms`` NULL:
+# scan from the first sample. ``version`` changes with every write, so a detector that
+# scanned while an import marked older samples dirty does not overwrite that mark;
+# ``thresholds`` are those of the last scan (a change makes the next scan start further back).
+incident_progress = sa.Table(
+    "incident_progress",
+    metadata,
+    sa.Column("gpu_id", sa.Integer, sa.ForeignKey("gpus.id"), primary_key=True,
+              autoincrement=False),
+    sa.Column("scanned_until_ms", sa.BigInteger),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("thresholds", sa.String(64)),
+)

@@ -1,0 +1,1 @@
+"""Questions over the log: rollups, history at any resolution, incidents, retention."""

@@ -1,0 +1,90 @@
+"""Overheat incidents: the list, the post-mortem of one, and its samples as CSV.
+
+Incidents are found by the detector job (every 10 s in ``serve``) and read here; see
+gpuhistory/analytics/incidents.py for what counts as one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from flask import Response, jsonify
+from flask_openapi3 import APIBlueprint, Tag
+
+from gpuhistory.analytics.incidents import (
+    context_samples,
+    context_window,
+    get_incident,
+    list_incidents,
+    postmortem,
+    samples_csv,
+)
+from gpuhistory.api.common import View, ctx
+from gpuhistory.api.errors import ApiError
+from gpuhistory.api.responses import IncidentList, IncidentReport, errors
+from gpuhistory.api.schemas import IncidentPath, IncidentQuery, IncidentsQuery
+from gpuhistory.clock import iso_utc
+from gpuhistory.leases.manager import LeaseManager
+
+bp = APIBlueprint("incidents", __name__, url_prefix="/api/gpu",
+                  abp_tags=[Tag(name="incidents")])
+
+
+def _incident(conn: sa.Connection, incident_id: int) -> sa.Row[Any]:
+    row = get_incident(conn, incident_id, ctx().host)
+    if row is None:
+        raise ApiError(404, "incident_not_found", f"no incident with id {incident_id}",
+                       {"incident_id": incident_id})
+    return row
+
+
+def _leases(row: sa.Row[Any], now: int) -> list[dict[str, Any]]:
+    c = ctx()
+    manager = c.leases or LeaseManager(c.engine, c.host, c.clock, c.config)
+    end = row.end_ms if row.end_ms is not None else now
+    return [lease.to_dict(now) for lease in manager.active_between(row.gpu_id, row.start_ms,
+                                                                    end)]
+
+
+@bp.get("/incidents", responses={200: IncidentList, **errors(400, 422)})
+def incidents(query: IncidentsQuery) -> View:
+    """Overheat incidents, newest first: of one GPU or all, overlapping [since, until]."""
+    c = ctx()
+    since: int | None = query.since  # type: ignore[assignment]  # validated to epoch ms
+    until: int | None = query.until  # type: ignore[assignment]
+    if since is not None and until is not None and since > until:
+        raise ApiError(422, "validation_failed", "since must not be after until",
+                       {"since": iso_utc(since), "until": iso_utc(until)})
+    with c.engine.connect() as conn:
+        docs = list_incidents(conn, c.host, c.clock.now_ms(), gpu_index=query.gpu_id,
+                              since_ms=since, until_ms=until, severity=query.severity,
+                              limit=query.limit)
+    return jsonify({"count": len(docs), "incidents": docs})
+
+
+@bp.get("/incidents/<int:incident_id>", responses={200: IncidentReport, **errors(404, 422)})
+def incident(path: IncidentPath, query: IncidentQuery) -> View:
+    """The post-mortem of one incident: how hot and how long, what the hardware reported,
+    the state transitions, leases and processes, and the samples around it."""
+    c = ctx()
+    now = c.clock.now_ms()
+    with c.engine.connect() as conn:
+        row = _incident(conn, path.incident_id)
+        doc = postmortem(conn, row, c.config(), now, _leases(row, now),
+                         max_samples=query.max_samples)
+    return jsonify(doc)
+
+
+@bp.get("/incidents/<int:incident_id>/samples.csv", responses={
+    200: {"content": {"text/csv": {"schema": {"type": "string"}}}}, **errors(404, 422)})
+def incident_samples(path: IncidentPath) -> View:
+    """Every sample from ``incident_context_minutes`` before the incident to after it, as
+    CSV with the GPUMetrics column names (clock-event reasons joined by ``|``)."""
+    c = ctx()
+    with c.engine.connect() as conn:
+        row = _incident(conn, path.incident_id)
+        since, until = context_window(row, c.config(), c.clock.now_ms())
+        rows = context_samples(conn, row, since, until)
+    return Response(samples_csv(row, rows), mimetype="text/csv", headers={
+        "Content-Disposition": f'attachment; filename="incident-{row.id}.csv"'})

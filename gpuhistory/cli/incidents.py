@@ -1,0 +1,318 @@
+"""``gpuhistory incidents``: overheat incidents and their post-mortems, from the log or a server.
+
+    gpuhistory incidents --gpu-id 1 --since 2026-11-26T00:00:00Z
+    gpuhistory incidents show 42            # the post-mortem
+    gpuhistory incidents show 42 --csv > incident-42.csv
+    gpuhistory incidents rebuild            # redetect everything with today's thresholds
+
+Reading the database (``--db``), the command first brings the incidents up to date (the
+incremental scan ``serve`` runs every 10 s), so it also works after an ``import`` with no
+server running; ``--no-detect`` skips that. With ``--url`` (GPUHISTORY_URL) it asks a
+running server instead. Exit status: 0 ok, 3 no such incident, 6 server unreachable.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from gpuhistory.clock import SystemClock, parse_time
+
+F = TypeVar("F", bound=Callable[..., Any])
+EXIT_NOT_FOUND = 3
+SERVER_MAX_SAMPLES = 100_000
+
+
+def _time(_ctx: click.Context, _param: click.Parameter, value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return parse_time(value)
+    except (ValueError, OverflowError):
+        raise click.BadParameter("use ISO-8601 (2026-11-26T03:12:00Z) or epoch seconds") \
+            from None
+
+
+def source_options(fn: F) -> F:
+    """--db, --host-name, --url and --no-detect: where the incidents are read from."""
+    fn = click.option("--no-detect", is_flag=True, default=None,
+                      help="Read the incidents table as it is, without first scanning new "
+                           "samples (--db only).")(fn)
+    fn = click.option("--url", envvar="GPUHISTORY_URL", show_envvar=True,
+                      help="Ask a running server's API instead of reading the database "
+                           "(--db and --host-name are then not used).")(fn)
+    fn = click.option("--host-name", envvar="GPUHISTORY_HOST_NAME", show_envvar=True,
+                      help="Whose GPUs (default: this machine).")(fn)
+    return click.option("--db", envvar="GPUHISTORY_DB", show_envvar=True,
+                        help="Database: a SQLite file path or a SQLAlchemy URL "
+                             "(default: the user's data dir).")(fn)  # type: ignore[return-value]
+
+
+def _source(ctx: click.Context, db: str | None, host_name: str | None, url: str | None,
+            no_detect: bool | None) -> dict[str, Any]:
+    """A subcommand's options, each falling back to the one given to ``incidents``."""
+    parent = ctx.obj or {}
+    return {"db": db or parent.get("db"), "host_name": host_name or parent.get("host_name"),
+            "url": url or parent.get("url"),
+            "no_detect": bool(no_detect if no_detect is not None else parent.get("no_detect"))}
+
+
+class _Local:
+    """The database, this host's name and the effective configuration."""
+
+    def __init__(self, db: str | None, host_name: str | None) -> None:
+        from gpuhistory.config.layers import load_static
+        from gpuhistory.config.store import ConfigStore
+        from gpuhistory.context import machine_name
+        from gpuhistory.storage.engine import make_engine, upgrade
+
+        self.engine = make_engine(db)
+        upgrade(self.engine)
+        self.host = host_name or machine_name()
+        self.clock = SystemClock()
+        self.config = ConfigStore(self.engine, load_static(), self.clock)  # runtime changes
+
+    def detect(self) -> None:
+        from gpuhistory.analytics.incidents import IncidentDetector
+
+        IncidentDetector(self.engine, self.clock, self.config, host=self.host).run()
+
+
+def _client(url: str) -> Any:
+    from gpuhistory.client import Client
+
+    try:
+        return Client(url)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--url") from None
+
+
+@click.group(invoke_without_command=True)
+@source_options
+@click.option("--gpu-id", type=click.IntRange(0, 1023), help="One GPU (default: all).")
+@click.option("--since", callback=_time, help="Incidents still going on at or after this time.")
+@click.option("--until", callback=_time, help="Incidents that started at or before this time.")
+@click.option("--severity", type=click.Choice(["overheat", "severe"]),
+              help="Only incidents of this severity.")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 10_000),
+              help="Most incidents listed (the newest).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (the API's documents).")
+@click.pass_context
+def incidents(ctx: click.Context, db: str | None, host_name: str | None, url: str | None,
+              no_detect: bool | None, gpu_id: int | None, since: int | None,
+              until: int | None, severity: str | None, limit: int, as_json: bool) -> None:
+    """Overheat incidents, newest first; `incidents show ID` prints a post-mortem."""
+    ctx.obj = {"db": db, "host_name": host_name, "url": url, "no_detect": no_detect}
+    if ctx.invoked_subcommand is not None:
+        return
+    if url:
+        from gpuhistory.cli.lease import fail
+        from gpuhistory.client import ApiError
+
+        try:
+            docs = _client(url).incidents(gpu_id=gpu_id, since=_seconds(since),
+                                          until=_seconds(until), severity=severity,
+                                          limit=limit)
+        except ApiError as exc:
+            fail(exc)
+    else:
+        from gpuhistory.analytics.incidents import list_incidents
+
+        local = _Local(db, host_name)
+        if not no_detect:
+            local.detect()
+        with local.engine.connect() as conn:
+            docs = list_incidents(conn, local.host, local.clock.now_ms(), gpu_index=gpu_id,
+                                  since_ms=since, until_ms=until, severity=severity,
+                                  limit=limit)
+    if as_json:
+        click.echo(json.dumps({"count": len(docs), "incidents": docs}, indent=2))
+    elif not docs:
+        click.echo("no incidents", err=True)
+    else:
+        click.echo(incident_table(docs))
+
+
+def _seconds(ms: int | None) -> float | None:
+    return None if ms is None else ms / 1000
+
+
+@incidents.command("show")
+@click.argument("incident_id", type=click.IntRange(1, 2**62))
+@source_options
+@click.option("--json", "as_json", is_flag=True, help="Print the post-mortem as JSON.")
+@click.option("--csv", "as_csv", is_flag=True,
+              help="Print the samples around the incident as CSV (GPUMetrics columns).")
+@click.pass_context
+def show(ctx: click.Context, incident_id: int, db: str | None, host_name: str | None,
+         url: str | None, no_detect: bool | None, as_json: bool, as_csv: bool) -> None:
+    """The post-mortem of one incident: how hot and how long, what the hardware reported,
+    transitions, leases, processes; or its samples as CSV."""
+    from gpuhistory.analytics.incidents import metrics_csv
+
+    if as_json and as_csv:
+        raise click.UsageError("--json and --csv exclude each other")
+    source = _source(ctx, db, host_name, url, no_detect)
+    if source["url"]:
+        doc = _from_server(source["url"], incident_id, SERVER_MAX_SAMPLES if as_csv else None)
+    else:
+        doc = _from_db(source, incident_id, 0 if as_csv else None)
+    if as_csv:
+        samples = doc["samples"] if source["url"] else doc.pop("_all_samples")
+        for piece in metrics_csv(samples):
+            click.echo(piece, nl=False)
+    elif as_json:
+        click.echo(json.dumps(doc, indent=2))
+    else:
+        click.echo(render_postmortem(doc))
+
+
+def _from_server(url: str, incident_id: int, max_samples: int | None) -> dict[str, Any]:
+    from gpuhistory.cli.lease import fail
+    from gpuhistory.client import ApiError
+
+    try:
+        return _client(url).incident(incident_id, max_samples=max_samples)  # type: ignore[no-any-return]
+    except ApiError as exc:
+        fail(exc)
+
+
+def _from_db(source: dict[str, Any], incident_id: int,
+             max_samples: int | None) -> dict[str, Any]:
+    """The post-mortem from the database; with ``max_samples`` 0, every sample is kept
+    under ``_all_samples`` (for --csv)."""
+    from gpuhistory.analytics.incidents import (
+        context_samples,
+        context_window,
+        get_incident,
+        metrics_docs,
+        postmortem,
+    )
+    from gpuhistory.leases.manager import LeaseManager
+
+    local = _Local(source["db"], source["host_name"])
+    if not source["no_detect"]:
+        local.detect()
+    now = local.clock.now_ms()
+    config = local.config()
+    with local.engine.connect() as conn:
+        row = get_incident(conn, incident_id, local.host)
+        if row is None:
+            click.echo(f"error: incident_not_found: no incident with id {incident_id} "
+                       f"on {local.host}", err=True)
+            sys.exit(EXIT_NOT_FOUND)
+        if max_samples == 0:
+            since, until = context_window(row, config, now)
+            return {"_all_samples": metrics_docs(row, context_samples(conn, row, since, until))}
+        manager = LeaseManager(local.engine, local.host, local.clock, local.config)
+        end = row.end_ms if row.end_ms is not None else now
+        leases = [lease.to_dict(now) for lease in
+                  manager.active_between(row.gpu_id, row.start_ms, end)]
+        kwargs = {} if max_samples is None else {"max_samples": max_samples}
+        return postmortem(conn, row, config, now, leases, **kwargs)
+
+
+@incidents.command("rebuild")
+@click.option("--db", envvar="GPUHISTORY_DB", show_envvar=True,
+              help="Database: a SQLite file path or a SQLAlchemy URL.")
+@click.option("--host-name", envvar="GPUHISTORY_HOST_NAME", show_envvar=True,
+              help="Whose GPUs (default: this machine).")
+@click.option("--gpu-id", type=click.IntRange(0, 1023), help="One GPU (default: all).")
+@click.pass_context
+def rebuild(ctx: click.Context, db: str | None, host_name: str | None,
+            gpu_id: int | None) -> None:
+    """Redetect all incidents with the thresholds in force now (ids are kept where an
+    incident still starts at the same sample)."""
+    import sqlalchemy as sa
+
+    from gpuhistory.analytics.incidents import IncidentDetector
+    from gpuhistory.storage.schema import gpus
+
+    source = _source(ctx, db, host_name, None, None)
+    local = _Local(source["db"], source["host_name"])
+    detector = IncidentDetector(local.engine, local.clock, local.config, host=local.host)
+    query = sa.select(gpus.c.id).where(gpus.c.host == local.host)
+    if gpu_id is not None:
+        query = query.where(gpus.c.gpu_index == gpu_id)
+    with local.engine.connect() as conn:
+        ids = list(conn.execute(query).scalars())
+    totals = {"gpus": 0, "inserted": 0, "updated": 0, "deleted": 0}
+    for gid in ids:
+        result = detector.rebuild(gid)
+        for key in totals:
+            totals[key] += getattr(result, key)
+    click.echo(f"rescanned {totals['gpus']} GPU(s) of {local.host}: {totals['inserted']} "
+               f"incident(s) added, {totals['updated']} updated, {totals['deleted']} removed")
+
+
+# -- text ---------------------------------------------------------------------------------
+def incident_table(docs: list[dict[str, Any]]) -> str:
+    from gpuhistory.analytics.incidents import format_duration
+
+    headers = ["ID", "GPU", "START", "END", "DURATION", "PEAK", "MEAN", "SEVERITY", "REASONS"]
+    rows = [[
+        str(d["id"]), str(d["gpu_id"]), d["start"], d["end"] or "ongoing",
+        format_duration(d["duration_seconds"]), f"{d['peak_temperature_celsius']} C",
+        "-" if d["mean_temperature_celsius"] is None else f"{d['mean_temperature_celsius']} C",
+        d["severity"], ",".join(d["clock_event_reasons"]) or "-",
+    ] for d in docs]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(lines)
+
+
+def render_postmortem(doc: dict[str, Any]) -> str:
+    from gpuhistory.analytics.incidents import format_duration
+
+    card, memory = doc["card"], doc["memory"]
+    lines = [
+        f"Incident {doc['id']}: GPU {doc['gpu_id']} ({doc.get('name') or doc['uuid']}) "
+        f"on {doc['host']}",
+        doc["summary"] + ".",
+        "",
+        f"  start        {doc['start']}",
+        f"  end          {doc['end'] or 'ongoing'}",
+        f"  duration     {format_duration(doc['duration_seconds'])}",
+        f"  peak         {doc['peak_temperature_celsius']} C at {doc['peak_at']}",
+        f"  mean         {doc['mean_temperature_celsius']} C over {doc['sample_count']} samples",
+        f"  severity     {doc['severity']} ({doc['above_critical_seconds']} s above "
+        f"{doc['thresholds']['temp_critical']} C)",
+        f"  peak power   {doc['peak_power_watts']} W",
+        f"  memory       max {memory['max_used_mb']} MiB, avg {memory['avg_used_mb']} MiB "
+        f"of {memory['total_mb']} MiB",
+    ]
+    if card.get("margin_to_slowdown_celsius") is not None:
+        lines.append(f"  slowdown     card slows down at {card['slowdown_temp_celsius']} C: "
+                     f"{card['margin_to_slowdown_celsius']} C above the peak")
+    lines.append("")
+    lines.append("Clock-event reasons:" if doc["clock_event_reasons_seen"]
+                 else "Clock-event reasons: none reported")
+    lines += [f"  {r['name']}: {r['samples']} samples, {r['seconds']} s"
+              for r in doc["clock_event_reasons_seen"]]
+    throttle = doc.get("throttle_time_seconds")
+    if throttle:
+        lines.append("Hardware throttle time: " + ", ".join(
+            f"{k} {v} s" for k, v in throttle.items() if v is not None))
+    lines.append(f"Transitions ({len(doc['transitions'])}):")
+    lines += [f"  {t['timestamp']}  {t['from']} -> {t['to']} ({t['cause']}, "
+              f"{t['temperature_celsius']} C)" for t in doc["transitions"]]
+    lines.append(f"Leases active ({len(doc['leases'])}):")
+    lines += [f"  {le['allocation_id']}  {le.get('owner') or '-'}  {le['memory_mb']} MiB  "
+              f"granted {le['granted_at']}  {le['status']}" for le in doc["leases"]]
+    processes = doc.get("processes")
+    if processes is None:
+        lines.append("Processes: not recorded")
+    else:
+        lines.append(f"Processes ({len(processes)}):")
+        lines += [f"  {p['pid']}  {p.get('name') or '-'}  {p.get('used_memory_mb')} MiB"
+                  for p in processes]
+    if doc.get("xid_errors"):
+        lines.append(f"XID errors: {len(doc['xid_errors'])}")
+    lines.append(f"Samples: {doc['samples_total']} from {doc['window']['since']} to "
+                 f"{doc['window']['until']} (--csv prints them all)")
+    return "\n".join(lines)
