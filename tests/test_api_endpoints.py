@@ -191,3 +191,21 @@ def test_past_questions_use_the_thresholds_in_force_then(app) -> None:
     assert now["effective_state"] == now["state"]  # no pause under the new config
     again = get(app, "/api/gpu/throttle/status", gpu_id=1, at=str(before_change / 1000)).json()
     assert again["effective_state"] == "CRITICAL"  # the past keeps its own thresholds
+
+
+def test_status_at_a_past_time_has_the_leases_and_config_of_then(app) -> None:
+    """status?at= answers with the leases active at that moment and the config in force."""
+    lease = requests.post(f"{app.url}/api/gpu/memory/allocate", json={
+        "allocation_id": "then", "memory_mb": 1024, "ttl_seconds": 100}, timeout=5).json()
+    app.tick(10)
+    during = app.clock.now_ms()
+    app.clock.advance(1)
+    requests.post(f"{app.url}/api/gpu/memory/deallocate", json={
+        "allocation_id": "then", "lease_token": lease["lease_token"]}, timeout=5)
+    requests.put(f"{app.url}/api/gpu/config", json={"temp_throttle": 80}, timeout=5)
+    app.tick(10)
+    past = get(app, "/api/gpu/status", gpu_id=0, at=str(during / 1000)).json()
+    assert [x["allocation_id"] for x in past["leases"]] == ["then"]
+    assert past["config"]["temp_throttle"] == 85 and "memory" not in past
+    now = get(app, "/api/gpu/status/all", at=str(app.clock.now_ms() / 1000)).json()
+    assert now["gpus"][0]["leases"] == [] and now["gpus"][0]["config"]["temp_throttle"] == 80

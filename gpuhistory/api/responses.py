@@ -66,8 +66,10 @@ class Status(BaseModel):
     metrics: Metrics | None
     throttling: Throttle
     thresholds: CardThresholds
-    memory: dict[str, Any] | None = Field(None, description="lease capacity of the GPU")
+    memory: dict[str, Any] | None = Field(None, description="lease capacity of the GPU (now)")
     monitoring: dict[str, Any] | None = None
+    leases: list[Lease] | None = Field(None, description="with ``at``: leases active then")
+    config: dict[str, Any] | None = Field(None, description="with ``at``: config in force then")
 
 
 class StatusAll(BaseModel):

@@ -35,6 +35,15 @@ def _full_status(conn: sa.Connection, entries: list[LatestSample], now: int,
         monitoring = {"monitoring": c.sampler.running, "interval_seconds": c.sampler.interval}
         for doc in docs:
             doc["monitoring"] = monitoring
+    if not live:
+        # The past: the leases that were active then, and the configuration in force.
+        effective = config.model_dump()
+        for doc, entry in zip(docs, entries, strict=True):
+            doc["config"] = effective
+            if c.leases is not None:
+                doc["leases"] = [lease.to_dict(now) for lease in
+                                 c.leases.active_between(entry.gpu.id, now, now)
+                                 if lease.granted_ms <= now]
     return docs
 
 
