@@ -50,6 +50,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _count(items: Any) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for item in items:
+        out[item] = out.get(item, 0) + 1
+    return out
+
+
 def summarise(db: Path) -> dict[str, Any]:
     conn = sqlite3.connect(db)
     conn.row_factory = sqlite3.Row
@@ -94,11 +101,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--backend", default="nvml", choices=["nvml", "sim"],
+                        help="sim: rehearse the run without a GPU")
     parser.add_argument("--interval", type=float, default=1.0)
     parser.add_argument("--load-gpu", type=int, default=0)
     parser.add_argument("--load-start", type=float, default=None)
     parser.add_argument("--load-seconds", type=float, default=30)
     parser.add_argument("--db", type=Path, default=None)
+    parser.add_argument("--thresholds", type=json.loads, default=None,
+                        help='config to PUT once serve is up, e.g. \'{"temp_throttle": 55}\'')
+    parser.add_argument("--settle", type=float, default=0,
+                        help="seconds to wait after --seconds for incident detection (10 s job)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     db = args.db or Path(tempfile.mkdtemp()) / "gpu_run.db"
@@ -106,13 +119,22 @@ def main() -> int:
     url = f"http://127.0.0.1:{port}"
     serve = subprocess.Popen(
         [sys.executable, "-m", "gpuhistory.cli.main", "serve", "--db", str(db), "--port",
-         str(port), "--backend", "nvml", "--interval", str(args.interval)],
+         str(port), "--backend", args.backend, "--interval", str(args.interval)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     health_samples: list[dict[str, Any]] = []
     load = None
     started = time.monotonic()
+    config_change = None
     try:
+        if args.thresholds:
+            while time.monotonic() - started < 60:
+                with contextlib.suppress(requests.RequestException):
+                    if requests.get(f"{url}/healthz", timeout=2).ok:
+                        break
+                time.sleep(0.2)
+            config_change = requests.put(f"{url}/api/gpu/config", json=args.thresholds,
+                                         timeout=10).json()
         while time.monotonic() - started < args.seconds:
             elapsed = time.monotonic() - started
             if load is None and args.load_start is not None and elapsed >= args.load_start:
@@ -122,7 +144,14 @@ def main() -> int:
             with contextlib.suppress(requests.RequestException):
                 health_samples.append(requests.get(f"{url}/healthz", timeout=2).json())
             time.sleep(1)
+        time.sleep(args.settle)
         status_all = requests.get(f"{url}/api/gpu/status/all", timeout=5).json()
+        incidents = requests.get(f"{url}/api/gpu/incidents", timeout=30).json()
+        postmortems = [requests.get(f"{url}/api/gpu/incidents/{i['id']}",
+                                    params={"max_samples": 60}, timeout=60).json()
+                       for i in incidents.get("incidents", [])[:3]]
+        events = requests.get(f"{url}/api/gpu/events", params={"limit": 1000},
+                              timeout=30).json()
     finally:
         serve.send_signal(signal.SIGTERM)
         serve_log, _ = serve.communicate(timeout=60)
@@ -136,7 +165,10 @@ def main() -> int:
                     "median": sorted(ticks)[len(ticks) // 2] if ticks else None,
                     "max": max(ticks, default=None)},
         "health_last": health_samples[-1] if health_samples else None,
-        "status_all": status_all, "log": summarise(db),
+        "status_all": status_all, "config_change": config_change,
+        "incidents": incidents, "postmortems": postmortems,
+        "event_kinds": _count(e["kind"] for e in events.get("events", [])),
+        "log": summarise(db),
     }
     text = json.dumps(result, indent=2)
     if args.out:

@@ -71,6 +71,14 @@ def run(quick: bool) -> list[Figure]:
                                   None, "the backend alone, no persistence"))
     figures.append(latency_figure("nvml", f"whole tick, {gpus} real GPU(s), persisted", ticks,
                                   0.5 * gpus, "read + classify + one SQLite transaction"))
+    try:
+        import GPUtil
+    except ImportError:
+        GPUtil = None
+    if GPUtil is not None and shutil.which("nvidia-smi"):
+        calls = time_calls(GPUtil.getGPUs, 20 if quick else 100, warmup=2)
+        figures.append(latency_figure("nvml", "GPUtil.getGPUs() (peer)", calls, None,
+                                      "GPUtil 1.4: one nvidia-smi subprocess per call"))
     smi = shutil.which("nvidia-smi")
     if smi:
         cmd = [smi, f"--query-gpu={SMI_QUERY}", "--format=csv,noheader,nounits"]

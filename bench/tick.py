@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+import time
 from pathlib import Path
 
 from bench.common import Figure, latency_figure
@@ -34,6 +35,15 @@ def run(quick: bool) -> list[Figure]:
 
         for _ in range(20 + n):
             one()
+        persist = []
+        for _ in range(20 + n):  # the persistence floor: one 1-row transaction, nothing else
+            record = sampler.pipeline.process(clock.now_ms(), backend.read()[:1])
+            clock.advance(1)
+            t0 = time.perf_counter()
+            store.write(record)
+            persist.append(time.perf_counter() - t0)
         engine.dispose()
     return [latency_figure("tick", "sim tick, 8 GPUs, persisted (SQLite WAL)", times[20:], 1.0,
-                           "Sampler.tick(): read + classify + one transaction of 8 rows")]
+                           "Sampler.tick(): read + classify + one transaction of 8 rows"),
+            latency_figure("tick", "persist one sample (one SQLite transaction)", persist[20:],
+                           None, "LogStore.write of a 1-row tick: the persistence cost")]
