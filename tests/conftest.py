@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +18,29 @@ REPO = Path(__file__).resolve().parents[1]
 TRACES = REPO / "gpuhistory" / "data" / "traces"
 H100_BURN = TRACES / "h100_burn.csv"
 FLEET4 = TRACES / "fleet4_derived.csv"
+
+
+@pytest.fixture
+def pg_engine() -> Iterator[sa.Engine]:
+    """A fresh PostgreSQL database, migrated, on the server GPUHISTORY_TEST_POSTGRES names
+    (a SQLAlchemy URL of any database there, with the right to create databases); dropped
+    afterwards. Skips the test when the variable is not set."""
+    url = os.environ.get("GPUHISTORY_TEST_POSTGRES")
+    if not url:
+        pytest.skip("set GPUHISTORY_TEST_POSTGRES to a PostgreSQL URL to run this")
+    name = f"gpuhistory_test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    engine = make_engine(sa.make_url(url).set(database=name).render_as_string(False))
+    try:
+        upgrade(engine)
+        yield engine
+    finally:
+        engine.dispose()
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE {name}")
+        admin.dispose()
 
 
 @pytest.fixture

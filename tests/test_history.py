@@ -25,7 +25,6 @@ from gpuhistory.domain.reading import GpuIdentity, clock_event_reason_names
 from gpuhistory.domain.states import GPUState
 from gpuhistory.storage.engine import make_engine, upgrade
 from gpuhistory.storage.log import LogStore, TickRecord
-from tests.test_rollups import postgres_database
 
 MINUTE, HOUR, DAY = 60_000, 3_600_000, 86_400_000
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
@@ -320,12 +319,6 @@ def test_cli_constants_agree_with_the_analytics_module() -> None:
     """The CLI keeps its own copies (to start without SQLAlchemy): they must agree."""
     for name in ("RESOLUTIONS", "DEFAULT_POINTS", "MAX_POINTS", "DEFAULT_RANGE_MS"):
         assert getattr(history_cli, name) == getattr(history_module, name), name
-
-
-@pytest.fixture
-def pg_engine() -> Iterator[sa.Engine]:
-    with postgres_database() as engine:
-        yield engine
 
 
 def test_history_on_postgresql(pg_engine: sa.Engine) -> None:

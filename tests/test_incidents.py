@@ -621,32 +621,6 @@ def test_the_summary_sentence() -> None:
         "leases active: a (512 MiB)")
 
 
-@pytest.fixture
-def pg_engine():  # type: ignore[no-untyped-def]
-    """A fresh, migrated PostgreSQL database on the server GPUHISTORY_TEST_POSTGRES names."""
-    import os
-    import uuid
-
-    from gpuhistory.storage.engine import make_engine, upgrade
-
-    url = os.environ.get("GPUHISTORY_TEST_POSTGRES")
-    if not url:
-        pytest.skip("set GPUHISTORY_TEST_POSTGRES to a PostgreSQL URL to run this")
-    name = f"gpuhistory_test_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"CREATE DATABASE {name}")
-    engine = make_engine(sa.make_url(url).set(database=name).render_as_string(False))
-    try:
-        upgrade(engine)
-        yield engine
-    finally:
-        engine.dispose()
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f"DROP DATABASE {name}")
-        admin.dispose()
-
-
 def test_incidents_and_retention_on_postgresql(pg_engine: sa.Engine) -> None:
     """The same SQL on PostgreSQL: fleet4's incidents as computed, stable on rebuild and
     in small chunks, listed and explained; retention keeps their windows."""

@@ -5,22 +5,16 @@ the (gpu_id, time) key."""
 
 from __future__ import annotations
 
-import os
 import random
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import pytest
 import sqlalchemy as sa
 
 from gpuhistory.analytics.rollups import CHUNK_MS, RollupJob, mark_dirty, watermarks
 from gpuhistory.clock import FakeClock
 from gpuhistory.domain.reading import GpuIdentity
 from gpuhistory.importer import import_file
-from gpuhistory.storage.engine import make_engine, upgrade
 from gpuhistory.storage.log import LogStore, TickRecord
 
 MINUTE, HOUR = 60_000, 3_600_000
@@ -293,35 +287,6 @@ def test_serve_schedules_the_rollup_job(tmp_path: Path) -> None:
         assert job.func == service.rollups.safe_run
     finally:
         service.shutdown()
-
-
-@contextmanager
-def postgres_database() -> Iterator[sa.Engine]:
-    """A fresh PostgreSQL database, migrated, on the server GPUHISTORY_TEST_POSTGRES names
-    (a SQLAlchemy URL of any database there, with the right to create databases); dropped
-    afterwards. Skips the test when the variable is not set."""
-    url = os.environ.get("GPUHISTORY_TEST_POSTGRES")
-    if not url:
-        pytest.skip("set GPUHISTORY_TEST_POSTGRES to a PostgreSQL URL to run this")
-    name = f"gpuhistory_test_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"CREATE DATABASE {name}")
-    engine = make_engine(sa.make_url(url).set(database=name).render_as_string(False))
-    try:
-        upgrade(engine)
-        yield engine
-    finally:
-        engine.dispose()
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f"DROP DATABASE {name}")
-        admin.dispose()
-
-
-@pytest.fixture
-def pg_engine() -> Iterator[sa.Engine]:
-    with postgres_database() as engine:
-        yield engine
 
 
 def test_rollups_on_postgresql(pg_engine: sa.Engine) -> None:
