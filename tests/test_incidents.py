@@ -604,7 +604,7 @@ def test_cli_and_client_ask_a_server(app) -> None:
 def test_the_summary_sentence() -> None:
     """Ongoing incidents say "has been ... so far"; severe ones how long above critical;
     no reasons and no leases are said as such; durations read like a person wrote them."""
-    from gpuhistory.analytics.incidents import format_duration, summary_sentence
+    from gpuhistory.analytics.postmortem import format_duration, summary_sentence
 
     assert [format_duration(s) for s in (0.3, 5.0, 47.4, 133, 3725)] == [
         "0.3 s", "5 s", "47 s", "2 min 13 s", "1 h 2 min"]
@@ -624,7 +624,7 @@ def test_the_summary_sentence() -> None:
 def test_incidents_and_retention_on_postgresql(pg_engine: sa.Engine) -> None:
     """The same SQL on PostgreSQL: fleet4's incidents as computed, stable on rebuild and
     in small chunks, listed and explained; retention keeps their windows."""
-    from gpuhistory.analytics.incidents import get_incident, list_incidents, postmortem
+    from gpuhistory.analytics.postmortem import get_incident, list_incidents, postmortem
     from gpuhistory.analytics.retention import RetentionJob
 
     import_file(pg_engine, FLEET4, start_ms=START_MS, host=HOST)

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from flask import Response, jsonify
 from flask_openapi3 import APIBlueprint, Tag
 
-from gpuhistory.analytics.incidents import (
+from gpuhistory.analytics.postmortem import (
     context_samples,
     context_window,
     get_incident,

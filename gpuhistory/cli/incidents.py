@@ -120,7 +120,7 @@ def incidents(ctx: click.Context, db: str | None, host_name: str | None, url: st
         except ApiError as exc:
             fail(exc)
     else:
-        from gpuhistory.analytics.incidents import list_incidents
+        from gpuhistory.analytics.postmortem import list_incidents
 
         local = _Local(db, host_name)
         if not no_detect:
@@ -152,7 +152,7 @@ def show(ctx: click.Context, incident_id: int, db: str | None, host_name: str | 
          url: str | None, no_detect: bool | None, as_json: bool, as_csv: bool) -> None:
     """The post-mortem of one incident: how hot and how long, what the hardware reported,
     transitions, leases, processes; or its samples as CSV."""
-    from gpuhistory.analytics.incidents import metrics_csv
+    from gpuhistory.analytics.postmortem import metrics_csv
 
     if as_json and as_csv:
         raise click.UsageError("--json and --csv exclude each other")
@@ -185,7 +185,7 @@ def _from_db(source: dict[str, Any], incident_id: int,
              max_samples: int | None) -> dict[str, Any]:
     """The post-mortem from the database; with ``max_samples`` 0, every sample is kept
     under ``_all_samples`` (for --csv)."""
-    from gpuhistory.analytics.incidents import (
+    from gpuhistory.analytics.postmortem import (
         context_samples,
         context_window,
         get_incident,
@@ -251,7 +251,7 @@ def rebuild(ctx: click.Context, db: str | None, host_name: str | None,
 
 # -- text ---------------------------------------------------------------------------------
 def incident_table(docs: list[dict[str, Any]]) -> str:
-    from gpuhistory.analytics.incidents import format_duration
+    from gpuhistory.analytics.postmortem import format_duration
 
     headers = ["ID", "GPU", "START", "END", "DURATION", "PEAK", "MEAN", "SEVERITY", "REASONS"]
     rows = [[
@@ -267,7 +267,7 @@ def incident_table(docs: list[dict[str, Any]]) -> str:
 
 
 def render_postmortem(doc: dict[str, Any]) -> str:
-    from gpuhistory.analytics.incidents import format_duration
+    from gpuhistory.analytics.postmortem import format_duration
 
     card, memory = doc["card"], doc["memory"]
     lines = [

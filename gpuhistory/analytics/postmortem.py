@@ -1,0 +1,387 @@
+"""Stored overheat incidents as documents: the list, one incident, and its post-mortem.
+
+The post-mortem gathers, from the log, everything an operator asks after an overheat:
+how long and how hot, which clock-event reasons the hardware reported and for how long,
+the margin to the card's own slowdown temperature, the transitions, the leases active, the
+processes seen, the throttle time the card accrued, XID errors, the samples around it, and
+a one-sentence summary. Detection lives in ``incidents.py``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import sqlalchemy as sa
+
+from gpuhistory.analytics.incidents import gap_ms
+from gpuhistory.clock import iso_utc
+from gpuhistory.domain.config import Config
+from gpuhistory.domain.metrics import GPUMetrics
+from gpuhistory.domain.reading import CLOCK_EVENT_REASONS, clock_event_reason_names
+from gpuhistory.domain.states import GPUState
+from gpuhistory.storage import schema
+from gpuhistory.storage.queries import GpuRow, reading_from_row
+from gpuhistory.storage.schema import (
+    events,
+    gpus,
+    incidents,
+    samples,
+    transitions,
+)
+
+log = logging.getLogger(__name__)
+
+_I = incidents.c
+_S = samples.c
+
+MAX_CONTEXT_SAMPLES = 5_000  # samples a post-mortem lists by default (CSV: all of them)
+HARDWARE_COUNTERS = ("power_cap", "sw_thermal", "hw_thermal", "power_brake")
+
+_INCIDENT_COLUMNS = (incidents, gpus.c.host, gpus.c.gpu_index, gpus.c.uuid, gpus.c.name,
+                     gpus.c.memory_total_mib, gpus.c.power_limit_w, gpus.c.slowdown_temp_c,
+                     gpus.c.shutdown_temp_c, gpus.c.backend, gpus.c.first_seen_ms,
+                     gpus.c.last_seen_ms)
+
+
+def _select_incidents() -> sa.Select[Any]:
+    return sa.select(*_INCIDENT_COLUMNS).select_from(
+        incidents.join(gpus, gpus.c.id == _I.gpu_id))
+
+
+def _gpu(row: sa.Row[Any]) -> GpuRow:
+    return GpuRow(row.gpu_id, row.host, row.gpu_index, row.uuid, row.name,
+                  row.memory_total_mib, row.power_limit_w, row.slowdown_temp_c,
+                  row.shutdown_temp_c, row.backend, row.first_seen_ms, row.last_seen_ms)
+
+
+def _number(value: float) -> float | int:
+    return int(value) if float(value).is_integer() else value
+
+
+def incident_doc(row: sa.Row[Any], now_ms: int) -> dict[str, Any]:
+    """One incident as every interface lists it (the API's field names)."""
+    end = row.end_ms
+    return {
+        "id": row.id,
+        "gpu_id": row.gpu_index,
+        "uuid": row.uuid,
+        "name": row.name,
+        "host": row.host,
+        "start": iso_utc(row.start_ms),
+        "end": iso_utc(end),
+        "ongoing": end is None,
+        "duration_seconds": round(((now_ms if end is None else end) - row.start_ms) / 1000, 3),
+        "last_sample_at": iso_utc(row.last_sample_ms),
+        "peak_temperature_celsius": row.peak_temp_c,
+        "peak_at": iso_utc(row.peak_ms),
+        "mean_temperature_celsius": round(row.temp_sum / row.temp_n, 2) if row.temp_n else None,
+        "sample_count": row.temp_n,
+        "above_critical_seconds": round(row.above_critical_ms / 1000, 3),
+        "severity": row.severity,
+        "peak_power_watts": None if row.peak_power_dw is None else row.peak_power_dw / 10,
+        "clock_event_reasons": clock_event_reason_names(row.clock_event_reasons),
+        "clock_event_reasons_mask": row.clock_event_reasons,
+        "thresholds": {"temp_throttle": _number(row.temp_throttle),
+                       "hysteresis_c": _number(row.hysteresis_c),
+                       "temp_critical": _number(row.temp_critical)},
+        "detected_at": iso_utc(row.detected_ms),
+        "updated_at": iso_utc(row.updated_ms),
+    }
+
+
+def list_incidents(conn: sa.Connection, host: str | None, now_ms: int, *,
+                   gpu_index: int | None = None, since_ms: int | None = None,
+                   until_ms: int | None = None, severity: str | None = None,
+                   limit: int = 100) -> list[dict[str, Any]]:
+    """Incidents overlapping [since, until], newest start first (``host`` None: all hosts).
+
+    Reads ix_incidents_start backwards and stops after ``limit`` matches.
+    """
+    query = _select_incidents()
+    if host is not None:
+        query = query.where(gpus.c.host == host)
+    if gpu_index is not None:
+        # By gpus.id, so one GPU's incidents are a walk of uq_incidents_gpu_start.
+        ids = select_gpu_ids(conn, host, gpu_index)
+        if not ids:
+            return []
+        query = query.where(_I.gpu_id.in_(ids))
+    if severity is not None:
+        query = query.where(_I.severity == severity)
+    if until_ms is not None:
+        query = query.where(_I.start_ms <= until_ms)
+    if since_ms is not None:
+        query = query.where(sa.or_(_I.end_ms.is_(None), _I.end_ms >= since_ms))
+    query = query.order_by(_I.start_ms.desc(), _I.id.desc()).limit(limit)
+    return [incident_doc(row, now_ms) for row in conn.execute(query)]
+
+
+def select_gpu_ids(conn: sa.Connection, host: str | None, gpu_index: int) -> list[int]:
+    """Every gpus.id that has held ``gpu_index`` (on ``host``, or on any host)."""
+    query = sa.select(gpus.c.id).where(gpus.c.gpu_index == gpu_index)
+    if host is not None:
+        query = query.where(gpus.c.host == host)
+    return list(conn.execute(query).scalars())
+
+
+def get_incident(conn: sa.Connection, incident_id: int,
+                 host: str | None = None) -> sa.Row[Any] | None:
+    query = _select_incidents().where(_I.id == incident_id)
+    if host is not None:
+        query = query.where(gpus.c.host == host)
+    return conn.execute(query).first()
+
+
+def context_window(row: sa.Row[Any], config: Config, now_ms: int) -> tuple[int, int]:
+    """[start - context, end + context] of an incident (an ongoing one: up to now)."""
+    context = round(config.incident_context_minutes * 60_000)
+    end = row.end_ms if row.end_ms is not None else max(now_ms, row.last_sample_ms)
+    return row.start_ms - context, end + context
+
+
+def context_samples(conn: sa.Connection, row: sa.Row[Any], since_ms: int,
+                    until_ms: int) -> list[sa.Row[Any]]:
+    """The GPU's raw samples in [since, until], oldest first (a primary-key range scan)."""
+    return list(conn.execute(
+        sa.select(samples).where(_S.gpu_id == row.gpu_id, _S.ts_ms >= since_ms,
+                                 _S.ts_ms <= until_ms).order_by(_S.ts_ms)))
+
+
+def metrics_docs(row: sa.Row[Any], rows: list[sa.Row[Any]]) -> list[dict[str, Any]]:
+    gpu = _gpu(row)
+    return [GPUMetrics.from_reading(reading_from_row(gpu, s), GPUState(s.state), s.ts_ms,
+                                    gpu.backend).to_dict() for s in rows]
+
+
+def samples_csv(row: sa.Row[Any], rows: list[sa.Row[Any]]) -> Iterator[str]:
+    """The context samples as CSV (GPUMetrics columns; reasons joined by ``|``)."""
+    return metrics_csv(metrics_docs(row, rows))
+
+
+def metrics_csv(docs: list[dict[str, Any]]) -> Iterator[str]:
+    """GPUMetrics documents as CSV text, in pieces of 500 rows."""
+    names = list(GPUMetrics.__dataclass_fields__)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(names)
+    for i, doc in enumerate(docs):
+        cells = {**doc, "clock_event_reasons": "|".join(doc.get("clock_event_reasons") or [])}
+        writer.writerow(["" if cells.get(n) is None else cells[n] for n in names])
+        if i % 500 == 499:
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+    yield buffer.getvalue()
+
+
+def _durations(rows: list[sa.Row[Any]], start_ms: int, stop_ms: int,
+               gap: int) -> list[tuple[sa.Row[Any], int]]:
+    """Each sample in [start, stop) with the time until the next sample (at most ``gap``)."""
+    out = []
+    for i, s in enumerate(rows):
+        if s.ts_ms < start_ms or s.ts_ms >= stop_ms:
+            continue
+        following = rows[i + 1].ts_ms if i + 1 < len(rows) else s.ts_ms
+        out.append((s, min(following - s.ts_ms, gap)))
+    return out
+
+
+def _reason_breakdown(timed: list[tuple[sa.Row[Any], int]]) -> list[dict[str, Any]]:
+    """Per clock-event reason bit: the samples that reported it and for how long."""
+    counts: dict[int, list[int]] = {}
+    for s, duration in timed:
+        mask = s.clock_event_reasons or 0
+        bit = 1
+        while mask:
+            if mask & 1:
+                entry = counts.setdefault(bit, [0, 0])
+                entry[0] += 1
+                entry[1] += duration
+            mask >>= 1
+            bit <<= 1
+    return [{"name": CLOCK_EVENT_REASONS.get(bit, f"0x{bit:x}"), "mask": bit,
+             "samples": n, "seconds": round(ms / 1000, 3)}
+            for bit, (n, ms) in sorted(counts.items())]
+
+
+def _transitions(conn: sa.Connection, gpu_id: int, since_ms: int,
+                 until_ms: int) -> list[dict[str, Any]]:
+    t = transitions.c
+    rows = conn.execute(
+        sa.select(t.ts_ms, t.from_state, t.to_state, t.cause, t.temperature_c,
+                  t.memory_percent)
+        .where(t.gpu_id == gpu_id, t.ts_ms >= since_ms, t.ts_ms <= until_ms)
+        .order_by(t.ts_ms, t.id))
+    return [{"timestamp": iso_utc(r.ts_ms),
+             "from": None if r.from_state is None else GPUState(r.from_state).name,
+             "to": GPUState(r.to_state).name, "cause": r.cause,
+             "temperature_celsius": r.temperature_c, "memory_percent": r.memory_percent}
+            for r in rows]
+
+
+def _xid_events(conn: sa.Connection, gpu_id: int, since_ms: int,
+                until_ms: int) -> list[dict[str, Any]]:
+    e = events.c
+    rows = conn.execute(
+        sa.select(e.id, e.ts_ms, e.payload)
+        .where(e.gpu_id == gpu_id, e.kind == "xid", e.ts_ms >= since_ms, e.ts_ms <= until_ms)
+        .order_by(e.id))
+    return [{"id": r.id, "timestamp": iso_utc(r.ts_ms), "payload": r.payload} for r in rows]
+
+
+def _hardware_table(conn: sa.Connection, name: str) -> sa.Table | None:
+    """A table of the hardware facts (gpu_processes, throttle_counters) if this database
+    has it: a database migrated before those tables existed answers None."""
+    if not sa.inspect(conn).has_table(name):
+        return None
+    table = schema.metadata.tables.get(name)
+    return table if table is not None else sa.Table(name, sa.MetaData(), autoload_with=conn)
+
+
+def _processes(conn: sa.Connection, gpu_id: int, start_ms: int,
+               end_ms: int) -> list[dict[str, Any]] | None:
+    """Compute processes alive during [start, end], if the hardware tables exist."""
+    table = _hardware_table(conn, "gpu_processes")
+    if table is None:
+        return None
+    p = table.c
+    rows = conn.execute(
+        sa.select(table).where(p.gpu_id == gpu_id, p.first_seen_ms <= end_ms,
+                               sa.or_(p.ended_ms.is_(None), p.ended_ms >= start_ms))
+        .order_by(p.first_seen_ms, p.id))
+    return [{"pid": r.pid, "name": r.name, "used_memory_mb": r.used_memory_mib,
+             "first_seen_at": iso_utc(r.first_seen_ms), "last_seen_at": iso_utc(r.last_seen_ms),
+             "ended_at": iso_utc(r.ended_ms), "running": r.ended_ms is None} for r in rows]
+
+
+def _throttle_time(conn: sa.Connection, gpu_id: int, start_ms: int,
+                   end_ms: int) -> dict[str, float | None] | None:
+    """Seconds of hardware throttle time the cumulative counters accrued in [start, end].
+
+    The counters are recorded when they change, so their value at a time is the newest
+    row at or before it; without a row before the start, the first row inside is the
+    baseline. None when the table is missing or holds nothing for the window; a counter
+    that went backwards (the driver restarted) is None.
+    """
+    table = _hardware_table(conn, "throttle_counters")
+    if table is None:
+        return None
+    c = table.c
+
+    def at(ts: int) -> sa.Row[Any] | None:
+        return conn.execute(sa.select(table).where(c.gpu_id == gpu_id, c.ts_ms <= ts)
+                            .order_by(c.ts_ms.desc()).limit(1)).first()
+
+    before = at(start_ms) or conn.execute(
+        sa.select(table).where(c.gpu_id == gpu_id, c.ts_ms > start_ms, c.ts_ms <= end_ms)
+        .order_by(c.ts_ms).limit(1)).first()
+    after = at(end_ms)
+    if before is None or after is None:
+        return None
+    out: dict[str, float | None] = {}
+    for name in HARDWARE_COUNTERS:
+        a, b = getattr(before, f"{name}_ns", None), getattr(after, f"{name}_ns", None)
+        out[name] = None if a is None or b is None or b < a else round((b - a) / 1e9, 3)
+    return out
+
+
+def postmortem(conn: sa.Connection, row: sa.Row[Any], config: Config, now_ms: int,
+               leases: list[dict[str, Any]], max_samples: int = MAX_CONTEXT_SAMPLES
+               ) -> dict[str, Any]:
+    """The post-mortem of one incident (``row`` from :func:`get_incident`).
+
+    ``leases``: the lease documents active during it (LeaseManager.active_between).
+    The context samples are listed oldest first; more than ``max_samples`` are thinned
+    to every n-th (``samples_stride``); the CSV download has them all.
+    """
+    doc = incident_doc(row, now_ms)
+    since, until = context_window(row, config, now_ms)
+    rows = context_samples(conn, row, since, until)
+    stop = row.end_ms if row.end_ms is not None else row.last_sample_ms + 1
+    gap = gap_ms(config)
+    timed = _durations(rows, row.start_ms, stop, gap)
+    during = [s for s, _ in timed]
+    used = [s.memory_used_mib for s in during if s.memory_used_mib is not None]
+    power = [s.power_dw for s in during if s.power_dw is not None]
+    slowdown = row.slowdown_temp_c
+    end_or_now = row.end_ms if row.end_ms is not None else now_ms
+    stride = max(1, -(-len(rows) // max_samples)) if max_samples else 0
+    doc.update({
+        "summary": "",
+        "context_minutes": _number(config.incident_context_minutes),
+        "window": {"since": iso_utc(since), "until": iso_utc(until)},
+        "card": {
+            "slowdown_temp_celsius": slowdown,
+            "shutdown_temp_celsius": row.shutdown_temp_c,
+            "margin_to_slowdown_celsius": None if slowdown is None else slowdown - row.peak_temp_c,
+        },
+        "power": {"peak_watts": doc["peak_power_watts"],
+                  "mean_watts": round(sum(power) / len(power) / 10, 1) if power else None,
+                  "limit_watts": row.power_limit_w},
+        "memory": {"max_used_mb": max(used) if used else None,
+                   "avg_used_mb": round(sum(used) / len(used)) if used else None,
+                   "total_mb": row.memory_total_mib},
+        "clock_event_reasons_seen": _reason_breakdown(timed),
+        "transitions": _transitions(conn, row.gpu_id, since, until),
+        "leases": leases,
+        "processes": _processes(conn, row.gpu_id, row.start_ms, end_or_now),
+        "throttle_time_seconds": _throttle_time(conn, row.gpu_id, row.start_ms, end_or_now),
+        "xid_errors": _xid_events(conn, row.gpu_id, since, until),
+        "samples_total": len(rows),
+        "samples_stride": stride,
+        "samples": metrics_docs(row, rows[::stride]) if stride else [],
+    })
+    doc["summary"] = summary_sentence(doc)
+    return doc
+
+
+def format_duration(seconds: float) -> str:
+    """2 min 13 s, 1 h 4 min, 47 s, 0.3 s."""
+    if seconds < 10:
+        return f"{seconds:.1f} s".replace(".0 s", " s")
+    total = round(seconds)
+    if total < 60:
+        return f"{total} s"
+    if total < 3600:
+        return f"{total // 60} min {total % 60} s"
+    return f"{total // 3600} h {total % 3600 // 60} min"
+
+
+def summary_sentence(doc: dict[str, Any]) -> str:
+    """One sentence for a post-mortem document: how hot, how long, why, whose work."""
+    th = doc["thresholds"]
+    verb = "has been" if doc["ongoing"] else "was"
+    so_far = " so far" if doc["ongoing"] else ""
+    peak_at = (doc["peak_at"] or "")[11:19] + "Z"
+    text = (f"GPU {doc['gpu_id']} {verb} above {th['temp_throttle']} °C for "
+            f"{format_duration(doc['duration_seconds'])}{so_far}, peaking at "
+            f"{doc['peak_temperature_celsius']} °C at {peak_at}")
+    if doc["severity"] == "severe":
+        above = doc["above_critical_seconds"]
+        text += (f" (severe: {format_duration(above)} above {th['temp_critical']} °C)" if above
+                 else f" (severe: above {th['temp_critical']} °C)")
+    card = doc.get("card") or {}
+    margin = card.get("margin_to_slowdown_celsius")
+    if margin is not None and margin <= 0:
+        past = "at" if margin == 0 else f"{-margin} °C past"
+        text += (f", {past} the card's own slowdown temperature "
+                 f"({card['slowdown_temp_celsius']} °C)")
+    reasons = [r["name"] for r in doc.get("clock_event_reasons_seen", [])]
+    if reasons:
+        text += "; the hardware reported " + ", ".join(reasons)
+    else:
+        text += "; the hardware reported no clock-event reasons"
+    leases = doc.get("leases") or []
+    if leases:
+        held = []
+        for lease in leases:
+            who = f"{lease['owner']}, " if lease.get("owner") else ""
+            held.append(f"{lease['allocation_id']} ({who}{lease['memory_mb']} MiB)")
+        text += "; leases active: " + ", ".join(held)
+    else:
+        text += "; no leases were active"
+    return text
