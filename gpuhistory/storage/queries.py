@@ -166,79 +166,77 @@ def newest_sample_ms(conn: sa.Connection, host: str) -> int | None:
     return max(newest) if newest else None
 
 
-ROLLUP_TREND_FROM_MS = 2 * 3_600_000  # windows this long read whole minutes from samples_1m
+ROLLUP_TREND_FROM_MS = 30 * 60_000  # windows this long read whole minutes from samples_1m
 MINUTE_MS = 60_000
 
 
-def _raw_trend_sums(conn: sa.Connection, gpu_id: int, since_ms: int, lo: int,
-                    hi: int) -> tuple[int, float, float, float, float, Any, Any]:
-    """Regression sums of raw samples in [lo, hi], x in minutes from ``since_ms``.
-
-    SEARCH samples USING PRIMARY KEY (gpu_id=? AND ts_ms>? AND ts_ms<?).
-    """
-    s = samples.c
-    x = (s.ts_ms - since_ms) / 60000.0
+def _trend_statements() -> dict[str, sa.Select[Any]]:
+    """The trend's statements, built once (values bound per call, compiled once)."""
+    s, r = samples.c, samples_1m.c
+    gpu, since = sa.bindparam("gpu"), sa.bindparam("since")
+    lo, hi = sa.bindparam("lo"), sa.bindparam("hi")
+    x = (s.ts_ms - since) / 60000.0
     y = s.temperature_c * 1.0
-    row = conn.execute(
-        sa.select(sa.func.count(s.temperature_c), sa.func.sum(x), sa.func.sum(y),
-                  sa.func.sum(x * x), sa.func.sum(x * y), sa.func.min(s.temperature_c),
-                  sa.func.max(s.temperature_c))
-        .where(s.gpu_id == gpu_id, s.ts_ms >= lo, s.ts_ms <= hi, s.temperature_c.is_not(None))
-    ).one()
+    # SEARCH samples USING PRIMARY KEY (gpu_id=? AND ts_ms>? AND ts_ms<?)
+    raw = sa.select(sa.func.count(s.temperature_c), sa.func.sum(x), sa.func.sum(y),
+                    sa.func.sum(x * x), sa.func.sum(x * y), sa.func.min(s.temperature_c),
+                    sa.func.max(s.temperature_c)
+                    ).where(s.gpu_id == gpu, s.ts_ms >= lo, s.ts_ms <= hi,
+                            s.temperature_c.is_not(None))
+    # Each minute's samples placed at the minute's middle: the error is of the order of
+    # (1 min / window)², far below the trend threshold.
+    # SEARCH samples_1m USING PRIMARY KEY (gpu_id=? AND bucket_ms>? AND bucket_ms<?)
+    xb = (r.bucket_ms + MINUTE_MS / 2 - since) / 60000.0
+    rolled = sa.select(sa.func.sum(r.temp_n), sa.func.sum(r.temp_n * xb),
+                       sa.func.sum(r.temp_sum), sa.func.sum(r.temp_n * xb * xb),
+                       sa.func.sum(r.temp_sum * xb), sa.func.min(r.temp_min),
+                       sa.func.max(r.temp_max)
+                       ).where(r.gpu_id == gpu, r.bucket_ms >= lo, r.bucket_ms < hi,
+                               r.temp_n > 0)
+    window = sa.and_(s.gpu_id == gpu, s.ts_ms >= lo, s.ts_ms <= hi,
+                     s.temperature_c.is_not(None))
+    return {
+        "raw": raw, "rolled": rolled,
+        "first": sa.select(s.temperature_c).where(window).order_by(s.ts_ms).limit(1),
+        "last": sa.select(s.temperature_c).where(window).order_by(s.ts_ms.desc()).limit(1),
+        "done": sa.select(rollup_progress.c.done_until_ms).where(
+            rollup_progress.c.gpu_id == gpu, rollup_progress.c.resolution == "1m"),
+    }
+
+
+_TREND = _trend_statements()
+
+
+def _sums(conn: sa.Connection, name: str, gpu_id: int, since_ms: int, lo: int,
+          hi: int) -> tuple[int, float, float, float, float, Any, Any]:
+    row = conn.execute(_TREND[name], {"gpu": gpu_id, "since": since_ms, "lo": lo,
+                                      "hi": hi}).one()
     return (int(row[0] or 0), float(row[1] or 0), float(row[2] or 0), float(row[3] or 0),
             float(row[4] or 0), row[5], row[6])
-
-
-def _rollup_trend_sums(conn: sa.Connection, gpu_id: int, since_ms: int, lo: int,
-                       hi: int) -> tuple[int, float, float, float, float, Any, Any]:
-    """The same sums from whole 1-minute rollups in [lo, hi): each minute's samples are
-    placed at the minute's middle (the error is of the order of (1 min / window)², far
-    below the trend threshold). SEARCH samples_1m USING PRIMARY KEY (gpu_id=? AND ...)."""
-    r = samples_1m.c
-    x = (r.bucket_ms + MINUTE_MS / 2 - since_ms) / 60000.0
-    row = conn.execute(
-        sa.select(sa.func.sum(r.temp_n), sa.func.sum(r.temp_n * x), sa.func.sum(r.temp_sum),
-                  sa.func.sum(r.temp_n * x * x), sa.func.sum(r.temp_sum * x),
-                  sa.func.min(r.temp_min), sa.func.max(r.temp_max))
-        .where(r.gpu_id == gpu_id, r.bucket_ms >= lo, r.bucket_ms < hi, r.temp_n > 0)
-    ).one()
-    return (int(row[0] or 0), float(row[1] or 0), float(row[2] or 0), float(row[3] or 0),
-            float(row[4] or 0), row[5], row[6])
-
-
-def _rolled_up_until(conn: sa.Connection, gpu_id: int) -> int | None:
-    return conn.execute(
-        sa.select(rollup_progress.c.done_until_ms).where(
-            rollup_progress.c.gpu_id == gpu_id, rollup_progress.c.resolution == "1m")
-    ).scalar()
 
 
 def trend_sums(conn: sa.Connection, gpu_id: int, since_ms: int, until_ms: int) -> TrendSums:
     """Aggregates for the least-squares trend, computed in SQL over the window.
 
-    Short windows read the raw samples (one key range). Windows of two hours or more read
+    Short windows read the raw samples (one key range). Windows of 30 minutes or more read
     whole minutes from the 1-minute rollups and only the partial minutes at the edges (and
     anything not yet rolled up) from raw samples, so a day costs ~1,440 rows, not 86,400.
     x is minutes from the window start so the sums stay well-conditioned.
     """
-    parts = []
-    done = (_rolled_up_until(conn, gpu_id) if until_ms - since_ms >= ROLLUP_TREND_FROM_MS
-            else None)
+    done = None
+    if until_ms - since_ms >= ROLLUP_TREND_FROM_MS:
+        done = conn.execute(_TREND["done"], {"gpu": gpu_id}).scalar()
     lo = -(-since_ms // MINUTE_MS) * MINUTE_MS
     hi = min(until_ms // MINUTE_MS * MINUTE_MS, done or 0)
     if done is not None and hi - lo >= MINUTE_MS:
-        parts.append(_raw_trend_sums(conn, gpu_id, since_ms, since_ms, lo - 1))
-        parts.append(_rollup_trend_sums(conn, gpu_id, since_ms, lo, hi))
-        parts.append(_raw_trend_sums(conn, gpu_id, since_ms, hi, until_ms))
+        parts = [_sums(conn, "raw", gpu_id, since_ms, since_ms, lo - 1),
+                 _sums(conn, "rolled", gpu_id, since_ms, lo, hi),
+                 _sums(conn, "raw", gpu_id, since_ms, hi, until_ms)]
     else:
-        parts.append(_raw_trend_sums(conn, gpu_id, since_ms, since_ms, until_ms))
-    s = samples.c
-    window = sa.and_(s.gpu_id == gpu_id, s.ts_ms >= since_ms, s.ts_ms <= until_ms,
-                     s.temperature_c.is_not(None))
-    first = conn.execute(sa.select(s.temperature_c).where(window)
-                         .order_by(s.ts_ms).limit(1)).scalar()
-    last = conn.execute(sa.select(s.temperature_c).where(window)
-                        .order_by(s.ts_ms.desc()).limit(1)).scalar()
+        parts = [_sums(conn, "raw", gpu_id, since_ms, since_ms, until_ms)]
+    window = {"gpu": gpu_id, "lo": since_ms, "hi": until_ms}
+    first = conn.execute(_TREND["first"], window).scalar()
+    last = conn.execute(_TREND["last"], window).scalar()
     mins = [p[5] for p in parts if p[5] is not None]
     maxs = [p[6] for p in parts if p[6] is not None]
     return TrendSums(n=sum(p[0] for p in parts), sum_x=sum(p[1] for p in parts),
