@@ -37,7 +37,8 @@ def test_latest_samples_is_one_seek_per_gpu(engine) -> None:
         text = plan(engine, statement, {"host": "h", "at": 0})
         assert "SEARCH newest USING PRIMARY KEY (gpu_id=?" in text, text
         assert "SEARCH samples USING PRIMARY KEY (gpu_id=? AND ts_ms=?)" in text, text
-        assert "SEARCH transitions USING INDEX ix_transitions_gpu_ts (gpu_id=?" in text, text
+        assert "SEARCH transitions USING COVERING INDEX ix_transitions_change (gpu_id=? AND " \
+            "from_state=? AND to_state=?" in text, text
         assert "SCAN samples" not in text and "SCAN transitions" not in text, text
 
 
@@ -53,15 +54,13 @@ def test_trend_and_history_range_scans_use_the_samples_key(engine) -> None:
         assert "SEARCH samples USING PRIMARY KEY (gpu_id=? AND ts_ms>? AND ts_ms<?)" in text, text
 
 
-def test_cooldown_start_walks_the_transitions_index(engine) -> None:
-    """Throttle advice at a past time: the newest matching transition, by index."""
-    t = queries.transitions.c
-    statement = (sa.select(t.ts_ms).where(t.gpu_id == 1, t.ts_ms <= 5,
-                                          t.from_state.in_([2, 3]), t.to_state.in_([0, 1]))
-                 .order_by(t.ts_ms.desc()).limit(1))
-    text = plan(engine, statement)
-    assert "USING INDEX ix_transitions_gpu_ts (gpu_id=? AND ts_ms<?)" in text, text
-    assert "TEMP B-TREE" not in text, text
+def test_cooldown_starts_are_seeks_whatever_the_history(engine) -> None:
+    """Throttle advice at a past time: one max() seek per (from, to) pair, never a walk
+    through the GPU's transitions (which grew with the log before ix_transitions_change)."""
+    text = plan(engine, queries._COOLDOWN_STARTS, {"gpu": 1, "at": 5})
+    assert text.count("SEARCH transitions USING COVERING INDEX ix_transitions_change "
+                      "(gpu_id=? AND from_state=? AND to_state=? AND ts_ms<?)") == 7, text
+    assert "SCAN transitions" not in text, text
 
 
 def test_event_cursor_is_a_rowid_range(engine) -> None:

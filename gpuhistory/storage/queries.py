@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.ext.compiler import compiles
 
 from gpuhistory.domain.reading import Reading
 from gpuhistory.domain.states import GPUState
@@ -71,24 +72,41 @@ def reading_from_row(gpu: GpuRow, row: sa.Row[Any]) -> Reading:
     )
 
 
-def _newest_transition(timed: bool, from_states: list[int],
-                       to_states: list[int]) -> sa.ScalarSelect[Any]:
-    """Correlated: the newest matching transition of the outer GPU (at or before ``:at``).
+LEFT_HOT = ((2, 0), (2, 1), (3, 0), (3, 1))  # THROTTLED/CRITICAL → NORMAL/OPTIMAL
+LEFT_CRITICAL = ((3, 0), (3, 1), (3, 2))  # CRITICAL → anything better
 
-    SEARCH transitions USING INDEX ix_transitions_gpu_ts (gpu_id=? AND ts_ms<?), read
-    backwards until the first match, which is near the end.
-    """
+
+class greatest(sa.sql.functions.GenericFunction[Any]):
+    """GREATEST(a, b, ...): SQLite spells the scalar form ``max``."""
+
+    inherit_cache = True
+
+
+@compiles(greatest, "sqlite")
+def _greatest_sqlite(element: Any, compiler: Any, **kw: Any) -> str:
+    return f"max({compiler.process(element.clauses, **kw)})"
+
+
+def _last_change(gpu_id: Any, pairs: tuple[tuple[int, int], ...],
+                 at: Any | None) -> sa.ColumnElement[Any]:
+    """The newest transition of ``gpu_id`` whose (from, to) is one of ``pairs``, at or before
+    ``at``: one max() seek per pair on ix_transitions_change, so the cost never depends on
+    how many transitions the GPU has had."""
     t = transitions.c
-    query = sa.select(t.ts_ms).where(t.gpu_id == gpus.c.id, t.from_state.in_(from_states),
-                                     t.to_state.in_(to_states))
-    if timed:
-        query = query.where(t.ts_ms <= sa.bindparam("at"))
-    return query.order_by(t.ts_ms.desc()).limit(1).correlate(gpus).scalar_subquery()
+    seeks = []
+    for from_state, to_state in pairs:
+        seek = sa.select(sa.func.max(t.ts_ms)).where(
+            t.gpu_id == gpu_id, t.from_state == from_state, t.to_state == to_state)
+        if at is not None:
+            seek = seek.where(t.ts_ms <= at)
+        seeks.append(sa.func.coalesce(seek.scalar_subquery(), -1))
+    return sa.func.nullif(greatest(*seeks), -1)
 
 
 @functools.cache
 def _latest_statement(one_gpu: bool, timed: bool) -> sa.Select[Any]:
     """Built once per shape (and compiled once by SQLAlchemy's cache); values are bound."""
+    at = sa.bindparam("at") if timed else None
     s2 = samples.alias("newest")
     newest_ts = sa.select(sa.func.max(s2.c.ts_ms)).where(s2.c.gpu_id == gpus.c.id)
     if timed:
@@ -97,8 +115,8 @@ def _latest_statement(one_gpu: bool, timed: bool) -> sa.Select[Any]:
     query = (
         sa.select(gpus, samples.c.ts_ms.label("sample_ts"), *[
             c for c in samples.c if c.name not in ("gpu_id", "ts_ms")],
-            _newest_transition(timed, [2, 3], [0, 1]).label("left_hot_ms"),
-            _newest_transition(timed, [3], [0, 1, 2]).label("left_critical_ms"))
+            _last_change(gpus.c.id, LEFT_HOT, at).label("left_hot_ms"),
+            _last_change(gpus.c.id, LEFT_CRITICAL, at).label("left_critical_ms"))
         .select_from(gpus.outerjoin(
             samples, sa.and_(samples.c.gpu_id == gpus.c.id, samples.c.ts_ms == newest_ts)))
         .where(gpus.c.host == sa.bindparam("host"))
@@ -142,22 +160,17 @@ def latest_samples(
     return [best[i] for i in sorted(best)]
 
 
+_COOLDOWN_STARTS = sa.select(
+    _last_change(sa.bindparam("gpu"), LEFT_HOT, sa.bindparam("at")),
+    _last_change(sa.bindparam("gpu"), LEFT_CRITICAL, sa.bindparam("at")),
+)
+
+
 def cooldown_starts(conn: sa.Connection, gpu_id: int, at_ms: int) -> tuple[int | None, int | None]:
-    """When the GPU last left THROTTLED/CRITICAL for a cool state, and last left CRITICAL.
-
-    Each is the newest matching transition at or before ``at_ms``: a backwards walk of
-    ix_transitions_gpu_ts (gpu_id=? AND ts_ms<?) that stops at the first match.
-    """
-    t = transitions.c
-
-    def newest(from_states: list[int], to_states: list[int]) -> int | None:
-        return conn.execute(
-            sa.select(t.ts_ms).where(t.gpu_id == gpu_id, t.ts_ms <= at_ms,
-                                     t.from_state.in_(from_states), t.to_state.in_(to_states))
-            .order_by(t.ts_ms.desc()).limit(1)
-        ).scalar()
-
-    return newest([2, 3], [0, 1]), newest([3], [0, 1, 2])
+    """When the GPU last left THROTTLED/CRITICAL for a cool state, and last left CRITICAL,
+    at or before ``at_ms`` (a few index seeks, whatever the length of the log)."""
+    left_hot, left_critical = conn.execute(_COOLDOWN_STARTS, {"gpu": gpu_id, "at": at_ms}).one()
+    return left_hot, left_critical
 
 
 def newest_sample_ms(conn: sa.Connection, host: str) -> int | None:

@@ -68,6 +68,7 @@ transitions = sa.Table(
     sa.Column("temperature_c", sa.SmallInteger),
     sa.Column("memory_percent", sa.Float),
     sa.Index("ix_transitions_gpu_ts", "gpu_id", "ts_ms"),
+    sa.Index("ix_transitions_change", "gpu_id", "from_state", "to_state", "ts_ms"),
 )
 
 events = sa.Table(
