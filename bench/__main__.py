@@ -24,6 +24,9 @@ BENCHMARKS = {
     "storage": "bench.storage",
     "http": "bench.http_api",
     "analytics": "bench.analytics",
+    "cost": "bench.cost",
+    "scaling": "bench.scaling",
+    "prometheus": "bench.prometheus",
 }
 
 
