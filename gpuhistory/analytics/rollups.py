@@ -132,7 +132,7 @@ def bucket_start(column: sa.ColumnElement[Any], width: int | sa.BindParameter[An
 def _dialect(conn: sa.Connection) -> str:
     name = conn.dialect.name
     if name not in ("sqlite", "postgresql"):
-        raise NotImplementedError(f"rollups support SQLite and PostgreSQL, not {name}")
+        raise RuntimeError(f"rollups support SQLite and PostgreSQL, not {name}")
     return name
 
 

@@ -148,4 +148,4 @@ class SimBackend:
         return BackendHealth(ok=True, detail=f"simulated from {self.trace.name}")
 
     def close(self) -> None:
-        pass
+        """Nothing to release: the trace is held in memory."""
