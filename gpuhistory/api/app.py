@@ -18,6 +18,7 @@ from gpuhistory.api import (
     memory,
     metrics,
     monitoring,
+    prometheus,
     status,
     system,
     throttle,
@@ -29,7 +30,7 @@ from gpuhistory.context import ServiceContext
 
 MAX_BODY_BYTES = 64 * 1024
 BLUEPRINTS = (health, status, metrics, throttle, memory, monitoring, config_api, events_api,
-              system, incidents)
+              system, incidents, prometheus)
 
 SECURITY_SCHEMES = {"bearer": {"type": "http", "scheme": "bearer",
                                "description": "GPUHISTORY_TOKEN, when one is configured"}}
