@@ -1,5 +1,10 @@
-"""``serve``: the sampler, the lease reaper, the incident detector, retention and the WSGI
-app in one process.
+"""The long-running processes, one construction path for three roles.
+
+- ``both`` (``serve``): the sampler, the lease reaper, rollups, the incident detector,
+  retention and the WSGI app in one process.
+- ``sampler`` (``gpuhistory sampler``): the scheduler only; no HTTP server. One per host.
+- ``api`` (``gpuhistory api``): the WSGI app only; no scheduler, no backend, no NVML. Any
+  number may serve one database; runtime config changes reach the sampler as events.
 
 SIGTERM or SIGINT stops the scheduler (the tick in flight finishes and is committed), logs
 ``monitoring_stopped`` and ``service_stopped``, then closes the HTTP server.
@@ -49,6 +54,8 @@ INCIDENTS_EVERY_SECONDS = 10
 RETENTION_JOB_ID = "gpuhistory.retention"
 RETENTION_EVERY_SECONDS = 3600
 
+ROLES = ("both", "sampler", "api")
+
 
 @dataclass(frozen=True)
 class ServeSettings:
@@ -88,10 +95,18 @@ def is_loopback(address: str) -> bool:
 
 
 class Service:
-    """Everything ``serve`` runs, built but not started (tests start and stop it)."""
+    """Everything one role runs, built but not started (tests start and stop it).
 
-    def __init__(self, settings: ServeSettings, clock: Clock | None = None) -> None:
+    ``role`` is ``both`` (scheduler and HTTP), ``sampler`` (scheduler only) or ``api``
+    (HTTP only); parts a role does not run are ``None``.
+    """
+
+    def __init__(self, settings: ServeSettings, clock: Clock | None = None,
+                 role: str = "both") -> None:
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r}: one of {', '.join(ROLES)}")
         self.settings = settings
+        self.role = role
         self.clock = clock or SystemClock()
         static = load_static(settings.config_file,
                              overrides={"monitor_interval": settings.interval})
@@ -100,26 +115,45 @@ class Service:
         self.config = ConfigStore(self.engine, static, self.clock)
         self.host = settings.host_name or machine_name()
         self.store = LogStore(self.engine, self.host)
+        self.leases = LeaseManager(self.engine, self.host, self.clock, self.config)
+        self.backend: Any = None
+        self.sampler: Sampler | None = None
+        self.scheduler: BackgroundScheduler | None = None
+        if self.samples:
+            self._build_sampler(settings)
+        self.context: ServiceContext | None = None
+        self.app: Any = None
+        if self.serves_http:
+            self.context = ServiceContext(
+                engine=self.engine, host=self.host, clock=self.clock, config=self.config,
+                sampler=self.sampler, config_store=self.config, leases=self.leases,
+                api_token=settings.api_token,
+            )
+            self.app = create_app(self.context)
+        self._server: Any = None
+        self._stopping = threading.Event()
+
+    def _build_sampler(self, settings: ServeSettings) -> None:
         self.backend = select_backend(settings.backend, self.clock, settings.trace,
                                       settings.sim_gpus)
         self.pipeline = Pipeline(self.store, self.backend.name, self.config)
         self.pipeline.restore(self.clock.now_ms())
         self.sampler = Sampler(self.backend, self.pipeline, self.store, self.clock,
                                interval=lambda: self.config().monitor_interval)
-        self.leases = LeaseManager(self.engine, self.host, self.clock, self.config)
         self.rollups = RollupJob(self.engine, self.clock)
         self.incidents = IncidentDetector(self.engine, self.clock, self.config, host=self.host)
         self.retention = RetentionJob(self.engine, self.clock, self.config)
         self.scheduler = BackgroundScheduler(timezone="UTC")
         self.sampler.attach(self.scheduler)
-        self.context = ServiceContext(
-            engine=self.engine, host=self.host, clock=self.clock, config=self.config,
-            sampler=self.sampler, config_store=self.config, leases=self.leases,
-            api_token=settings.api_token,
-        )
-        self.app = create_app(self.context)
-        self._server = None
-        self._stopping = threading.Event()
+
+    @property
+    def samples(self) -> bool:
+        """Whether this role runs the scheduler (sampling, reaper, rollups, ...)."""
+        return self.role in ("both", "sampler")
+
+    @property
+    def serves_http(self) -> bool:
+        return self.role in ("both", "api")
 
     def _event(self, kind: EventKind, **payload: object) -> None:
         self.store.append_events([EventDraft(kind=kind, ts_ms=self.clock.now_ms(),
@@ -127,7 +161,9 @@ class Service:
 
     def start_background(self) -> None:
         """Start the scheduler: lease reaper, rollups, incident detector and retention always;
-        sampling unless stopped by request."""
+        sampling unless stopped by request. Nothing in the ``api`` role."""
+        if self.scheduler is None or self.sampler is None:
+            return
         self.scheduler.add_job(self.leases.reap, "interval", seconds=REAP_EVERY_SECONDS,
                                id=REAP_JOB_ID, name="expire overdue leases",
                                max_instances=1, coalesce=True, replace_existing=True)
@@ -148,33 +184,57 @@ class Service:
             self.sampler.start()
         else:
             log.warning("monitoring stays stopped: it was stopped over the API; "
-                        "POST /api/gpu/monitoring/start resumes it")
+                        "POST /api/gpu/monitoring/start (to a serve process) resumes it")
 
     def run(self) -> None:
-        """Serve until SIGTERM/SIGINT (or ``stop()``); then shut down cleanly."""
+        """Run until SIGTERM/SIGINT (or ``stop()``); then shut down cleanly."""
         s = self.settings
-        self._server = create_server(self.app, host=s.bind, port=s.port, threads=s.threads,
-                                     ident="gpuhistory", clear_untrusted_proxy_headers=True)
-        self._event(EventKind.SERVICE_STARTED, pid=os.getpid(), backend=self.backend.name,
-                    bind=f"{s.bind}:{self.port}")
-        self.start_background()
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, self._on_signal)
-            signal.signal(signal.SIGINT, self._on_signal)
-        log.info("gpuhistory serving on http://%s:%s (backend %s, %d GPU(s), db %s)",
-                 s.bind, self.port, self.backend.name, len(self.backend.identities()),
-                 self.engine.url.render_as_string())
+        if self.serves_http:
+            self._server = create_server(self.app, host=s.bind, port=s.port,
+                                         threads=s.threads, ident="gpuhistory",
+                                         clear_untrusted_proxy_headers=True)
+        started: dict[str, object] = {"pid": os.getpid(), "role": self.role,
+                                      "host": self.host}
+        if self.backend is not None:
+            started["backend"] = self.backend.name
+        if self._server is not None:
+            started["bind"] = f"{s.bind}:{self.port}"
+        self._event(EventKind.SERVICE_STARTED, **started)
         try:
-            self._server.run()  # returns on SystemExit from the signal handler, or stop()
-        except (OSError, ValueError):
-            if not self._stopping.is_set():
-                raise
+            self.start_background()
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGTERM, self._on_signal)
+                signal.signal(signal.SIGINT, self._on_signal)
+            self._log_started()
+            if self._server is None:
+                while not self._stopping.wait(0.5):
+                    pass
+            else:
+                try:
+                    self._server.run()  # returns on SystemExit from the signal handler
+                except (OSError, ValueError):
+                    if not self._stopping.is_set():
+                        raise
         finally:
             self.shutdown()
 
+    def _log_started(self) -> None:
+        s = self.settings
+        db = self.engine.url.render_as_string()
+        if self.backend is not None:
+            what = (f"sampling {len(self.backend.identities())} GPU(s) "
+                    f"(backend {self.backend.name}, host {self.host}, db {db})")
+        else:
+            what = f"no sampler in this process (host {self.host}, db {db})"
+        if self._server is not None:
+            log.info("gpuhistory %s serving on http://%s:%s; %s", self.role, s.bind,
+                     self.port, what)
+        else:
+            log.info("gpuhistory sampler running, no HTTP server; %s", what)
+
     @property
     def port(self) -> int | None:
-        return None if self._server is None else self._server.effective_port  # type: ignore[union-attr]
+        return None if self._server is None else self._server.effective_port
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         if self._stopping.is_set():
@@ -183,19 +243,23 @@ class Service:
         log.info("received %s: finishing the tick in flight and stopping",
                  signal.Signals(signum).name)
         self._stopping.set()
-        raise SystemExit(0)  # waitress's loop catches it and stops its workers
+        if self._server is not None:
+            raise SystemExit(0)  # waitress's loop catches it and stops its workers
 
     def stop(self) -> None:
         """Stop from another thread (tests, embedding)."""
-        if self._stopping.is_set() or self._server is None:
+        if self._stopping.is_set() or (self.serves_http and self._server is None):
             return
         self._stopping.set()
-        stop_waitress(self._server)
+        if self._server is not None:
+            stop_waitress(self._server)
 
     def shutdown(self) -> None:
-        self.sampler.stop(reason="service stopping")
-        if self.scheduler.running:
+        if self.sampler is not None:
+            self.sampler.stop(reason="service stopping")
+        if self.scheduler is not None and self.scheduler.running:
             self.scheduler.shutdown(wait=True)
-        self._event(EventKind.SERVICE_STOPPED, pid=os.getpid())
-        self.backend.close()
+        self._event(EventKind.SERVICE_STOPPED, pid=os.getpid(), role=self.role)
+        if self.backend is not None:
+            self.backend.close()
         self.engine.dispose()

@@ -50,4 +50,6 @@ def healthz() -> View:
             body["status"] = "degraded"
         if sampler.running and (age is None or age > 3 * interval + 5):
             body["status"] = "degraded"
+    elif age is not None and age > 3 * interval + 5:
+        body["status"] = "degraded"  # an API-only process: the sampler has gone quiet
     return jsonify(body), 200

@@ -1,4 +1,5 @@
-"""``gpuhistory``: serve, db, import, status, history, incidents. Every command takes ``--db``.
+"""``gpuhistory``: serve, sampler, api, db, import, status, history, incidents. Every
+command takes ``--db``.
 
 Options also come from GPUHISTORY_* environment variables (named in ``--help``).
 """
@@ -50,59 +51,116 @@ def cli(verbose: int) -> None:
         logging.getLogger(noisy).setLevel(quiet)
 
 
-@cli.command()
-@db_option
-@click.option("--host", "bind", default="127.0.0.1", show_default=True, envvar="GPUHISTORY_HOST",
-              show_envvar=True, help="Address to bind the HTTP API to.")
-@click.option("--port", default=8321, show_default=True, type=click.IntRange(0, 65535),
-              envvar="GPUHISTORY_PORT", show_envvar=True)
-@click.option("--backend", type=click.Choice(["auto", "nvml", "sim"]), default="auto",
-              show_default=True, envvar="GPUHISTORY_BACKEND", show_envvar=True,
-              help="auto: NVML, or the simulator when no NVIDIA driver is installed.")
-@click.option("--trace", type=click.Path(exists=True, dir_okay=False), envvar="GPUHISTORY_TRACE",
-              show_envvar=True, help="Trace CSV the sim backend replays (default: bundled).")
-@click.option("--sim-gpus", type=click.IntRange(1, 64), envvar="GPUHISTORY_SIM_GPUS",
-              show_envvar=True, help="Number of simulated GPUs (default: as in the trace).")
-@click.option("--interval", type=click.FloatRange(0.1, 3600), envvar="GPUHISTORY_INTERVAL",
-              show_envvar=True, help="Seconds between samples (default 3).")
-@click.option("--host-name", envvar="GPUHISTORY_HOST_NAME", show_envvar=True,
-              help="Name this machine's GPUs are stored under (default: the hostname).")
-@click.option("--threads", default=8, show_default=True, type=click.IntRange(1, 256),
-              envvar="GPUHISTORY_THREADS", show_envvar=True, help="HTTP worker threads.")
-@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
-              envvar="GPUHISTORY_CONFIG", show_envvar=True,
-              help="TOML file of thresholds and policies (see docs/configuration.md).")
-def serve(db: str | None, bind: str, port: int, backend: str, trace: str | None,
-          sim_gpus: int | None, interval: float | None, host_name: str | None,
-          threads: int, config_file: str | None) -> None:
-    """Sample the GPUs and serve the API, in one process, until SIGTERM/SIGINT.
+def _bind_options(fn: Any) -> Any:
+    """--host/--port/--threads: the HTTP server's (``serve`` and ``api``)."""
+    for option in reversed([
+        click.option("--host", "bind", default="127.0.0.1", show_default=True,
+                     envvar="GPUHISTORY_HOST", show_envvar=True,
+                     help="Address to bind the HTTP API to."),
+        click.option("--port", default=8321, show_default=True, type=click.IntRange(0, 65535),
+                     envvar="GPUHISTORY_PORT", show_envvar=True),
+        click.option("--threads", default=8, show_default=True, type=click.IntRange(1, 256),
+                     envvar="GPUHISTORY_THREADS", show_envvar=True,
+                     help="HTTP worker threads."),
+    ]):
+        fn = option(fn)
+    return fn
 
-    Binding a non-loopback address needs an API token in GPUHISTORY_TOKEN; it then guards
-    every mutating endpoint (Authorization: Bearer <token>).
-    """
+
+def _sampler_options(fn: Any) -> Any:
+    """--backend/--trace/--sim-gpus/--interval: the sampler's (``serve`` and ``sampler``)."""
+    for option in reversed([
+        click.option("--backend", type=click.Choice(["auto", "nvml", "sim"]), default="auto",
+                     show_default=True, envvar="GPUHISTORY_BACKEND", show_envvar=True,
+                     help="auto: NVML, or the simulator when no NVIDIA driver is installed."),
+        click.option("--trace", type=click.Path(exists=True, dir_okay=False),
+                     envvar="GPUHISTORY_TRACE", show_envvar=True,
+                     help="Trace CSV the sim backend replays (default: bundled)."),
+        click.option("--sim-gpus", type=click.IntRange(1, 64), envvar="GPUHISTORY_SIM_GPUS",
+                     show_envvar=True, help="Number of simulated GPUs (default: as in the trace)."),
+        click.option("--interval", type=click.FloatRange(0.1, 3600),
+                     envvar="GPUHISTORY_INTERVAL", show_envvar=True,
+                     help="Seconds between samples (default 3)."),
+    ]):
+        fn = option(fn)
+    return fn
+
+
+def _common_options(fn: Any) -> Any:
+    """--db/--host-name/--config: every role's."""
+    for option in reversed([
+        db_option,
+        click.option("--host-name", envvar="GPUHISTORY_HOST_NAME", show_envvar=True,
+                     help="Name this machine's GPUs are stored under (default: the hostname)."),
+        click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
+                     envvar="GPUHISTORY_CONFIG", show_envvar=True,
+                     help="TOML file of thresholds and policies (see docs/configuration.md)."),
+    ]):
+        fn = option(fn)
+    return fn
+
+
+def _run_service(role: str, **options: Any) -> None:
+    """Check the bind/token rules, build the role's ``Service`` and run it."""
     from gpuhistory.config.layers import ConfigFileError
     from gpuhistory.sampling.backend import BackendUnavailable
     from gpuhistory.service import ServeSettings, Service, is_loopback
 
     logging.getLogger("gpuhistory").setLevel(logging.INFO)
     token = os.environ.get("GPUHISTORY_TOKEN") or None
-    if not is_loopback(bind) and not token:
-        raise click.UsageError(
-            f"refusing to bind {bind} without an API token: set GPUHISTORY_TOKEN (it then "
-            "guards every mutating endpoint), or bind 127.0.0.1")
-    if token is not None and len(token) < 16:
-        raise click.UsageError("GPUHISTORY_TOKEN must be at least 16 characters")
-    settings = ServeSettings(db=db, bind=bind, port=port, backend=backend, trace=trace,
-                             sim_gpus=sim_gpus, interval=interval, host_name=host_name,
-                             threads=threads, config_file=config_file, api_token=token)
+    bind = options.get("bind", "127.0.0.1")
+    if role != "sampler":
+        if not is_loopback(bind) and not token:
+            raise click.UsageError(
+                f"refusing to bind {bind} without an API token: set GPUHISTORY_TOKEN (it then "
+                "guards every mutating endpoint), or bind 127.0.0.1")
+        if token is not None and len(token) < 16:
+            raise click.UsageError("GPUHISTORY_TOKEN must be at least 16 characters")
+    settings = ServeSettings(api_token=token if role != "sampler" else None, **options)
     try:
-        service = Service(settings)
+        service = Service(settings, role=role)
     except (BackendUnavailable, ConfigFileError) as exc:
         raise click.ClickException(str(exc)) from None
-    if service.backend.name == "sim":
-        click.secho(f"NOTE: simulated GPUs (backend sim, trace {service.backend.trace.name}); "  # type: ignore[attr-defined]
+    if service.backend is not None and service.backend.name == "sim":
+        click.secho(f"NOTE: simulated GPUs (backend sim, trace {service.backend.trace.name}); "
                     "answers say \"backend\": \"sim\".", fg="yellow", err=True)
     service.run()
+
+
+@cli.command()
+@_common_options
+@_bind_options
+@_sampler_options
+def serve(**options: Any) -> None:
+    """Sample the GPUs and serve the API, in one process, until SIGTERM/SIGINT.
+
+    Binding a non-loopback address needs an API token in GPUHISTORY_TOKEN; it then guards
+    every mutating endpoint (Authorization: Bearer <token>).
+    """
+    _run_service("both", **options)
+
+
+@cli.command()
+@_common_options
+@_sampler_options
+def sampler(**options: Any) -> None:
+    """Sample the GPUs (and reap leases, roll up, detect incidents, apply retention) with no
+    HTTP server, until SIGTERM/SIGINT. Run exactly one per host; serve it with ``api``.
+    """
+    _run_service("sampler", **options)
+
+
+@cli.command()
+@_common_options
+@_bind_options
+def api(**options: Any) -> None:
+    """Serve the HTTP API only (no sampler, no backend) until SIGTERM/SIGINT.
+
+    Several may serve one database. Monitoring start/stop answer 409 no_sampler; config
+    changes reach the sampler process within a second. Binding a non-loopback address needs
+    GPUHISTORY_TOKEN, as for ``serve``.
+    """
+    _run_service("api", **options)
 
 
 @cli.group()
