@@ -227,7 +227,8 @@ class Service:
         else:
             what = f"no sampler in this process (host {self.host}, db {db})"
         if self._server is not None:
-            log.info("gpuhistory %s serving on http://%s:%s; %s", self.role, s.bind,
+            command = "serve" if self.role == "both" else self.role
+            log.info("gpuhistory %s listening on http://%s:%s; %s", command, s.bind,
                      self.port, what)
         else:
             log.info("gpuhistory sampler running, no HTTP server; %s", what)
