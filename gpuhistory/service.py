@@ -207,8 +207,9 @@ class Service:
                 signal.signal(signal.SIGINT, self._on_signal)
             self._log_started()
             if self._server is None:
+                # Wake twice a second so the signal handler runs promptly in this thread.
                 while not self._stopping.wait(0.5):
-                    pass
+                    continue
             else:
                 try:
                     self._server.run()  # returns on SystemExit from the signal handler

@@ -12,7 +12,6 @@ concatenated ``-l`` logs have) is skipped, or, if it names other columns, read a
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -22,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from gpuhistory.domain.reading import Reading
-from gpuhistory.formats.errors import FormatError
-from gpuhistory.formats.trace_csv import MAX_GPUS, MAX_INT, fast_constructor, line_chunks
+from gpuhistory.formats.errors import MAX_INT, FormatError, parse_cell
+from gpuhistory.formats.trace_csv import MAX_GPUS, fast_constructor, line_chunks
 
 REQUIRED = ("timestamp", "index")
 
@@ -175,25 +174,21 @@ def _number(text: str, kind: str, unit: str | None, column: str, path: str,
             raise FormatError(path, line, f"column {column!r}: {text[:40]!r} is not a "
                                           "performance state P0 to P15")
         return int(match.group(1))
-    value: int | float
+    return parse_cell(_CONVERT.get(kind, _to_int), value_text, text, column, path, line)
+
+
+def _hex(text: str) -> int:
+    return int(text, 16) if text[:2].lower() == "0x" else int(text)
+
+
+def _to_int(text: str) -> int:
     try:
-        if kind == "hex":
-            value = int(value_text, 16) if value_text[:2].lower() == "0x" else int(value_text)
-        elif kind == "float":
-            value = float(value_text)
-        else:
-            try:
-                value = int(value_text)
-            except ValueError:
-                value = round(float(value_text))
-    except (ValueError, OverflowError):
-        raise FormatError(path, line, f"column {column!r}: {text[:40]!r} is not a number") \
-            from None
-    if isinstance(value, float) and not math.isfinite(value):
-        raise FormatError(path, line, f"column {column!r}: {text[:40]!r} is not finite")
-    if value < 0 or value > MAX_INT:
-        raise FormatError(path, line, f"column {column!r}: {text[:40]!r} is out of range")
-    return value
+        return int(text)
+    except ValueError:
+        return round(float(text))
+
+
+_CONVERT: dict[str, Callable[[str], int | float]] = {"hex": _hex, "float": float}
 
 
 def smi_tuples(path: str | os.PathLike[str],

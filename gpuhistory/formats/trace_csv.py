@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from gpuhistory.domain.reading import Reading
-from gpuhistory.formats.errors import FormatError
+from gpuhistory.formats.errors import FormatError, parse_cell
 
 INT_FIELDS = ("temperature_c", "memory_temperature_c", "sm_clock_mhz", "mem_clock_mhz",
               "utilization_pct", "memory_used_mib", "memory_total_mib",
@@ -38,7 +38,6 @@ COLUMNS = ("t_s", "gpu", "temperature_c", "memory_temperature_c", "power_w",
            "sm_clock_mhz", "mem_clock_mhz", "utilization_pct", "memory_used_mib",
            "memory_total_mib", "clock_event_reasons", "pstate")
 MAX_GPUS = 1024
-MAX_INT = 2**63 - 1
 CHUNK_BYTES = 1 << 20
 
 # The Reading fields a trace fills, in the order the fast constructor takes them.
@@ -150,28 +149,20 @@ def line_chunks(path: str, chunk_bytes: int | None = None) -> Iterator[tuple[int
             line += data.count(b"\n")
 
 
+def _to_int(text: str) -> int:
+    if text[:2].lower() == "0x":
+        return int(text, 16)
+    try:
+        return int(text)
+    except ValueError:
+        return int(float(text))
+
+
 def _number(text: str, column: str, path: str, line: int, integer: bool) -> float | int | None:
     text = text.strip()
     if text == "":
         return None
-    try:
-        if not integer:
-            value: float | int = float(text)
-        elif text[:2].lower() == "0x":
-            value = int(text, 16)
-        else:
-            try:
-                value = int(text)
-            except ValueError:
-                value = int(float(text))
-    except (ValueError, OverflowError):
-        raise FormatError(path, line, f"column {column!r}: {text[:40]!r} is not a number") \
-            from None
-    if isinstance(value, float) and not math.isfinite(value):
-        raise FormatError(path, line, f"column {column!r}: {text[:40]!r} is not finite")
-    if value < 0 or value > MAX_INT:
-        raise FormatError(path, line, f"column {column!r}: {text[:40]!r} is out of range")
-    return value
+    return parse_cell(_to_int if integer else float, text, text, column, path, line)
 
 
 def _clean(data: bytes) -> bool:
