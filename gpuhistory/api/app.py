@@ -25,7 +25,7 @@ from gpuhistory.api import (
 )
 from gpuhistory.api.auth import install_auth
 from gpuhistory.api.errors import register_error_handlers
-from gpuhistory.api.validation import validation_error_response
+from gpuhistory.api.validation import StrictJSONProvider, validation_error_response
 from gpuhistory.context import ServiceContext
 
 MAX_BODY_BYTES = 64 * 1024
@@ -47,6 +47,7 @@ def create_app(context: ServiceContext) -> OpenAPI:
         doc_ui=False,
     )
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.json = StrictJSONProvider(app)
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["gpuhistory"] = context
     register_error_handlers(app)

@@ -63,7 +63,8 @@ def incidents(query: IncidentsQuery) -> View:
     return jsonify({"count": len(docs), "incidents": docs})
 
 
-@bp.get("/incidents/<int:incident_id>", responses={200: IncidentReport, **errors(404, 422)})
+@bp.get("/incidents/<int:incident_id>",
+        responses={200: IncidentReport, **errors(400, 404, 422)})
 def incident(path: IncidentPath, query: IncidentQuery) -> View:
     """The post-mortem of one incident: how hot and how long, what the hardware reported,
     the state transitions, leases and processes, and the samples around it."""

@@ -22,15 +22,20 @@ from gpuhistory.clock import parse_time
 
 MAX_GPU_INDEX = 1023
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@/+-]{0,127}$"
+MAX_TIME_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the last time ISO-8601 writes
 
 
 def _to_ms(value: str) -> int:
     try:
-        return parse_time(value)
+        ms = parse_time(value)
     except (ValueError, OverflowError):
         raise PydanticCustomError(
             "time_parsing", "use ISO-8601 UTC (2026-11-26T03:12:00Z) or epoch seconds"
         ) from None
+    if not 0 <= ms <= MAX_TIME_MS:  # the log holds nothing before 1970; answers print years
+        raise PydanticCustomError(
+            "time_out_of_range", "must be between 1970-01-01T00:00:00Z and 9999-12-31T23:59:59Z")
+    return ms
 
 
 TimeArg = Annotated[
@@ -158,7 +163,13 @@ class IncidentQuery(Strict):
 
 
 # -- bodies ------------------------------------------------------------------------------
-class AllocateBody(Strict):
+class StrictBody(Strict):
+    """A JSON body: no type coercion either (``true`` or ``"5"`` is not a number of MiB)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class AllocateBody(StrictBody):
     allocation_id: AllocationId
     memory_mb: int = Field(ge=1, le=10_000_000, description="MiB to reserve")
     gpu_id: GpuIndex = 0
@@ -166,13 +177,13 @@ class AllocateBody(Strict):
     owner: Owner | None = None
 
 
-class RenewBody(Strict):
+class RenewBody(StrictBody):
     allocation_id: AllocationId
     lease_token: LeaseToken | None = None
     ttl_seconds: TtlSeconds | None = None
 
 
-class DeallocateBody(Strict):
+class DeallocateBody(StrictBody):
     allocation_id: AllocationId
     lease_token: LeaseToken | None = None
 
@@ -185,7 +196,8 @@ def _config_patch_model() -> type[BaseModel]:
     for name, info in Config.model_fields.items():
         base = int if info.annotation in (int, int | None) else float
         fields[name] = (base | None, Field(None, description=info.description))
-    return create_model("ConfigPatch", __config__=ConfigDict(extra="forbid"), **fields)
+    return create_model("ConfigPatch", __config__=ConfigDict(extra="forbid", strict=True),
+                        **fields)
 
 
 ConfigPatch = _config_patch_model()

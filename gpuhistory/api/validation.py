@@ -9,10 +9,31 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Response, jsonify, request
+from flask.json.provider import DefaultJSONProvider
 from pydantic import ValidationError
 
 MALFORMED = {"missing", "extra_forbidden", "json_invalid", "model_type", "dict_type",
-             "model_attributes_type"}
+             "model_attributes_type", "string_unicode"}
+
+
+def _not_json(constant: str) -> float:
+    raise ValueError(f"{constant} is not JSON")
+
+
+class StrictJSONProvider(DefaultJSONProvider):
+    """Flask's JSON, refusing what RFC 8259 refuses and what would crash the parser.
+
+    ``NaN``/``Infinity`` (Python's json accepts them) and a body nested deeper than the
+    parser's recursion limit (a RecursionError, not a ValueError) become ValueError, which
+    Flask and the body validation treat as malformed JSON: 400, never a 500.
+    """
+
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        kwargs.setdefault("parse_constant", _not_json)
+        try:
+            return super().loads(s, **kwargs)
+        except RecursionError:
+            raise ValueError("JSON nested too deeply") from None
 
 
 def _is_malformed(error: dict[str, Any]) -> bool:
