@@ -25,6 +25,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from waitress import wasyncore
 from waitress.server import create_server
 
+from gpuhistory.alerts.deliverer import WebhookDeliverer
 from gpuhistory.analytics.incidents import IncidentDetector
 from gpuhistory.analytics.retention import RetentionJob
 from gpuhistory.analytics.rollups import RollupJob
@@ -116,6 +117,8 @@ class Service:
         self.host = settings.host_name or machine_name()
         self.store = LogStore(self.engine, self.host)
         self.leases = LeaseManager(self.engine, self.host, self.clock, self.config)
+        self.webhooks = static.webhooks
+        self.alerts: WebhookDeliverer | None = None  # only where the scheduler runs
         self.backend: Any = None
         self.sampler: Sampler | None = None
         self.scheduler: BackgroundScheduler | None = None
@@ -143,6 +146,7 @@ class Service:
         self.rollups = RollupJob(self.engine, self.clock)
         self.incidents = IncidentDetector(self.engine, self.clock, self.config, host=self.host)
         self.retention = RetentionJob(self.engine, self.clock, self.config)
+        self.alerts = WebhookDeliverer(self.engine, self.host, self.webhooks, self.clock)
         self.scheduler = BackgroundScheduler(timezone="UTC")
         self.sampler.attach(self.scheduler)
 
@@ -179,6 +183,8 @@ class Service:
                                seconds=RETENTION_EVERY_SECONDS, id=RETENTION_JOB_ID,
                                name="delete samples past retention",
                                max_instances=1, coalesce=True, replace_existing=True)
+        if self.alerts is not None:
+            self.alerts.start(self.scheduler)  # webhooks: docs/alerts.md
         self.scheduler.start()
         if should_monitor(self.engine):
             self.sampler.start()
@@ -261,6 +267,8 @@ class Service:
             self.sampler.stop(reason="service stopping")
         if self.scheduler is not None and self.scheduler.running:
             self.scheduler.shutdown(wait=True)
+        if self.alerts is not None:
+            self.alerts.close()
         self._event(EventKind.SERVICE_STOPPED, pid=os.getpid(), role=self.role)
         if self.backend is not None:
             self.backend.close()

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
+from gpuhistory.alerts.store import prune_deliveries
 from gpuhistory.clock import Clock
 from gpuhistory.domain.config import Config
 from gpuhistory.storage.schema import gpus, incident_progress, incidents
@@ -42,6 +43,7 @@ DAY_MS = 86_400_000
 class RetentionResult:
     raw_deleted: int = 0
     rollup_deleted: int = 0
+    deliveries_deleted: int = 0  # webhook delivery-log rows past retention_delivery_days
     batches: int = 0
     notes: list[str] = field(default_factory=list)
     finished: bool = True  # False: stopped at max_seconds; the next run goes on
@@ -136,6 +138,8 @@ class RetentionJob:
                 limit = min(rollup_cutoff, done_1h[gpu_id])
                 result.rollup_deleted += self._delete_range("samples_1m", "bucket_ms", gpu_id,
                                                             -(2**62), limit, result)
+        result.deliveries_deleted = prune_deliveries(
+            self.engine, now - round(config.retention_delivery_days * DAY_MS), self.batch_rows)
         if result.raw_deleted or result.rollup_deleted:
             log.info("retention: deleted %d raw samples and %d 1-minute rollups in %d batches",
                      result.raw_deleted, result.rollup_deleted, result.batches)

@@ -11,6 +11,7 @@ from flask_openapi3 import Info, OpenAPI
 
 from gpuhistory import __version__
 from gpuhistory.api import (
+    alerts,
     config_api,
     events_api,
     health,
@@ -30,7 +31,7 @@ from gpuhistory.context import ServiceContext
 
 MAX_BODY_BYTES = 64 * 1024
 BLUEPRINTS = (health, status, metrics, throttle, memory, monitoring, config_api, events_api,
-              system, incidents, prometheus)
+              system, incidents, prometheus, alerts)
 
 SECURITY_SCHEMES = {"bearer": {"type": "http", "scheme": "bearer",
                                "description": "GPUHISTORY_TOKEN, when one is configured"}}

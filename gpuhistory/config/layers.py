@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from gpuhistory.alerts.config import WEBHOOKS_ENV, WEBHOOKS_KEY, WebhookConfig, load_webhooks
 from gpuhistory.domain.config import Config
 
 ENV_PREFIX = "GPUHISTORY_"
@@ -33,6 +34,7 @@ class StaticLayers:
 
     values: dict[str, Any] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)
+    webhooks: tuple[WebhookConfig, ...] = ()  # [[webhooks]] or GPUHISTORY_WEBHOOKS (alerts)
 
     def config(self) -> Config:
         return Config.model_validate(self.values)
@@ -46,6 +48,7 @@ def load_static(path: str | os.PathLike[str] | None = None,
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {}
     sources = dict.fromkeys(Config.model_fields, "default")
+    file_webhooks = None
     if path is not None:
         try:
             data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
@@ -53,7 +56,9 @@ def load_static(path: str | os.PathLike[str] | None = None,
             raise ConfigFileError(f"{path}: cannot read: {exc}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigFileError(f"{path}: not valid TOML: {exc}") from None
+        file_webhooks = data.pop(WEBHOOKS_KEY, None)
         data = data.get("gpuhistory", data)
+        file_webhooks = data.pop(WEBHOOKS_KEY, file_webhooks)
         unknown = sorted(set(data) - set(Config.model_fields))
         if unknown:
             raise ConfigFileError(f"{path}: unknown key(s) {unknown}; "
@@ -69,7 +74,11 @@ def load_static(path: str | os.PathLike[str] | None = None,
         if value is not None:
             values[key] = value
             sources[key] = "flag"
-    layers = StaticLayers(values, sources)
+    try:
+        webhooks = load_webhooks(file_webhooks, environ.get(WEBHOOKS_ENV))
+    except ValueError as exc:
+        raise ConfigFileError(f"invalid webhooks: {exc}") from None
+    layers = StaticLayers(values, sources, webhooks)
     try:
         layers.config()
     except ValidationError as exc:

@@ -78,6 +78,9 @@ class Config(BaseModel):
     retention_rollup_days: float = Field(
         365, ge=1, le=36_500, description="Days 1-minute rollups are kept."
     )
+    retention_delivery_days: float = Field(
+        30, ge=1, le=36_500, description="Days webhook delivery-log rows are kept."
+    )
 
     @model_validator(mode="after")
     def _thresholds_increase(self) -> Config:

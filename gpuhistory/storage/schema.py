@@ -233,3 +233,56 @@ incident_progress = sa.Table(
     sa.Column("version", sa.Integer, nullable=False),
     sa.Column("thresholds", sa.String(64)),
 )
+
+# Alert webhooks (gpuhistory/alerts; docs/alerts.md). One ``webhooks`` row per configured
+# webhook and host, written by that host's deliverer: what it delivers (the URL only as
+# scheme://host:port, never the secret), its cursor (the last event id it is done with:
+# delivered, given up or not matching) and the retry state of the event at its head.
+# ``version`` changes with every write, so a state never goes backwards. The delivery log
+# holds one row per attempt (attempt 0: given up before any attempt).
+webhooks = sa.Table(
+    "webhooks",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("host", sa.String(255), nullable=False),
+    sa.Column("name", sa.String(64), nullable=False),
+    sa.Column("url", sa.String(300), nullable=False),
+    sa.Column("kinds", sa.JSON, nullable=False),
+    sa.Column("gpus", sa.JSON),
+    sa.Column("signed", sa.Boolean, nullable=False),
+    sa.Column("settings", sa.JSON, nullable=False),
+    sa.Column("active", sa.Boolean, nullable=False),
+    sa.Column("cursor_event_id", sa.BigInteger, nullable=False),
+    sa.Column("pending_event_id", sa.BigInteger),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("next_attempt_ms", sa.BigInteger),
+    sa.Column("last_attempt_ms", sa.BigInteger),
+    sa.Column("last_status", sa.String(16)),
+    sa.Column("last_http_status", sa.SmallInteger),
+    sa.Column("last_error", sa.String(200)),
+    sa.Column("last_delivered_ms", sa.BigInteger),
+    sa.Column("created_ms", sa.BigInteger, nullable=False),
+    sa.Column("updated_ms", sa.BigInteger, nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.UniqueConstraint("host", "name", name="uq_webhooks_host_name"),
+)
+
+webhook_deliveries = sa.Table(
+    "webhook_deliveries",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("webhook_id", sa.Integer, sa.ForeignKey("webhooks.id"), nullable=False),
+    sa.Column("event_id", sa.BigInteger, nullable=False),
+    sa.Column("ts_ms", sa.BigInteger, nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("http_status", sa.SmallInteger),
+    sa.Column("error", sa.String(200)),
+    sa.Column("duration_ms", sa.Integer, nullable=False),
+    sa.Column("next_retry_ms", sa.BigInteger),
+    sa.CheckConstraint("status IN ('delivered', 'failed', 'rejected', 'gave_up')",
+                       name="ck_webhook_deliveries_status"),
+    sa.Index("ix_webhook_deliveries_webhook", "webhook_id", "id"),
+    sa.Index("ix_webhook_deliveries_event", "event_id"),
+    sa.Index("ix_webhook_deliveries_ts", "ts_ms"),
+)
