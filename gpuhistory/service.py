@@ -137,8 +137,9 @@ class Service:
         self._stopping = threading.Event()
 
     def _build_sampler(self, settings: ServeSettings) -> None:
-        self.backend = select_backend(settings.backend, self.clock, settings.trace,
-                                      settings.sim_gpus)
+        self.backend = select_backend(
+            settings.backend, self.clock, settings.trace, settings.sim_gpus,
+            nvml_timeout=lambda: self.config().nvml_timeout_seconds)
         self.pipeline = Pipeline(self.store, self.backend.name, self.config)
         self.pipeline.restore(self.clock.now_ms())
         self.sampler = Sampler(self.backend, self.pipeline, self.store, self.clock,

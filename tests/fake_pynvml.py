@@ -9,11 +9,16 @@ Hardware facts: a device's ``processes`` (pid, used bytes or None), its throttle
 ``counters`` (field id → ns; a counter field absent answers NOT_SUPPORTED), and XID errors
 queued with ``FakeNvml.xid`` onto every event set its handle is registered with. Event
 sets are refused where ``event_sets_supported`` is False (register: NOT_SUPPORTED).
+
+Hangs: ``FakeNvml.hang(index, function)`` makes that function block for that GPU (and
+``hang_init()`` makes nvmlInit block) until the returned event is set, as a wedged driver
+does; a blocked call gives up by itself after ``HANG_LIMIT_S`` so no test leaks a thread.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import types
 from collections import Counter
 from collections.abc import Callable
@@ -23,6 +28,7 @@ from typing import Any
 import pynvml
 
 MIB = 1024 * 1024
+HANG_LIMIT_S = 30.0  # a hung call returns by itself after this, whatever the test does
 NOT_AVAILABLE = pynvml.NVML_VALUE_NOT_AVAILABLE_ulonglong.value  # usedGpuMemory: unknown
 POWER_CAP = pynvml.NVML_FI_DEV_CLOCKS_EVENT_REASON_SW_POWER_CAP
 SW_THERMAL = pynvml.NVML_FI_DEV_CLOCKS_EVENT_REASON_SW_THERM_SLOWDOWN
@@ -84,6 +90,7 @@ class FakeDevice:
     generation: int = 0  # bumped on recovery: handles taken before it are stale
     processes: list[tuple[int, int | None]] = field(default_factory=list)  # (pid, bytes)
     counters: dict[int, int] = field(default_factory=lambda: dict.fromkeys(COUNTER_FIELDS, 0))
+    hangs: dict[str, threading.Event] = field(default_factory=dict)  # function → released
 
 
 @dataclass(frozen=True)
@@ -166,6 +173,8 @@ class FakeNvml(types.ModuleType):
         self.event_sets_supported = True
         self.event_sets: list[FakeEventSet] = []
         self.field_requests: list[list[int]] = []  # the ids of each field-values call
+        self.init_hang: threading.Event | None = None
+        self.hung_calls: Counter[str] = Counter()  # calls that blocked (once each)
 
     # -- scenario controls ---------------------------------------------------------------
     def fail_init(self, code: int, times: int | None = None) -> None:
@@ -180,6 +189,28 @@ class FakeNvml(types.ModuleType):
         """The GPU answers again, but only through a freshly acquired handle."""
         self.devices[index].lost = False
         self.devices[index].generation += 1
+
+    def hang(self, index: int, function: str) -> threading.Event:
+        """``function`` blocks for GPU ``index`` until the returned event is set."""
+        release = self.devices[index].hangs[function] = threading.Event()
+        return release
+
+    def hang_init(self) -> threading.Event:
+        """nvmlInit blocks until the returned event is set."""
+        self.init_hang = threading.Event()
+        return self.init_hang
+
+    def release_all(self) -> None:
+        """Let every hung call return (tests do this before they end)."""
+        for device in self.devices:
+            for release in device.hangs.values():
+                release.set()
+        if self.init_hang is not None:
+            self.init_hang.set()
+
+    @staticmethod
+    def _block(release: threading.Event) -> None:
+        release.wait(HANG_LIMIT_S)
 
     def xid(self, index: int, code: int, event_type: int | None = None) -> None:
         """The driver reports XID ``code`` on GPU ``index`` to every set watching it."""
@@ -204,6 +235,10 @@ class FakeNvml(types.ModuleType):
         if device.lost or handle.generation != device.generation or (
                 self.devices[handle.index] is not device):
             raise NVMLError(self.NVML_ERROR_GPU_IS_LOST)
+        release = device.hangs.get(function)
+        if release is not None and not release.is_set():
+            self.hung_calls[function] += 1
+            self._block(release)
         error = device.errors.get(function)
         if isinstance(error, Exception):
             raise error
@@ -217,6 +252,9 @@ class FakeNvml(types.ModuleType):
     # -- the functions NvmlBackend calls ----------------------------------------------------
     def nvmlInit(self) -> None:
         self.calls["nvmlInit"] += 1
+        if self.init_hang is not None and not self.init_hang.is_set():
+            self.hung_calls["nvmlInit"] += 1
+            self._block(self.init_hang)
         if self.library_missing:
             raise NVMLError(self.NVML_ERROR_LIBRARY_NOT_FOUND)
         if self.init_error is not None and self.init_failures_left != 0:
@@ -238,6 +276,10 @@ class FakeNvml(types.ModuleType):
         if not 0 <= index < len(self.devices):
             raise NVMLError(self.NVML_ERROR_INVALID_ARGUMENT)
         device = self.devices[index]
+        release = device.hangs.get("nvmlDeviceGetHandleByIndex")
+        if release is not None and not release.is_set():
+            self.hung_calls["nvmlDeviceGetHandleByIndex"] += 1
+            self._block(release)
         if device.lost:
             raise NVMLError(self.NVML_ERROR_GPU_IS_LOST)
         return FakeHandle(index, device, device.generation)

@@ -1,4 +1,11 @@
-"""One JSON error shape for every error: {"error": {"code", "message", "details"}}."""
+"""One JSON error shape for every error: {"error": {"code", "message", "details"}}.
+
+The database refusing a request (locked by another writer past the busy timeout, disk full,
+file read-only, I/O error, server down, no pooled connection free) is ``503
+database_unavailable`` with ``details.reason`` and a ``Retry-After`` header; the
+transaction was rolled back, so nothing of the request was applied. Reads keep working
+while only writes are refused.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +13,13 @@ from typing import Any
 
 from flask import Flask, Response, jsonify
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from werkzeug.exceptions import HTTPException
 
 from gpuhistory.leases.model import LeaseError
+from gpuhistory.storage.engine import unavailable_reason
+
+RETRY_AFTER_SECONDS = 1
 
 
 class ApiError(Exception):
@@ -42,11 +53,17 @@ def register_error_handlers(app: Flask) -> None:
         return error_response(exc.code or 500, code, message)
 
     @app.errorhandler(OperationalError)
-    def _db_unavailable(exc: OperationalError) -> tuple[Response, int]:
-        app.logger.warning("database unavailable: %s", exc.orig)
-        return error_response(503, "database_unavailable",
-                              "the database is unavailable; try again shortly",
-                              {"reason": type(exc.orig).__name__})
+    @app.errorhandler(PoolTimeoutError)
+    def _db_unavailable(exc: OperationalError | PoolTimeoutError) -> tuple[Response, int]:
+        reason = unavailable_reason(exc)
+        app.logger.warning("database unavailable (%s): %s", reason,
+                           getattr(exc, "orig", None) or exc)
+        response, status = error_response(
+            503, "database_unavailable",
+            "the database cannot take this request now; nothing was changed, try again",
+            {"reason": reason})
+        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        return response, status
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> tuple[Response, int]:

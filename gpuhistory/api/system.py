@@ -7,6 +7,7 @@ from flask import jsonify
 from flask_openapi3 import APIBlueprint, Tag
 
 from gpuhistory.api.common import View, ctx
+from gpuhistory.api.health import summary
 from gpuhistory.api.responses import SystemStatus, errors
 from gpuhistory.api.status import all_status
 from gpuhistory.clock import iso_utc
@@ -29,7 +30,9 @@ def memory_status() -> dict[str, object]:
 
 @bp.get("/status", responses={200: SystemStatus, **errors()})
 def system_status() -> View:
-    """Every GPU's status, the CPU (percent since the last call, load average) and RAM."""
+    """Every GPU's status, the CPU (percent since the last call, load average), RAM, and the
+    service's health (``ok`` or ``degraded`` with the reasons, as /healthz says)."""
     c = ctx()
     return jsonify({"timestamp": iso_utc(c.clock.now_ms()), "host": c.host,
-                    "gpu": all_status(), "cpu": cpu_status(), "memory": memory_status()})
+                    "gpu": all_status(), "cpu": cpu_status(), "memory": memory_status(),
+                    "health": summary(c)})

@@ -43,6 +43,14 @@ class Config(BaseModel):
     monitor_interval: float = Field(
         3, ge=0.1, le=3600, description="Seconds between samples (the sampler's interval)."
     )
+    nvml_timeout_seconds: float = Field(
+        5, ge=0.05, le=600,
+        description="Seconds a tick waits for NVML before a GPU that does not answer is hung.",
+    )
+    write_buffer_ticks: int = Field(
+        300, ge=0, le=100_000,
+        description="Ticks kept in memory while the database cannot take writes.",
+    )
     history_size: int = Field(
         200, ge=1, le=100_000, description="Default number of samples a history query returns."
     )

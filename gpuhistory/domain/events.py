@@ -28,6 +28,11 @@ class EventKind(StrEnum):
     PROCESS_EXITED = "process_exited"
     XID = "xid"
     BACKEND_ERROR = "backend_error"
+    READING_INVALID = "reading_invalid"
+    READING_VALID = "reading_valid"
+    STORAGE_RECOVERED = "storage_recovered"
+    TICKS_DROPPED = "ticks_dropped"
+    CLOCK_JUMPED = "clock_jumped"
 
 
 @dataclass(frozen=True, slots=True)

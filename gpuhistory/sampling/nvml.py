@@ -11,6 +11,13 @@ processes (pid and used memory from NVML, the name from psutil), the cumulative
 throttle-time counters (one field-values call) and the critical XID errors pending in an
 NVML event set (drained with a 0 ms wait). Each part that a GPU answers NOT_SUPPORTED for
 is None and not asked again; where event sets are unsupported, health says so.
+
+Every NVML call runs on one long-lived worker thread (gpuhistory/sampling/worker.py): a
+read is one hand-off, and the caller waits at most ``timeout_s``. A GPU whose call does not
+answer in time is *hung*: it is reported unavailable and not asked again until that call
+returns (then its handle is acquired afresh), and the other GPUs are read by a fresh worker.
+An ``nvmlInit`` that does not answer in time keeps running; until it returns, reads report
+the known GPUs unavailable at once.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from gpuhistory.clock import Clock, SystemClock
 from gpuhistory.domain.reading import GpuIdentity, Reading, unavailable
 from gpuhistory.sampling.backend import BackendHealth
 from gpuhistory.sampling.hardware import COUNTER_NAMES, HardwareFacts, ProcessInfo, Xid
+from gpuhistory.sampling.worker import CallTimedOut, Job, Worker
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +75,8 @@ XID_CRITICAL_ERROR = 0x8  # nvmlEventTypeXidCriticalError
 MAX_EVENTS_PER_READ = 256  # a storm of events is drained over several reads
 NOT_AVAILABLE_U64 = 2**64 - 1  # NVML_VALUE_NOT_AVAILABLE as an unsigned long long
 NO_INSTANCE = 0xFFFFFFFF  # gpuInstanceId / computeInstanceId outside MIG
+DEFAULT_TIMEOUT_S = 5.0  # config key nvml_timeout_seconds
+INIT, EVENTS = "init", "events"  # what a job is doing when it is not reading one GPU
 
 
 def pid_namespace_is_nested() -> bool:
@@ -95,23 +105,37 @@ def _text(value: Any) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
-def nvml_library_present(nvml: ModuleType | None = None) -> bool:
+def nvml_library_present(nvml: ModuleType | None = None,
+                         timeout_s: float = DEFAULT_TIMEOUT_S) -> bool:
     """False only when the NVML library itself is absent (nvmlInit: LIBRARY_NOT_FOUND).
 
     A present library that fails to initialise (driver not loaded, version mismatch) counts
     as present: the ``auto`` backend must then stay on NVML and report GPUs UNAVAILABLE.
-    A successful init is balanced by a shutdown.
+    A successful init is balanced by a shutdown. An init that does not answer within
+    ``timeout_s`` counts as present (the library is there, and hangs).
     """
     nvml = nvml if nvml is not None else pynvml
-    try:
-        nvml.nvmlInit()
-    except nvml.NVMLError as exc:
-        return exc.value != nvml.NVML_ERROR_LIBRARY_NOT_FOUND
-    except Exception:  # an odd binding failure is not proof that the driver is absent
+
+    def probe(_job: Job) -> bool:
+        try:
+            nvml.nvmlInit()
+        except nvml.NVMLError as exc:
+            return exc.value != nvml.NVML_ERROR_LIBRARY_NOT_FOUND
+        except Exception:  # an odd binding failure is not proof that the driver is absent
+            return True
+        with contextlib.suppress(Exception):
+            nvml.nvmlShutdown()
         return True
-    with contextlib.suppress(Exception):
-        nvml.nvmlShutdown()
-    return True
+
+    worker = Worker("gpuhistory-nvml-probe")
+    try:
+        return bool(worker.call(probe, timeout_s))
+    except CallTimedOut:
+        log.warning("nvmlInit did not answer within %g s: assuming the library is present",
+                    timeout_s)
+        return True
+    finally:
+        worker.close()
 
 
 @dataclass
@@ -129,6 +153,7 @@ class _Gpu:
     shutdown_temp_c: int | None = None
     unsupported: set[str] = field(default_factory=set)  # fields never to ask again
     error: str | None = None
+    in_call: str = ""  # the field being read now: names what hung when a call does not return
     # read_hardware: the handle XID events were registered with (None: not yet), why XID
     # events are unavailable, the last hardware read's error, the names of the pids seen.
     xid_handle: Any = None
@@ -152,16 +177,25 @@ class NvmlBackend:
         clock: Clock | None = None,
         init_retry_max_s: float = 60.0,
         process_names: bool | None = None,
+        timeout_s: float | Callable[[], float] = DEFAULT_TIMEOUT_S,
     ) -> None:
         self.nvml: Any = nvml if nvml is not None else pynvml
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.init_retry_max_s = init_retry_max_s
+        self._timeout_s = timeout_s  # seconds a read waits for NVML (or a getter of it)
         # Look process names up with psutil? None: unless in a child PID namespace.
         self.process_names = (not pid_namespace_is_nested() if process_names is None
                               else process_names)
         self._event_set: Any = None
         self._event_set_note: str | None = None  # why there is no event set
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # one caller at a time (the tick, /healthz, close)
+        # Guards what a job shares with its caller once it may have been abandoned: which
+        # GPUs are hung, the results handed back, the GPU records.
+        self._commit = threading.Lock()
+        self._worker: Worker | None = None
+        self._hung: dict[int, str] = {}  # index → why: its call has not returned
+        self._init_job: Job | None = None  # an nvmlInit that has not returned
+        self._init_started_ms = 0
         self._initialised = False
         self._session_lost = False
         self._init_error: str | None = None
@@ -185,63 +219,195 @@ class NvmlBackend:
 
     # -- the Backend interface -------------------------------------------------------------
     def read(self) -> list[Reading]:
-        """One reading per GPU; a failing GPU is unavailable, the others are read as usual."""
+        """One reading per GPU; a failing or hung GPU is unavailable, the others are read."""
         with self._lock:
-            if not self._ensure_init():
-                return [self._unavailable(gpu, self._init_error or "NVML not initialised")
-                        for gpu in self._gpus]
-            now = self.clock.now_ms()
-            readings = [self._read_one(i, now) for i in range(len(self._gpus))]
+            if self._init_job is not None:
+                return self._init_hung_readings()
+            results: dict[int, Reading] = {}
+            pending: list[int] | None = None  # None: every GPU, once init has enumerated them
+            while True:
+                try:
+                    if not self._call(lambda job, todo=pending: self._read_job(job, todo,
+                                                                               results)):
+                        return [self._unavailable(gpu, self._init_error or "NVML not initialised")
+                                for gpu in self._gpus]
+                    break
+                except CallTimedOut as exc:
+                    if exc.job.where == INIT:
+                        return self._init_hung_readings()
+                    with self._commit:  # read the rest with a fresh worker
+                        pending = [i for i in range(len(self._gpus))
+                                   if i not in results and i not in self._hung]
+            readings = [results.get(i) or self._unavailable(gpu, self._hung.get(
+                i, "not read")) for i, gpu in enumerate(self._gpus)]
             if self._session_lost:  # NVML was shut down under us (another user's nvmlShutdown)
                 self._initialised = self._session_lost = False  # the next read inits again
             return readings
 
     def identities(self) -> list[GpuIdentity]:
         """The GPUs known now (also while they are unavailable), with their identity facts."""
-        with self._lock:
-            self._ensure_init()
-            return [
-                GpuIdentity(index=g.index, uuid=g.uuid, name=g.name,
-                            memory_total_mib=g.memory_total_mib, power_limit_w=g.power_limit_w,
-                            slowdown_temp_c=g.slowdown_temp_c, shutdown_temp_c=g.shutdown_temp_c)
-                for g in self._gpus if g.uuid is not None
-            ]
+        self._init_if_needed()
+        with self._commit:
+            gpus = list(self._gpus)
+        return [
+            GpuIdentity(index=g.index, uuid=g.uuid, name=g.name,
+                        memory_total_mib=g.memory_total_mib, power_limit_w=g.power_limit_w,
+                        slowdown_temp_c=g.slowdown_temp_c, shutdown_temp_c=g.shutdown_temp_c)
+            for g in gpus if g.uuid is not None
+        ]
 
     def health(self) -> BackendHealth:
-        """Not ok while NVML cannot be initialised; the detail says why and when it retries."""
-        with self._lock:
-            if not self._ensure_init():
+        """Not ok while NVML cannot be initialised; the detail says why and when it retries.
+
+        Once NVML is initialised this asks NVML nothing, so it answers at once also while a
+        read waits for a hung call.
+        """
+        self._init_if_needed()
+        with self._commit:
+            if self._init_job is not None:
+                waited_s = (self.clock.now_ms() - self._init_started_ms) / 1000
+                return BackendHealth(ok=False, detail=f"nvmlInit has not returned after "
+                                                      f"{waited_s:g} s")
+            if not self._initialised:
                 wait_s = max(0, (self._retry_at_ms or 0) - self.clock.now_ms()) / 1000
                 return BackendHealth(ok=False, detail=f"{self._init_error}; "
                                                       f"retrying in {wait_s:g} s")
-            failing = [f"GPU {g.index}: {g.error}" for g in self._gpus if g.error]
-            notes = [f"GPU {g.index}: hardware facts: {g.hardware_error}"
-                     for g in self._gpus if g.hardware_error and not g.error]
-            xid = sorted({g.xid_note for g in self._gpus if g.xid_note})
-            if self._event_set_note:
-                notes.append(self._event_set_note)
-            elif len(xid) == 1 and all(g.xid_note for g in self._gpus):
-                notes.append(xid[0])
-            else:
-                notes.extend(f"GPU {g.index}: {g.xid_note}" for g in self._gpus if g.xid_note)
-            detail = f"NVML: {len(self._gpus)} GPU(s)"
-            return BackendHealth(ok=True, detail="; ".join([detail, *failing, *notes]))
+            gpus = list(self._gpus)
+            failing = [f"GPU {g.index}: {self._hung.get(g.index) or g.error}" for g in gpus
+                       if g.index in self._hung or g.error]
+        notes = [f"GPU {g.index}: hardware facts: {g.hardware_error}"
+                 for g in gpus if g.hardware_error and not g.error]
+        xid = sorted({g.xid_note for g in gpus if g.xid_note})
+        if self._event_set_note:
+            notes.append(self._event_set_note)
+        elif len(xid) == 1 and all(g.xid_note for g in gpus):
+            notes.append(xid[0])
+        else:
+            notes.extend(f"GPU {g.index}: {g.xid_note}" for g in gpus if g.xid_note)
+        detail = f"NVML: {len(gpus)} GPU(s)"
+        return BackendHealth(ok=True, detail="; ".join([detail, *failing, *notes]))
 
     def close(self) -> None:
         """Shut NVML down if this backend initialised it; a later read initialises again."""
         with self._lock:
-            if self._initialised:
-                if self._event_set is not None:
-                    with contextlib.suppress(Exception):
-                        self.nvml.nvmlEventSetFree(self._event_set)
+            if self._initialised and self._init_job is None:
                 with contextlib.suppress(Exception):
-                    self.nvml.nvmlShutdown()
+                    self._call(self._shutdown_job)
+            if self._worker is not None:
+                self._worker.close()
+            self._worker = None
             self._event_set = None
             self._event_set_note = None
             self._initialised = False
             self._gpus = []
+            self._hung = {}
             self._init_failures = 0
             self._retry_at_ms = None
+
+    # -- the worker ----------------------------------------------------------------------
+    def _timeout(self) -> float:
+        value = self._timeout_s() if callable(self._timeout_s) else self._timeout_s
+        return float(value)
+
+    def _call(self, fn: Callable[[Job], Any]) -> Any:
+        """Run ``fn`` on the worker, waiting at most the timeout (CallTimedOut after it)."""
+        if self._worker is None or self._worker.stuck:
+            self._worker = Worker()
+        timeout = self._timeout()
+        return self._worker.call(fn, timeout, lambda job: self._abandoned(job, timeout))
+
+    def _abandoned(self, job: Job, timeout_s: float) -> None:
+        """A job did not come back in time: mark what it was doing as hung."""
+        with self._commit:
+            where = job.where
+            if where == INIT:
+                self._init_job = job
+                self._init_started_ms = self.clock.now_ms()
+                self._init_error = f"nvmlInit did not answer within {timeout_s:g} s"
+                log.error("%s; reads report the GPUs unavailable until it does",
+                          self._init_error)
+                job.on_return = self._init_returned
+            elif where == EVENTS:
+                self._event_set = None
+                self._event_set_note = (f"XID events unavailable: the event set did not "
+                                        f"answer within {timeout_s:g} s")
+                log.error(self._event_set_note)
+            elif isinstance(where, int):
+                gpu = self._gpus[where]
+                why = f"NVML did not answer within {timeout_s:g} s (reading {gpu.in_call})"
+                self._hung[where] = why
+                # A record of its own, so the late call's changes land on the old one; no
+                # handle: it is acquired afresh (and its UUID checked) once the call returns.
+                self._gpus[where] = _Gpu(
+                    index=gpu.index, uuid=gpu.uuid, name=gpu.name,
+                    memory_total_mib=gpu.memory_total_mib, power_limit_w=gpu.power_limit_w,
+                    slowdown_temp_c=gpu.slowdown_temp_c, shutdown_temp_c=gpu.shutdown_temp_c,
+                    unsupported=set(gpu.unsupported), error=why)
+                log.error("GPU %d: %s; the other GPUs are read by a fresh worker", where, why)
+                job.on_return = lambda _job: self._gpu_returned(where, why)
+
+    def _init_returned(self, _job: Job) -> None:
+        with self._commit:
+            self._init_job = None
+        log.warning("the hung nvmlInit returned (%s)",
+                    "initialised" if self._initialised else self._init_error)
+
+    def _gpu_returned(self, index: int, why: str) -> None:
+        with self._commit:
+            if self._hung.get(index) == why:
+                del self._hung[index]
+        log.warning("GPU %d: the hung NVML call returned; the GPU is read again", index)
+
+    def _init_hung_readings(self) -> list[Reading]:
+        return [self._unavailable(gpu, self._init_error or "nvmlInit has not returned")
+                for gpu in self._gpus]
+
+    def _init_if_needed(self) -> None:
+        """Initialise (bounded) unless done, in backoff or already under way."""
+        if self._initialised or self._init_job is not None:
+            return
+        with self._lock:
+            if not self._initialised and self._init_job is None:
+                with contextlib.suppress(CallTimedOut):
+                    self._call(self._init_only)
+
+    def _init_only(self, job: Job) -> bool:
+        job.where = INIT
+        return self._ensure_init()
+
+    def _shutdown_job(self, job: Job) -> None:
+        job.where = EVENTS
+        if self._event_set is not None:
+            with contextlib.suppress(Exception):
+                self.nvml.nvmlEventSetFree(self._event_set)
+        job.where = INIT
+        with contextlib.suppress(Exception):
+            self.nvml.nvmlShutdown()
+
+    def _read_job(self, job: Job, pending: list[int] | None,
+                  results: dict[int, Reading]) -> bool:
+        """On the worker: init if needed, then read the GPUs in ``pending`` (None: all)."""
+        job.where = INIT
+        if not self._ensure_init():
+            return False
+        now = self.clock.now_ms()
+        commit = self._commit
+        for i in range(len(self._gpus)) if pending is None else pending:
+            with commit:
+                if job.abandoned:
+                    return True
+                if i in self._hung:
+                    continue
+                job.where = i
+                gpu = self._gpus[i]
+            reading, gpu = self._read_one(gpu, now)
+            with commit:
+                if job.abandoned:  # came back late: the caller has moved on
+                    return True
+                job.where = None
+                self._gpus[i] = gpu
+                results[i] = reading
+        return True
 
     # -- init --------------------------------------------------------------------------------
     def _ensure_init(self) -> bool:
@@ -293,6 +459,7 @@ class NvmlBackend:
     def _attach(self, known: _Gpu, now: int) -> _Gpu:
         """Acquire the handle at ``known.index`` and read its identity facts once."""
         n = self.nvml
+        known.in_call = "handle and identity"
         handle = n.nvmlDeviceGetHandleByIndex(known.index)
         gpu = _Gpu(index=known.index, handle=handle, uuid=_text(n.nvmlDeviceGetUUID(handle)))
         if known.uuid is not None and known.uuid != gpu.uuid:
@@ -309,24 +476,26 @@ class NvmlBackend:
         self._read_power_limit(gpu, now)
         return gpu
 
-    def _read_one(self, i: int, now: int) -> Reading:
-        """Read GPU ``i``; any failure other than an empty field makes it unavailable."""
-        gpu = self._gpus[i]
+    def _read_one(self, gpu: _Gpu, now: int) -> tuple[Reading, _Gpu]:
+        """Read one GPU; any failure other than an empty field makes it unavailable.
+
+        Returns the reading and the GPU's record (a new one when its handle was acquired).
+        """
         try:
             if gpu.handle is None:
-                gpu = self._gpus[i] = self._attach(gpu, now)
+                gpu = self._attach(gpu, now)
             reading = self._sample(gpu, now)
         except self.nvml.NVMLError as exc:
             if exc.value == self.nvml.NVML_ERROR_GPU_IS_LOST:
                 gpu.handle = None  # re-acquire it by index (and check its UUID) next time
             elif exc.value == self.nvml.NVML_ERROR_UNINITIALIZED:
                 self._session_lost = True
-            return self._unavailable(gpu, str(exc))
+            return self._unavailable(gpu, str(exc)), gpu
         except Exception as exc:  # a binding surprise on one GPU must not sink the others
-            return self._unavailable(gpu, f"{type(exc).__name__}: {exc}")
+            return self._unavailable(gpu, f"{type(exc).__name__}: {exc}"), gpu
         gpu.error = None
         gpu.last_reasons = reading.clock_event_reasons
-        return reading
+        return reading, gpu
 
     def _sample(self, gpu: _Gpu, now: int) -> Reading:
         n = self.nvml
@@ -364,6 +533,7 @@ class NvmlBackend:
         """One NVML call; None for a field the GPU cannot answer (NOT_SUPPORTED: remembered)."""
         if name in gpu.unsupported:
             return None
+        gpu.in_call = name
         try:
             return call(gpu.handle)
         except self.nvml.NVMLError as exc:
@@ -410,25 +580,60 @@ class NvmlBackend:
         """Processes, throttle-time counters and pending XIDs of every GPU; never raises.
 
         A GPU whose facts cannot be read this time reports None for them (its error is in
-        ``health``); the GPU itself is still read by ``read``.
+        ``health``); the GPU itself is still read by ``read``. A call that hangs ends the
+        read with the facts gathered so far (and marks its GPU, or the event set, hung).
         """
         with self._lock:
-            if not self._ensure_init():
+            if self._init_job is not None:
                 return []
-            self._ensure_event_set()
-            for gpu in self._gpus:
-                if gpu.handle is not None:
-                    self._register_xid(gpu)
-            xids = self._drain_xids()
-            now = self.clock.now_ms()
-            facts = [self._hardware_one(gpu, xids.pop(gpu.index, []), now)
-                     for gpu in self._gpus]
-            for index, lost in xids.items():
-                log.warning("XID %s on a GPU this backend does not know (index %s)",
-                            [x.code for x in lost], index)
+            facts: dict[int, HardwareFacts] = {}
+            with contextlib.suppress(CallTimedOut):
+                self._call(lambda job: self._hardware_job(job, facts))
             if self._session_lost:
                 self._initialised = self._session_lost = False
-            return facts
+            with self._commit:
+                return [facts[i] for i in sorted(facts)]
+
+    def _step(self, job: Job, where: str | int) -> bool:
+        """Say what the job does next; False once it was abandoned (it must stop)."""
+        with self._commit:
+            if job.abandoned:
+                return False
+            job.where = where
+            return True
+
+    def _hardware_job(self, job: Job, facts: dict[int, HardwareFacts]) -> None:
+        """On the worker: the hardware facts of every GPU that is not hung, into ``facts``."""
+        job.where = INIT
+        if not self._ensure_init() or not self._step(job, EVENTS):
+            return
+        self._ensure_event_set()
+        for gpu in list(self._gpus):
+            if gpu.index in self._hung:
+                continue
+            if not self._step(job, gpu.index):
+                return
+            if gpu.handle is not None:
+                self._register_xid(gpu)
+        if not self._step(job, EVENTS):
+            return
+        xids = self._drain_xids()
+        now = self.clock.now_ms()
+        for i, gpu in enumerate(list(self._gpus)):
+            if i in self._hung:
+                fact = HardwareFacts(index=i, xids=xids.pop(i, []))
+            else:
+                if not self._step(job, i):
+                    return
+                fact = self._hardware_one(gpu, xids.pop(i, []), now)
+            with self._commit:
+                if job.abandoned:
+                    return
+                job.where = None
+                facts[i] = fact
+        for index, lost in xids.items():
+            log.warning("XID %s on a GPU this backend does not know (index %s)",
+                        [x.code for x in lost], index)
 
     def _hardware_one(self, gpu: _Gpu, xids: list[Xid], now: int) -> HardwareFacts:
         if gpu.handle is None:  # lost or not attached: read() re-acquires it

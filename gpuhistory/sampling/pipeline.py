@@ -8,7 +8,8 @@ It performs no reads from hardware and writes only the ``gpus`` rows it must res
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import NamedTuple
+from dataclasses import replace
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 
@@ -21,9 +22,11 @@ from gpuhistory.domain.classify import (
     temperature_boundaries,
 )
 from gpuhistory.domain.config import Config
+from gpuhistory.domain.events import EventDraft, EventKind
 from gpuhistory.domain.reading import GpuIdentity, Reading, unavailable
 from gpuhistory.domain.states import GPUState
 from gpuhistory.sampling.hardware import HardwareChanges, HardwareFacts, HardwareTracker
+from gpuhistory.sampling.plausibility import cleared, described, implausible
 from gpuhistory.storage.log import LogStore, TickRecord, event_row, sample_row, transition_row
 from gpuhistory.storage.queries import cooldown_starts
 from gpuhistory.storage.schema import samples, transitions
@@ -58,6 +61,9 @@ class Pipeline:
         self.uuids: dict[int, str] = {}
         self.last_ts: dict[int, int] = {}
         self.latest: dict[int, Latest] = {}
+        # index → the fields whose last reading was implausible, with their last plausible
+        # values (what classification holds them at): gpuhistory/sampling/plausibility.py.
+        self.invalid: dict[int, dict[str, Any]] = {}
         # index → (what the gpus row was resolved from, its id): skips rebuilding the
         # GpuIdentity and asking the store while nothing about the device changed.
         self._resolved: dict[int, tuple[tuple[object, ...], int]] = {}
@@ -117,6 +123,19 @@ class Pipeline:
         )
         return track, None if newest is None else newest.ts_ms
 
+    def resync(self, now_ms: int) -> None:
+        """Forget what classification holds in memory and rebuild it from the log.
+
+        After ticks were lost before reaching the log, the next transitions then continue
+        from the states the log holds, not from states it never recorded.
+        """
+        self.tracks.clear()
+        self.last_ts.clear()
+        self.invalid.clear()
+        self._resolved.clear()
+        self.hardware = HardwareTracker()
+        self.restore(now_ms)
+
     # -- ticks -------------------------------------------------------------------------
     def _resolve(self, reading: Reading, identities: Mapping[str, GpuIdentity],
                  ts_ms: int) -> int | None:
@@ -156,7 +175,12 @@ class Pipeline:
         identities: Mapping[str, GpuIdentity] | None = None,
         record: TickRecord | None = None,
     ) -> TickRecord:
-        """Classify one tick's readings; the rows it adds go into ``record``."""
+        """Classify one tick's readings; the rows it adds go into ``record``.
+
+        All or nothing: the classification state changes only once every reading of the
+        tick is classified, so a tick that fails half-way (the ``gpus`` row of a new device
+        cannot be written) leaves the pipeline as it was.
+        """
         record = record if record is not None else TickRecord()
         config = self.config()
         seen: set[int] = set()
@@ -169,7 +193,14 @@ class Pipeline:
             )
         identities = identities or {}
         resolve, tracks, last_ts, latest = self._resolve, self.tracks, self.last_ts, self.latest
-        rows = record.samples
+        new_tracks: dict[int, GpuTrack] = {}
+        new_ts: dict[int, int] = {}
+        new_latest: dict[int, Latest] = {}
+        new_invalid: dict[int, dict[str, Any]] = {}
+        rows: list[dict[str, Any]] = []
+        transitions: list[dict[str, Any]] = []
+        events: list[dict[str, Any]] = []
+        drafts: list[EventDraft] = []
         for reading in batch:
             index = reading.index
             gpu_id = resolve(reading, identities, ts_ms)
@@ -178,18 +209,68 @@ class Pipeline:
             seen.add(index)
             previous = last_ts.get(index)
             ts = ts_ms if previous is None or previous < ts_ms else previous + 1
-            last_ts[index] = ts
+            new_ts[index] = ts
+            judged = reading
+            bad = implausible(reading) if reading.available else None
+            if bad is not None or (reading.available and index in self.invalid):
+                reading, judged, held = self._plausible(index, reading, bad, ts, gpu_id,
+                                                        events, drafts)
+                new_invalid[index] = held
             track = tracks.get(index)
-            result = classify(reading, _NEW_TRACK if track is None else track, config, ts)
-            tracks[index] = result.track
-            latest[index] = Latest(reading, result.state, result.effective, ts)
+            result = classify(judged, _NEW_TRACK if track is None else track, config, ts)
+            new_tracks[index] = result.track
+            new_latest[index] = Latest(reading, result.state, result.effective, ts)
             rows.append(sample_row(gpu_id, ts, int(result.state), reading))
             if result.transition is not None:
-                record.transitions.append(transition_row(gpu_id, result.transition))
+                transitions.append(transition_row(gpu_id, result.transition))
             for draft in result.events:
-                record.events.append(event_row(gpu_id, draft))
-                record.drafts.append(draft)
+                events.append(event_row(gpu_id, draft))
+                drafts.append(draft)
+        tracks.update(new_tracks)
+        last_ts.update(new_ts)
+        latest.update(new_latest)
+        for index, held in new_invalid.items():
+            if held:
+                self.invalid[index] = held
+            else:
+                self.invalid.pop(index, None)
+        record.samples.extend(rows)
+        record.transitions.extend(transitions)
+        record.events.extend(events)
+        record.drafts.extend(drafts)
         return record
+
+    def _plausible(self, index: int, reading: Reading, bad: dict[str, Any] | None, ts: int,
+                   gpu_id: int, events: list[dict[str, Any]], drafts: list[EventDraft],
+                   ) -> tuple[Reading, Reading, dict[str, Any]]:
+        """A reading with implausible fields, or the first after them: what to store, what
+        to classify, and the last plausible value of each field still implausible.
+
+        ``reading_invalid`` names the fields that turn implausible; ``reading_valid`` comes
+        when none is left. The state is judged on the held values, never on garbage.
+        """
+        before = self.invalid.get(index, {})
+        bad = bad or {}
+        held: dict[str, Any] = {}
+        last = self.latest.get(index)
+        for name in bad:
+            held[name] = (before[name] if name in before
+                          else None if last is None else getattr(last.reading, name))
+        fresh = {name: value for name, value in bad.items() if name not in before}
+        draft = None
+        if fresh:
+            draft = EventDraft(kind=EventKind.READING_INVALID, ts_ms=ts, gpu_index=index,
+                               payload=described(fresh, reading.memory_total_mib))
+        elif before and not bad:
+            draft = EventDraft(kind=EventKind.READING_VALID, ts_ms=ts, gpu_index=index,
+                               payload={"fields": sorted(before)})
+        if draft is not None:
+            events.append(event_row(gpu_id, draft))
+            drafts.append(draft)
+        if not bad:
+            return reading, reading, held
+        stored = cleared(reading, bad)
+        return stored, replace(stored, **held), held
 
     def process_hardware(self, facts: Sequence[HardwareFacts],
                          record: TickRecord) -> HardwareChanges:

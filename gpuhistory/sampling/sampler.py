@@ -8,6 +8,11 @@ tests drive it with a fake clock.
 Every ``hardware_every`` ticks a tick also asks a backend that can tell (``read_hardware``)
 what runs on each GPU and what the hardware did; the changes go into the same transaction
 as the tick's samples. A failing hardware read is logged and reported, never fails the tick.
+
+Ticks reach the log through a WriteBuffer (gpuhistory/sampling/write_buffer.py): while the
+database cannot take writes, ticks wait in memory (``write_buffer_ticks`` at most) and are
+written in order once it can; then ``storage_recovered`` (and ``ticks_dropped``, if the
+buffer overflowed) are logged. Callbacks see a tick's events once they are committed.
 """
 
 from __future__ import annotations
@@ -25,12 +30,14 @@ from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from gpuhistory.callbacks import CallbackRegistry, Event, make_event
-from gpuhistory.clock import Clock
+from gpuhistory.clock import Clock, SystemClock, iso_utc
 from gpuhistory.domain.events import EventDraft, EventKind
 from gpuhistory.domain.metrics import GPUMetrics
 from gpuhistory.sampling.backend import Backend, HardwareSource
+from gpuhistory.sampling.clockwatch import ClockWatch
 from gpuhistory.sampling.hardware import HardwareChanges, HardwareFacts
 from gpuhistory.sampling.pipeline import Pipeline
+from gpuhistory.sampling.write_buffer import STORAGE_ERRORS, Outage, WriteBuffer
 from gpuhistory.storage.log import LogStore, TickRecord
 
 log = logging.getLogger(__name__)
@@ -80,6 +87,8 @@ class Sampler:
         self._job_interval: float | None = None
         self._tick_lock = threading.Lock()
         self._control_lock = threading.RLock()
+        self.buffer = WriteBuffer(store, lambda: self.pipeline.config().write_buffer_ticks)
+        self._clock_watch: ClockWatch | None = None
 
     @property
     def interval(self) -> float:
@@ -87,25 +96,72 @@ class Sampler:
 
     # -- one tick ----------------------------------------------------------------------
     def tick(self) -> TickRecord:
-        """Sample every GPU once and append the result to the log."""
+        """Sample every GPU once and append the result to the log (or keep it until the log
+        can take it: see the module's docstring). A storage fault never raises here."""
         with self._tick_lock:
             started = time.perf_counter()
             readings = self.backend.read()
             facts = self._read_hardware()
             ts_ms = self.clock.now_ms()
-            record = self.pipeline.process(
-                ts_ms, readings, {i.uuid: i for i in self.backend.identities()}
-            )
+            try:
+                record = self.pipeline.process(
+                    ts_ms, readings, {i.uuid: i for i in self.backend.identities()}
+                )
+            except STORAGE_ERRORS as exc:  # a new device's gpus row could not be written
+                self.buffer.count_lost(ts_ms, exc)
+                self.last_tick = TickStats(ts_ms, 0, time.perf_counter() - started,
+                                           self._storage_error())
+                return TickRecord()
             changes = self._hardware_changes(facts, record)
-            ids = self.store.write(record)
-            if changes is not None:
+            if changes is not None:  # the record is in the log, or waits to be: in order
                 self.pipeline.hardware.commit(changes)
-            self.last_success_ms = ts_ms
+            written = self.buffer.submit(record, ts_ms)
+            outage = self.buffer.end_outage()
+            if self.buffer.outage is None:
+                self.last_success_ms = ts_ms
             self.last_tick = TickStats(ts_ms, len(record.samples),
-                                       time.perf_counter() - started)
-        if self.callbacks and record.drafts:
-            self.callbacks.dispatch(self._events(record.drafts, ids))
+                                       time.perf_counter() - started, self._storage_error())
+        if outage is not None:
+            self._recovered(outage)
+        if self.callbacks:
+            for done in written:
+                if done.record.drafts:
+                    self.callbacks.dispatch(self._events(done.record.drafts, done.event_ids))
         return record
+
+    @property
+    def storage(self) -> dict[str, object]:
+        """Whether ticks reach the log, for /healthz: ticks waiting, dropped, the error."""
+        outage = self.buffer.outage
+        body: dict[str, object] = {"ok": outage is None, "waiting_ticks": self.buffer.waiting,
+                                   "buffer_ticks": self.buffer.capacity}
+        if outage is not None:
+            body.update(reason=outage.reason, error=outage.error, since=iso_utc(outage.since_ms),
+                        dropped_ticks=outage.dropped)
+        return body
+
+    def _storage_error(self) -> str | None:
+        outage = self.buffer.outage
+        if outage is None:
+            return None
+        return (f"database unavailable ({outage.reason}): {self.buffer.waiting} tick(s) "
+                f"waiting, {outage.dropped} dropped; {outage.error}")
+
+    def _recovered(self, outage: Outage) -> None:
+        """Log what the outage cost; rebuild classification if state rows had to go."""
+        assert outage.ended_ms is not None
+        self._append(EventKind.STORAGE_RECOVERED, since=iso_utc(outage.since_ms),
+                     seconds=round((outage.ended_ms - outage.since_ms) / 1000, 3),
+                     reason=outage.reason, error=outage.error,
+                     buffered_ticks=outage.buffered, dropped_ticks=outage.dropped)
+        if outage.dropped:
+            self._append(EventKind.TICKS_DROPPED, count=outage.dropped,
+                         first_at=iso_utc(outage.first_dropped_ms),
+                         last_at=iso_utc(outage.last_dropped_ms),
+                         state_rebuilt=outage.state_lost)
+        if outage.state_lost:
+            with self._tick_lock:
+                self.pipeline.resync(self.clock.now_ms())
 
     def _read_hardware(self) -> list[HardwareFacts] | None:
         """This tick's hardware facts, when due and the backend has them; never raises."""
@@ -194,7 +250,22 @@ class Sampler:
                          backend=self.backend.name, requested_by=requested_by)
             if not self._scheduler.running:
                 self._scheduler.start()
+            self._watch_clock()
             return True
+
+    def _watch_clock(self) -> None:
+        """Watch the wall clock for steps (only a real one: a test's fake clock stands still
+        while time passes, which would look like one)."""
+        if self._clock_watch is not None or not isinstance(self.clock, SystemClock) \
+                or self._scheduler is None:
+            return
+        self._clock_watch = ClockWatch(
+            self._scheduler, self._clock_jumped, wall=lambda: self.clock.now_ms() / 1000)
+        self._clock_watch.start()
+
+    def _clock_jumped(self, seconds: float) -> None:
+        self._append(EventKind.CLOCK_JUMPED, seconds=round(seconds, 3),
+                     direction="backwards" if seconds < 0 else "forwards")
 
     def stop(self, reason: str = "requested", requested_by: str | None = None) -> bool:
         """Remove the job, wait for the tick in flight, log ``monitoring_stopped``.
@@ -208,10 +279,13 @@ class Sampler:
             with contextlib.suppress(JobLookupError):
                 self._scheduler.remove_job(SAMPLE_JOB_ID)
             if self._owns_scheduler:
+                if self._clock_watch is not None:  # a shared scheduler keeps its watch
+                    self._clock_watch.stop()
+                    self._clock_watch = None
                 self._scheduler.shutdown(wait=True)
                 self._scheduler = None
             with self._tick_lock:  # the tick in flight finishes and commits first
-                pass
+                self._flush_waiting()
             self._append(EventKind.MONITORING_STOPPED, reason=reason, requested_by=requested_by)
             self.store.finalize_last_seen(self.clock.now_ms(),
                                           list(self.pipeline.gpu_ids.values()))
@@ -230,6 +304,21 @@ class Sampler:
                 log.exception("could not record when the running processes were last seen")
                 return
             self.pipeline.hardware.commit(changes)
+
+    def _flush_waiting(self) -> None:
+        """On stop: one more try for the ticks still waiting (the caller holds the tick lock)."""
+        if not self.buffer.waiting:
+            return
+        written = self.buffer.flush(self.clock.now_ms())
+        if self.buffer.waiting:
+            log.error("stopping with %d tick(s) that the log could not take: they are lost",
+                      self.buffer.waiting)
+        elif written:
+            outage = self.buffer.end_outage()
+            if outage is not None:
+                self._append(EventKind.STORAGE_RECOVERED, since=iso_utc(outage.since_ms),
+                             reason=outage.reason, error=outage.error,
+                             buffered_ticks=outage.buffered, dropped_ticks=outage.dropped)
 
     def _follow_interval(self) -> None:
         """Reschedule when the configured interval changed (a runtime config change)."""

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from types import ModuleType
 
 from gpuhistory.clock import Clock
 from gpuhistory.sampling.backend import Backend
-from gpuhistory.sampling.nvml import NvmlBackend, nvml_library_present
+from gpuhistory.sampling.nvml import DEFAULT_TIMEOUT_S, NvmlBackend, nvml_library_present
 from gpuhistory.sampling.sim import SimBackend
 
 log = logging.getLogger(__name__)
@@ -28,10 +29,12 @@ def select_backend(
     trace: str | os.PathLike[str] | None = None,
     sim_gpus: int | None = None,
     nvml: ModuleType | None = None,
+    nvml_timeout: Callable[[], float] | float = DEFAULT_TIMEOUT_S,
 ) -> Backend:
     """The backend for ``kind``. ``auto`` uses NVML unless its library is absent.
 
-    ``nvml`` replaces the pynvml module (tests pass a fake one).
+    ``nvml`` replaces the pynvml module (tests pass a fake one). ``nvml_timeout``: how long
+    a read waits for NVML (seconds, or a getter: config key ``nvml_timeout_seconds``).
 
     When the library is present but failing, ``auto`` stays on NVML: the GPUs are reported
     UNAVAILABLE and init is retried, rather than quietly showing simulated data.
@@ -40,8 +43,9 @@ def select_backend(
         raise ValueError(f"unknown backend {kind!r}; one of {', '.join(BACKENDS)}")
     if kind == "sim":
         return SimBackend(clock, trace=trace, gpus=sim_gpus)
-    if kind == "nvml" or nvml_library_present(nvml):
-        return NvmlBackend(nvml=nvml, clock=clock)
+    timeout = nvml_timeout() if callable(nvml_timeout) else nvml_timeout
+    if kind == "nvml" or nvml_library_present(nvml, timeout_s=timeout):
+        return NvmlBackend(nvml=nvml, clock=clock, timeout_s=nvml_timeout)
     backend = SimBackend(clock, trace=trace, gpus=sim_gpus)
     log.warning(SIM_WARNING.format(trace=backend.trace))
     return backend

@@ -5,10 +5,15 @@ pysqlite driver's own transaction handling is switched off so that SQLAlchemy's 
 emits a real ``BEGIN`` (or ``BEGIN IMMEDIATE`` when a connection asks for it with the
 ``sqlite_begin`` execution option: lease grants and migrations take the write lock up
 front instead of failing to upgrade a read lock later).
+
+A connection SQLite opened read-only (the file was not writable when it was opened) stays
+read-only even after the file is writable again; the first write it refuses therefore
+invalidates it and every pooled connection, so that the next write opens afresh.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any
@@ -42,10 +47,11 @@ def database_url(db: str | os.PathLike[str] | None) -> str:
     return f"sqlite:///{path}"
 
 
-def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any,
+                       busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> None:
     dbapi_connection.isolation_level = None  # we emit BEGIN ourselves, below
     cursor = dbapi_connection.cursor()
-    cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
     cursor.execute("PRAGMA journal_mode = WAL")
     cursor.execute("PRAGMA synchronous = NORMAL")
     cursor.execute("PRAGMA foreign_keys = ON")
@@ -57,8 +63,35 @@ def _sqlite_on_begin(conn: sa.Connection) -> None:
     conn.exec_driver_sql(f"BEGIN {mode}")
 
 
-def make_engine(db: str | os.PathLike[str] | None, **kwargs: Any) -> sa.Engine:
-    """An engine for ``db`` with this project's per-connection settings applied."""
+def _sqlite_on_error(context: sa.engine.ExceptionContext) -> None:
+    """Treat "attempt to write a readonly database" as a lost connection: SQLAlchemy then
+    discards this connection and recycles the pool's older ones."""
+    if "readonly database" in str(context.original_exception):
+        context.is_disconnect = True
+
+
+def unavailable_reason(exc: BaseException) -> str:
+    """Why the database refused: ``locked``, ``full``, ``read_only``, ``io_error`` or
+    ``unavailable`` (anything else: the server is down, the pool is exhausted, ...)."""
+    text = str(getattr(exc, "orig", None) or exc).lower()
+    if "locked" in text or "busy" in text:
+        return "locked"
+    if "disk is full" in text or "database or disk is full" in text:
+        return "full"
+    if "readonly" in text or "read-only" in text:
+        return "read_only"
+    if "i/o error" in text:
+        return "io_error"
+    return "unavailable"
+
+
+def make_engine(db: str | os.PathLike[str] | None,
+                busy_timeout_ms: int = BUSY_TIMEOUT_MS, **kwargs: Any) -> sa.Engine:
+    """An engine for ``db`` with this project's per-connection settings applied.
+
+    ``busy_timeout_ms``: how long a SQLite statement waits for another writer's lock
+    before it fails with "database is locked" (tests make it short).
+    """
     url = database_url(db)
     if url.startswith("sqlite") and ":memory:" not in url:
         # Enough pooled connections for every HTTP worker thread plus the scheduler's jobs,
@@ -68,8 +101,10 @@ def make_engine(db: str | os.PathLike[str] | None, **kwargs: Any) -> sa.Engine:
         kwargs.setdefault("pool_timeout", 10)
     engine = sa.create_engine(url, **kwargs)
     if engine.dialect.name == "sqlite":
-        sa.event.listen(engine, "connect", _sqlite_on_connect)
+        sa.event.listen(engine, "connect", functools.partial(
+            _sqlite_on_connect, busy_timeout_ms=busy_timeout_ms))
         sa.event.listen(engine, "begin", _sqlite_on_begin)
+        sa.event.listen(engine, "handle_error", _sqlite_on_error)
     return engine
 
 

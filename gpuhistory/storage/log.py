@@ -177,14 +177,32 @@ class LogStore:
             return list(conn.execute(query.order_by(gpus.c.gpu_index, gpus.c.id)))
 
     # -- writes ------------------------------------------------------------------------
-    def write(self, record: TickRecord, conn: sa.Connection | None = None) -> list[int]:
-        """Append a tick's rows in one transaction; returns the new event ids in order."""
-        if conn is None:
-            with self.engine.begin() as own:
-                ids = self._write(own, record)
-                self._touch_last_seen(own, record)
-            return ids
-        return self._write(conn, record)
+    def write(self, record: TickRecord, conn: sa.Connection | None = None,
+              busy_timeout_ms: int | None = None) -> list[int]:
+        """Append a tick's rows in one transaction; returns the new event ids in order.
+
+        With ``conn`` the rows join the caller's transaction. ``busy_timeout_ms`` (SQLite)
+        bounds the wait for another writer's lock for this write alone.
+        """
+        if conn is not None:
+            return self._write(conn, record)
+        with self.engine.connect() as own:
+            usual = None
+            if busy_timeout_ms is not None and own.dialect.name == "sqlite":
+                # On the driver's connection: a statement through SQLAlchemy would begin.
+                raw = own.connection.driver_connection
+                usual = raw.execute("PRAGMA busy_timeout").fetchone()[0]
+                raw.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            try:
+                with own.begin():
+                    ids = self._write(own, record)
+                    seen = self._touch_last_seen(own, record)
+            finally:
+                if usual is not None and not own.invalidated:
+                    own.connection.driver_connection.execute(
+                        f"PRAGMA busy_timeout = {int(usual)}")
+        self._last_seen_written.update(seen)  # only once committed
+        return ids
 
     def _write(self, conn: sa.Connection, record: TickRecord) -> list[int]:
         if record.samples:
@@ -204,7 +222,8 @@ class LogStore:
         insert = events.insert()  # one statement, compiled once and cached
         return [conn.execute(insert, row).inserted_primary_key[0] for row in record.events]
 
-    def _touch_last_seen(self, conn: sa.Connection, record: TickRecord) -> None:
+    def _touch_last_seen(self, conn: sa.Connection, record: TickRecord) -> dict[int, int]:
+        """Refresh ``gpus.last_seen_ms`` at most once a minute; returns what it wrote."""
         stale: dict[int, int] = {}
         for row in record.samples:
             gpu_id, ts = row["gpu_id"], row["ts_ms"]
@@ -212,7 +231,7 @@ class LogStore:
                 stale[gpu_id] = max(ts, stale.get(gpu_id, 0))
         for gpu_id, ts in stale.items():
             conn.execute(gpus.update().where(gpus.c.id == gpu_id).values(last_seen_ms=ts))
-            self._last_seen_written[gpu_id] = ts
+        return stale
 
     def append_events(self, drafts: Iterable[EventDraft],
                       gpu_ids: dict[int, int] | None = None) -> list[int]:
