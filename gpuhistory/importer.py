@@ -33,6 +33,7 @@ from gpuhistory.clock import iso_utc
 from gpuhistory.domain.config import DEFAULT_CONFIG, Config
 from gpuhistory.domain.reading import Reading
 from gpuhistory.formats.errors import FormatError
+from gpuhistory.formats.files import MAX_LINE_BYTES, line_too_long, open_regular
 from gpuhistory.formats.nvidia_smi_csv import header_key, parse_timestamp, smi_tuples
 from gpuhistory.formats.trace_csv import trace_tuples
 from gpuhistory.sampling.pipeline import Pipeline
@@ -72,11 +73,10 @@ class ImportConflictError(ValueError):
 def detect_format(path: str | os.PathLike[str]) -> str:
     """``trace`` or ``nvidia-smi``, from the header row; FormatError when it is neither."""
     name = os.fspath(path)
-    try:
-        with open(name, "rb") as handle:
-            first = handle.readline(65_536)
-    except OSError as exc:
-        raise FormatError(name, None, f"cannot open: {exc.strerror or exc}") from None
+    with open_regular(name) as handle:
+        first = handle.readline(MAX_LINE_BYTES)
+    if len(first) == MAX_LINE_BYTES and not first.endswith(b"\n"):
+        raise line_too_long(name, 1)
     try:
         header = first.removeprefix(b"\xef\xbb\xbf").decode("utf-8")
     except UnicodeDecodeError:

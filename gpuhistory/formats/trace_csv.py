@@ -29,6 +29,7 @@ from typing import Any
 
 from gpuhistory.domain.reading import Reading
 from gpuhistory.formats.errors import FormatError, parse_cell
+from gpuhistory.formats.files import MAX_LINE_BYTES, line_too_long, open_regular
 
 INT_FIELDS = ("temperature_c", "memory_temperature_c", "sm_clock_mhz", "mem_clock_mhz",
               "utilization_pct", "memory_used_mib", "memory_total_mib",
@@ -114,15 +115,12 @@ def line_chunks(path: str, chunk_bytes: int | None = None) -> Iterator[tuple[int
     """(number of the first line, raw bytes, text) of whole-line chunks of a UTF-8 file.
 
     Chunks are about ``chunk_bytes`` (default CHUNK_BYTES) long. CRLF line ends become LF;
-    a UTF-8 byte-order mark is dropped. A byte sequence that is not UTF-8, or a NUL byte,
-    is a FormatError naming its line.
+    a UTF-8 byte-order mark is dropped. A byte sequence that is not UTF-8, a NUL byte, or a
+    line running more than MAX_LINE_BYTES past a chunk is a FormatError naming its line;
+    so is a path that is not a regular file (see formats/files.py).
     """
     size = chunk_bytes or CHUNK_BYTES
-    try:
-        handle = open(path, "rb")  # noqa: SIM115 - closed below
-    except OSError as exc:
-        raise FormatError(path, None, f"cannot open: {exc.strerror or exc}") from None
-    with handle:
+    with open_regular(path) as handle:
         line = 1
         first = True
         while True:
@@ -130,7 +128,10 @@ def line_chunks(path: str, chunk_bytes: int | None = None) -> Iterator[tuple[int
             if not data:
                 return
             if not data.endswith(b"\n"):
-                data += handle.readline()
+                tail = handle.readline(MAX_LINE_BYTES)
+                data += tail
+                if len(tail) == MAX_LINE_BYTES and not tail.endswith(b"\n"):
+                    raise line_too_long(path, line + data.count(b"\n"))
             if first:
                 data = data.removeprefix(b"\xef\xbb\xbf")
                 first = False
