@@ -576,3 +576,46 @@ def test_an_event_still_to_commit_is_waited_for(pg_engine) -> None:
         receiver.stop()
 
 
+
+
+# -- storage ------------------------------------------------------------------------------
+def test_migration_0007_down_and_up_again(db: sa.Engine) -> None:
+    """0007 creates the two tables (as schema.py defines them), downgrading to 0006 drops
+    them, upgrading again restores them."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from gpuhistory.storage.engine import current_revision, downgrade, head_revision, upgrade
+    from gpuhistory.storage.schema import metadata
+
+    def tables() -> set[str]:
+        return set(sa.inspect(db).get_table_names())
+
+    assert head_revision() == "0007" and current_revision(db) == "0007"
+    assert {"webhooks", "webhook_deliveries"} <= tables()
+    downgrade(db, "0006")
+    assert current_revision(db) == "0006"
+    assert not {"webhooks", "webhook_deliveries"} & tables()
+    upgrade(db)
+    assert current_revision(db) == "0007"
+    with db.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), metadata) == []
+
+
+def test_retention_prunes_old_delivery_rows(log, receiver, deliverers, clock) -> None:
+    """The retention job deletes delivery-log rows older than retention_delivery_days, in
+    batches, and keeps the newer ones and the webhook's state."""
+    from gpuhistory.analytics.retention import RetentionJob
+    from gpuhistory.domain.config import Config
+
+    deliverer = deliverers(hook(receiver.url))
+    for _ in range(5):
+        log.add("overheat", gpu=0)
+    deliverer.run_once()
+    clock.advance(10 * 86_400)
+    recent = log.add("critical", gpu=0)
+    deliverer.run_once()
+    job = RetentionJob(log.engine, clock, Config(retention_delivery_days=7), batch_rows=2)
+    assert job.run().deliveries_deleted == 5
+    assert [r.event_id for r in delivery_log(log.engine)] == [recent]
+    assert state(log.engine).cursor_event_id == recent
