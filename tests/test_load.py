@@ -2,7 +2,7 @@
 lease accounted for, no lease token in a log. Latency is reported by the harness, never
 asserted here.
 
-CI runs it bounded (16 clients for 8 s per mode on the 2-core box); ``GPUHISTORY_FULL=1``
+CI runs it bounded (16 clients for 6 s per mode on the 2-core box); ``GPUHISTORY_FULL=1``
 runs the issue's full form, 64 clients for 60 s.
 """
 
@@ -17,7 +17,7 @@ from bench.load import render, run_mode
 pytestmark = pytest.mark.slow
 
 FULL = os.environ.get("GPUHISTORY_FULL") == "1"
-CLIENTS, SECONDS = (64, 60) if FULL else (16, 8)
+CLIENTS, SECONDS = (64, 60) if FULL else (16, 6)
 
 
 @pytest.mark.parametrize("mode", ["serve", "two-api"])

@@ -2,11 +2,17 @@
 
 ``Authorization: Bearer <token>``; compared in constant time. Missing → 401, wrong → 403.
 Reads stay open (the service binds loopback unless a token is set).
+
+A mutating request sent by a web page of another origin (its ``Origin`` header names
+another host) is refused (403 ``cross_origin``) with or without a token: without one, any
+page open in a browser on the GPU box could otherwise POST a body-less form to
+``/api/gpu/monitoring/stop`` on 127.0.0.1.
 """
 
 from __future__ import annotations
 
 import hmac
+from urllib.parse import urlsplit
 
 from flask import Flask, request
 
@@ -29,11 +35,22 @@ def is_admin(expected: str | None) -> bool:
     return bool(expected and given and hmac.compare_digest(given.encode(), expected.encode()))
 
 
+def is_cross_origin() -> bool:
+    """True when a browser says the request comes from a page of another origin."""
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return False  # not sent by a browser's cross-origin request
+    return urlsplit(origin).netloc.lower() != request.host.lower()  # ("null" too)
+
+
 def install_auth(app: Flask) -> None:
     @app.before_request
     def _require_token() -> None:
         context = app.extensions["gpuhistory"]
         expected = context.api_token
+        if request.method in MUTATING and is_cross_origin():
+            raise ApiError(403, "cross_origin",
+                           "a change sent by a web page of another origin is refused")
         if not expected or request.method not in MUTATING:
             return
         given = presented_token()
