@@ -230,7 +230,8 @@ class Sampler:
     def start(self, requested_by: str | None = None) -> bool:
         """Add the interval job (first tick at once) and log ``monitoring_started``.
 
-        Returns False when it was already running.
+        Returns False when it was already running. A request (``requested_by``) is logged
+        first: if the log cannot take it, the error is raised and nothing changes.
         """
         with self._control_lock:
             if self.running:
@@ -238,6 +239,10 @@ class Sampler:
             if self._scheduler is None:
                 self._scheduler = BackgroundScheduler(timezone="UTC")
                 self._owns_scheduler = True
+            if requested_by is not None:  # an operator's request is durable before it acts
+                self._append(EventKind.MONITORING_STARTED, durable=True,
+                             interval_seconds=self.interval, backend=self.backend.name,
+                             requested_by=requested_by)
             interval = self.interval
             self._scheduler.add_job(
                 self.safe_tick, "interval", seconds=interval, id=SAMPLE_JOB_ID,
@@ -246,8 +251,9 @@ class Sampler:
                 replace_existing=True,
             )
             self._job_interval = interval
-            self._append(EventKind.MONITORING_STARTED, interval_seconds=interval,
-                         backend=self.backend.name, requested_by=requested_by)
+            if requested_by is None:
+                self._append(EventKind.MONITORING_STARTED, interval_seconds=interval,
+                             backend=self.backend.name, requested_by=None)
             if not self._scheduler.running:
                 self._scheduler.start()
             self._watch_clock()
@@ -270,11 +276,15 @@ class Sampler:
     def stop(self, reason: str = "requested", requested_by: str | None = None) -> bool:
         """Remove the job, wait for the tick in flight, log ``monitoring_stopped``.
 
-        Returns False when it was not running.
+        Returns False when it was not running. A request (``requested_by``) is logged
+        first: if the log cannot take it, the error is raised and nothing changes.
         """
         with self._control_lock:
             if not self.running or self._scheduler is None:
                 return False
+            if requested_by is not None:  # an operator's request is durable before it acts
+                self._append(EventKind.MONITORING_STOPPED, durable=True, reason=reason,
+                             requested_by=requested_by)
             self._job_interval = None
             with contextlib.suppress(JobLookupError):
                 self._scheduler.remove_job(SAMPLE_JOB_ID)
@@ -286,7 +296,8 @@ class Sampler:
                 self._scheduler = None
             with self._tick_lock:  # the tick in flight finishes and commits first
                 self._flush_waiting()
-            self._append(EventKind.MONITORING_STOPPED, reason=reason, requested_by=requested_by)
+            if requested_by is None:
+                self._append(EventKind.MONITORING_STOPPED, reason=reason, requested_by=None)
             self.store.finalize_last_seen(self.clock.now_ms(),
                                           list(self.pipeline.gpu_ids.values()))
             self._finalize_processes()
@@ -331,11 +342,15 @@ class Sampler:
                 self._job_interval = interval
                 log.info("sampling interval now %s s", interval)
 
-    def _append(self, kind: EventKind, **payload: object) -> None:
+    def _append(self, kind: EventKind, durable: bool = False, **payload: object) -> None:
+        """Log an event of the service's own; ``durable``: raise if it cannot be written
+        (an operator's request must not take effect unrecorded), else log the failure."""
         draft = EventDraft(kind=kind, ts_ms=self.clock.now_ms(), payload=payload)
         try:
             ids = self.store.append_events([draft])
         except Exception:
+            if durable:
+                raise
             log.exception("could not log %s", kind)
             return
         if self.callbacks:

@@ -109,12 +109,16 @@ class WriteBuffer:
     def flush(self, now_ms: int, fresh: TickRecord | None = None) -> list[Written]:
         """Write what waits, oldest first, until a write fails or nothing is left."""
         written: list[Written] = []
+        retried = False
         while self._carried is not None or self._pending:
             record = self._carried if self._carried is not None else self._pending[0]
             try:
                 ids = (self.store.write(record) if self.outage is None
                        else self.store.write(record, busy_timeout_ms=self.retry_busy_ms))
             except STORAGE_ERRORS as exc:
+                if getattr(exc, "connection_invalidated", False) and not retried:
+                    retried = True  # a stale connection (opened read-only) was discarded:
+                    continue  # once more on a fresh one
                 self._failed(exc, now_ms)
                 break
             except Exception:  # this tick can never be written: drop it, keep the rest going
