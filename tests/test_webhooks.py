@@ -5,6 +5,7 @@ through, never slept."""
 
 from __future__ import annotations
 
+import base64
 import json
 import random
 import re
@@ -298,6 +299,17 @@ def test_kinds_and_gpus_filter(log, receiver, deliverers) -> None:
         assert state(log.engine, name).cursor_event_id == ids["elsewhere"]
 
 
+def test_credentials_in_the_url_become_basic_auth(db, log, receiver, deliverers) -> None:
+    """https://user:password@host/ sends an Authorization: Basic header (user-info is never
+    put on the wire as part of the URL, nor shown)."""
+    deliverer = deliverers(hook(receiver.url.replace("http://", "http://alice:p%40ss@")))
+    log.add("overheat", gpu=0)
+    deliverer.run_once()
+    (sent,) = receiver.requests
+    assert sent.headers["Authorization"] == "Basic " + base64.b64encode(b"alice:p@ss").decode()
+    assert state(db).url == f"http://127.0.0.1:{receiver.port}/…"
+
+
 # -- when the receiver is down ------------------------------------------------------------
 def test_receiver_down_then_failing_then_up(log, receiver, deliverers, clock) -> None:
     """Connection refused, then 500s: the head event is retried with a doubling, jittered
@@ -508,6 +520,24 @@ def test_configuration_changes_keep_the_cursor_and_retire_removed_webhooks(
     assert state(db).active
     back.run_once()
     assert receiver.requests[-1].event["id"] == missed
+
+
+def test_an_event_being_retried_that_no_longer_matches_is_dropped(
+        db, log, receiver, deliverers, clock) -> None:
+    """Restarted with other kinds while an event was being retried: that event is no longer
+    the webhook's, so its retry state goes and it is not sent again."""
+    receiver.status = 503
+    first = deliverers(hook(receiver.url, kinds=["overheat"]))
+    retried = log.add("overheat", gpu=0)
+    first.run_once()
+    assert state(db).pending_event_id == retried
+    receiver.status = 200
+    clock.advance(60)
+    deliverers(hook(receiver.url, kinds=["critical"])).run_once()
+    row = state(db)
+    assert (row.pending_event_id, row.attempts, row.next_attempt_ms, row.cursor_event_id) == (
+        None, 0, None, retried)
+    assert len(receiver.requests) == 1
 
 
 # -- secrets ------------------------------------------------------------------------------

@@ -158,17 +158,22 @@ def test_urls_are_shown_as_scheme_host_and_port_only() -> None:
 
 
 def test_every_webhook_key_is_documented() -> None:
-    """docs/alerts.md has a row for every webhook key with its default; configuration.md
-    points there."""
-    alerts = (REPO / "docs" / "alerts.md").read_text()
-    for name, field in WebhookConfig.model_fields.items():
-        row = re.search(rf"^\| `{name}` \| ([^|]+) \|", alerts, re.M)
-        assert row, f"{name} missing from docs/alerts.md"
-        if not field.is_required() and field.default is not None:
-            assert row.group(1).strip() == f"{field.default:g}", name
+    """docs/configuration.md has a row for every webhook key with its default (after the
+    Webhooks heading), and the environment form; alerts.md points there."""
     configuration = (REPO / "docs" / "configuration.md").read_text()
-    assert "[[webhooks]]" in configuration and "GPUHISTORY_WEBHOOKS" in configuration
-    assert "alerts.md" in configuration
+    section = configuration[configuration.index("## Webhooks"):]
+    for name, field in WebhookConfig.model_fields.items():
+        row = re.search(rf"^\| `{name}` \| ([^|]+) \|", section, re.M)
+        assert row, f"{name} missing from docs/configuration.md"
+        if field.is_required():
+            expected = "required"
+        elif field.default is None:
+            expected = "derived" if name == "name" else "unset"
+        else:
+            expected = f"{field.default:g}"
+        assert row.group(1).strip() == expected, name
+    assert "[[webhooks]]" in section and "GPUHISTORY_WEBHOOKS" in section
+    assert "configuration.md#webhooks" in (REPO / "docs" / "alerts.md").read_text()
 
 
 # -- the retry policy ---------------------------------------------------------------------

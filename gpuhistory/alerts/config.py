@@ -10,11 +10,12 @@ the path or the query.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from collections.abc import Mapping
 from typing import Annotated, Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from pydantic import (
     BaseModel,
@@ -141,6 +142,20 @@ class WebhookConfig(BaseModel):
     @property
     def display_url(self) -> str:
         return redact_url(self.url)
+
+    @property
+    def request_url(self) -> str:
+        """The URL without its user-info (``https://user:password@host/`` becomes Basic
+        authentication, see :meth:`auth_headers`)."""
+        parts = urlsplit(self.url)
+        return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+    def auth_headers(self) -> dict[str, str]:
+        parts = urlsplit(self.url)
+        if parts.username is None:
+            return {}
+        pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+        return {"Authorization": "Basic " + base64.b64encode(pair.encode()).decode("ascii")}
 
     @property
     def gpu_indexes(self) -> tuple[int, ...]:

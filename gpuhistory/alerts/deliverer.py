@@ -214,7 +214,8 @@ class WebhookDeliverer:
             self._event_host(row)))
         secret = None if hook.secret is None else hook.secret.get_secret_value()
         headers = payload.headers(hook.id, row.id, row.kind, attempt, now, body, secret)
-        outcome = transport.post(hook.url, body, headers, hook.timeout_seconds)
+        outcome = transport.post(hook.request_url, body, {**headers, **hook.auth_headers()},
+                                 hook.timeout_seconds)
         run.attempted += 1
         answer = verdict(outcome.http_status)
         next_retry: int | None = None

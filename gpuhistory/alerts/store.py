@@ -147,16 +147,26 @@ class DeliveryStore:
                             attempt.next_retry_ms, state.version + 1)
 
     def advance(self, state: WebhookState, to_id: int, now_ms: int) -> WebhookState | None:
-        """Move the cursor over events the webhook does not deliver (none up to ``to_id``)."""
-        if to_id <= state.cursor or state.pending_event_id is not None:
+        """Move the cursor over events the webhook does not deliver (none up to ``to_id``).
+
+        An event being retried that is among them no longer matches (the configuration
+        changed): its retry state goes too.
+        """
+        if to_id <= state.cursor:
             return state
+        changes: dict[str, Any] = {"cursor_event_id": to_id, "updated_ms": now_ms,
+                                   "version": state.version + 1}
+        pending, attempts, next_ms = state.pending_event_id, state.attempts, \
+            state.next_attempt_ms
+        if pending is not None and pending <= to_id:
+            pending, attempts, next_ms = None, 0, None
+            changes.update(pending_event_id=None, attempts=0, next_attempt_ms=None)
         with self.engine.connect() as conn, _writing(conn).begin():
             moved = conn.execute(webhooks.update().where(
-                _W.id == state.row_id, _W.version == state.version).values(
-                cursor_event_id=to_id, updated_ms=now_ms, version=state.version + 1)).rowcount
+                _W.id == state.row_id, _W.version == state.version).values(**changes)).rowcount
         if moved != 1:
             return None
-        return WebhookState(state.row_id, state.name, to_id, None, 0, state.next_attempt_ms,
+        return WebhookState(state.row_id, state.name, to_id, pending, attempts, next_ms,
                             state.version + 1)
 
 
