@@ -3,10 +3,14 @@ monitoring, config, system status, and the OpenAPI document."""
 
 from __future__ import annotations
 
+import pytest
 import requests
 import sqlalchemy as sa
 
 from gpuhistory.config.layers import load_static
+from gpuhistory.storage.schema import events
+
+pytestmark = pytest.mark.postgres
 
 SEED_ENDPOINTS = [
     ("get", "/api/gpu/status"), ("get", "/api/gpu/status/all"), ("get", "/api/gpu/metrics"),
@@ -118,9 +122,9 @@ def test_config_put_applies_persists_and_classifies_with_new_thresholds(app, eng
     app.tick(1)
     assert get(app, "/api/gpu/status", gpu_id=3).json()["state"] == "NORMAL"  # idle 31 °C
     with engine.connect() as conn:
-        payload = conn.execute(sa.text(
-            "SELECT payload FROM events WHERE kind='config_changed'")).scalar()
-    assert '"temp_optimal"' in payload
+        payload = conn.execute(sa.select(events.c.payload).where(
+            events.c.kind == "config_changed")).scalar()
+    assert payload["changes"]["temp_optimal"] == {"old": 65, "new": 30}
     from gpuhistory.config.store import ConfigStore
 
     again = ConfigStore(engine, load_static(environ={}), app.clock)  # a restart

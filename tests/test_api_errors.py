@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 import requests
+
+pytestmark = pytest.mark.postgres
 
 TOKEN = "s3cret-token-0123456789"
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import threading
 
+import pytest
 import requests
 import sqlalchemy as sa
+
+pytestmark = pytest.mark.postgres
 
 TOTAL = 81559  # the traced H100's memory, MiB
 CAPACITY = TOTAL - 512  # memory_reserve_mb

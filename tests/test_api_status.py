@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import requests
 
 from gpuhistory.sampling.pipeline import Pipeline
@@ -9,6 +10,8 @@ from gpuhistory.sampling.sampler import Sampler
 from gpuhistory.sampling.sim import SimBackend
 from gpuhistory.storage.engine import head_revision
 from tests.conftest import FLEET4
+
+pytestmark = pytest.mark.postgres
 
 
 def sim_sampler(store, clock, gpus=None):
@@ -84,7 +87,8 @@ def test_unknown_gpu_is_404_and_bad_arguments_400(store, clock, live_api) -> Non
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
 
 
-def test_healthz_reports_database_backend_and_tick_age(store, clock, live_api) -> None:
+def test_healthz_reports_database_backend_and_tick_age(store, clock, live_api,
+                                                      database) -> None:
     """/healthz: database reachable with its revision, backend, and the age of the last tick."""
     sampler = sim_sampler(store, clock)
     sampler.tick()
@@ -92,7 +96,8 @@ def test_healthz_reports_database_backend_and_tick_age(store, clock, live_api) -
     server = live_api(sampler)
     body = requests.get(f"{server.url}/healthz", timeout=5).json()
     assert body["status"] == "ok"
-    assert body["database"] == {"ok": True, "revision": head_revision(), "dialect": "sqlite"}
+    assert body["database"] == {"ok": True, "revision": head_revision(),
+                                "dialect": database}
     assert body["backend"]["name"] == "sim" and body["backend"]["ok"]
     assert body["last_sample"]["age_seconds"] == 2.0
     assert body["last_tick"]["gpus"] == 4

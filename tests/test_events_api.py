@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import requests
+
+pytestmark = pytest.mark.postgres
 
 
 def read_sse(response, count: int) -> list[dict]:

@@ -22,8 +22,10 @@ from gpuhistory.sampling.sampler import Sampler, default_hardware_every
 from gpuhistory.sampling.sim import SIM_PID_BASE, SimBackend
 from gpuhistory.storage.log import LogStore
 from tests import fake_pynvml
-from tests.conftest import FLEET4
+from tests.conftest import FLEET4, sqlite_only
 from tests.fake_pynvml import MIB, POWER_CAP, FakeNvml, h100, scenario
+
+pytestmark = pytest.mark.postgres
 
 PID = 31337
 
@@ -389,6 +391,7 @@ def test_sim_counters_do_not_depend_on_how_often_they_are_read(clock) -> None:
 
 
 # -- the schema --------------------------------------------------------------------------------
+@sqlite_only
 def test_throttle_counters_is_without_rowid(db_path: Path, engine) -> None:
     with sqlite3.connect(db_path) as conn:
         sql = conn.execute("SELECT sql FROM sqlite_master WHERE name='throttle_counters'"

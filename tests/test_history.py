@@ -25,6 +25,9 @@ from gpuhistory.domain.reading import GpuIdentity, clock_event_reason_names
 from gpuhistory.domain.states import GPUState
 from gpuhistory.storage.engine import make_engine, upgrade
 from gpuhistory.storage.log import LogStore, TickRecord
+from tests.conftest import sqlite_only
+
+pytestmark = pytest.mark.postgres
 
 MINUTE, HOUR, DAY = 60_000, 3_600_000, 86_400_000
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
@@ -137,14 +140,18 @@ def test_about_points_buckets_each_equal_to_the_raw_aggregation(month_db, range_
 
 def test_rollups_lagging_behind_are_filled_from_raw_samples(engine, store, clock) -> None:
     """With the job behind (mid-hour, minutes late), buckets still reach "now" and equal
-    the raw aggregation: 1h rows, then 1m rows, then raw samples, without overlap."""
+    the raw aggregation: 1h rows, then 1m rows, then raw samples, without overlap — for
+    every resolution asked."""
     gpu = month_log(store)
     clock.set(END - 100 * MINUTE + 30_000)  # the job last ran 100 minutes ago, mid-hour
     RollupJob(engine, clock).run()
     clock.set(END)
-    for since, points in ((END - 30 * DAY, 500), (END - DAY, 500), (END - 3 * HOUR, 30)):
+    for resolution, since, points in (
+            ("auto", END - 30 * DAY, 500), ("auto", END - DAY, 500), ("auto", END - 3 * HOUR, 30),
+            ("auto", END - 15 * MINUTE, 500), ("1m", END - 3 * HOUR, 500),
+            ("1h", END - 2 * DAY, 500), ("raw", END - HOUR, 500)):
         with engine.connect() as conn:
-            plan, marks, buckets = history_buckets(conn, gpu, since, END, "auto", points)
+            plan, marks, buckets = history_buckets(conn, gpu, since, END, resolution, points)
         assert marks["1m"] == END - 100 * MINUTE and marks["1h"] == END - 2 * HOUR
         assert buckets == expected(engine, gpu, plan.start_ms, END, plan.width_ms)
         assert buckets[-1]["timestamp"] >= iso_utc(END - plan.width_ms)
@@ -169,6 +176,7 @@ def test_auto_answers_from_rollups_where_retention_removed_raw_samples(engine, s
         assert none == []
 
 
+@sqlite_only  # SQLite's query plans
 def test_history_queries_are_ranges_on_the_primary_key(engine, store, clock) -> None:
     """EXPLAIN QUERY PLAN of every statement a history runs (each source, with rollups
     complete and lagging): only SEARCH ... USING PRIMARY KEY ranges, never a SCAN."""
@@ -319,15 +327,3 @@ def test_cli_constants_agree_with_the_analytics_module() -> None:
     """The CLI keeps its own copies (to start without SQLAlchemy): they must agree."""
     for name in ("RESOLUTIONS", "DEFAULT_POINTS", "MAX_POINTS", "DEFAULT_RANGE_MS"):
         assert getattr(history_cli, name) == getattr(history_module, name), name
-
-
-def test_history_on_postgresql(pg_engine: sa.Engine) -> None:
-    """The same union and re-bucketing SQL on PostgreSQL, with the rollups lagging: every
-    source answers what the raw samples say."""
-    gpu = month_log(LogStore(pg_engine, "testhost"))
-    RollupJob(pg_engine, FakeClock(END - 100 * MINUTE + 30_000)).run()
-    with pg_engine.connect() as conn:
-        for resolution, range_ms in (("auto", 30 * DAY), ("auto", DAY), ("auto", 15 * MINUTE),
-                                     ("1m", 3 * HOUR), ("1h", 2 * DAY), ("raw", HOUR)):
-            plan, _m, buckets = history_buckets(conn, gpu, END - range_ms, END, resolution, 500)
-            assert buckets == expected(pg_engine, gpu, plan.start_ms, END, plan.width_ms)

@@ -21,6 +21,8 @@ from gpuhistory.storage.log import LogStore
 from gpuhistory.storage.schema import events, gpus, samples, transitions
 from tests.test_import_trace import snapshot
 
+pytestmark = pytest.mark.postgres
+
 HOST = "smihost"
 UUID0 = "GPU-5ee1c0de-0000-4000-8000-000000000000"
 UUID1 = "GPU-5ee1c0de-0000-4000-8000-000000000001"

@@ -24,6 +24,8 @@ from gpuhistory.storage.log import LogStore
 from gpuhistory.storage.schema import events, gpus, metadata, samples, transitions
 from tests.conftest import FLEET4, H100_BURN
 
+pytestmark = pytest.mark.postgres
+
 START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z, the wall-clock time of t_s = 0
 HOST = "importhost"
 S = GPUState

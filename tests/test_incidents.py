@@ -30,6 +30,8 @@ from gpuhistory.importer import import_file
 from gpuhistory.storage.schema import gpus, incidents, samples
 from tests.conftest import FLEET4, H100_BURN
 
+pytestmark = pytest.mark.postgres
+
 START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z: FakeClock's start, t_s = 0 of imports
 HOST = "testhost"
 HOUR_MS = 3_600_000
@@ -550,13 +552,13 @@ def test_samples_csv_and_errors(app) -> None:
 
 
 # -- the CLI and the Python client -----------------------------------------------------------
-def test_cli_lists_and_shows_from_the_database(engine: sa.Engine, db_path: Path) -> None:
+def test_cli_lists_and_shows_from_the_database(engine: sa.Engine, db_url: str) -> None:
     """`incidents --db` scans first, so it works straight after an import; `show` prints
     the post-mortem, `--json` its document, `--csv` every context sample; exit 3 when
     the id is unknown."""
     import_file(engine, FLEET4, start_ms=START_MS, host=HOST)
     runner = CliRunner()
-    base = ["--db", str(db_path), "--host-name", HOST]
+    base = ["--db", db_url, "--host-name", HOST]
     listed = runner.invoke(cli, ["incidents", *base, "--json"])
     assert listed.exit_code == 0, listed.output
     docs = json.loads(listed.output)["incidents"]
@@ -619,39 +621,3 @@ def test_the_summary_sentence() -> None:
         "GPU 3 has been above 85 °C for 2 min 13 s so far, peaking at 93 °C at 03:14:05Z "
         "(severe: 12 s above 90 °C); the hardware reported no clock-event reasons; "
         "leases active: a (512 MiB)")
-
-
-def test_incidents_and_retention_on_postgresql(pg_engine: sa.Engine) -> None:
-    """The same SQL on PostgreSQL: fleet4's incidents as computed, stable on rebuild and
-    in small chunks, listed and explained; retention keeps their windows."""
-    from gpuhistory.analytics.postmortem import get_incident, list_incidents, postmortem
-    from gpuhistory.analytics.retention import RetentionJob
-
-    import_file(pg_engine, FLEET4, start_ms=START_MS, host=HOST)
-    clock = FakeClock(START_MS + 30 * 86_400_000)
-    detector = IncidentDetector(pg_engine, clock, DEFAULT_CONFIG, chunk_samples=700)
-    assert detector.run().inserted == 2
-    gpu = gpu_row_id(pg_engine, 1, "fleet4")
-    rows = stored(pg_engine, gpu)
-    assert_matches(rows, expected(trace_rows(FLEET4, 1)))
-    detector.rebuild()  # chunk by chunk: the rows end as they were
-    assert stored(pg_engine, gpu) == rows
-    with pg_engine.connect() as conn:
-        docs = list_incidents(conn, HOST, clock.now_ms(), gpu_index=1, severity="overheat")
-        assert [d["id"] for d in docs] == [rows[1].id, rows[0].id]
-        doc = postmortem(conn, get_incident(conn, rows[1].id, HOST), DEFAULT_CONFIG,
-                         clock.now_ms(), [])
-    assert doc["peak_temperature_celsius"] == 90 and doc["samples_total"] == 2601
-
-    config = DEFAULT_CONFIG.changed(incident_context_minutes=0)
-    with pg_engine.begin() as conn:
-        conn.execute(sa.text("UPDATE rollup_progress SET done_until_ms = :d"),
-                     {"d": START_MS + 86_400_000})
-    result = RetentionJob(pg_engine, clock, config, batch_rows=1000).run()
-    kept = [r.ts for r in trace_rows(FLEET4, 1)
-            if any(i.start_ms <= r.ts <= i.end_ms for i in rows)]
-    assert result.raw_deleted == 4 * 2601 - len(kept)
-    with pg_engine.connect() as conn:
-        left = conn.execute(sa.select(samples.c.ts_ms).where(samples.c.gpu_id == gpu)
-                            .order_by(samples.c.ts_ms)).scalars().all()
-    assert left == kept

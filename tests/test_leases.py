@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 from dataclasses import replace
 from pathlib import Path
 
@@ -29,6 +28,9 @@ from gpuhistory.leases import (
 )
 from gpuhistory.storage.engine import make_engine
 from gpuhistory.storage.log import LogStore, TickRecord, sample_row
+from tests.conftest import sqlite_only
+
+pytestmark = pytest.mark.postgres
 
 HOST = "testhost"
 CARD_MIB = 8192  # the seed's 8 GB card
@@ -223,14 +225,17 @@ def test_malformed_arguments_raise_value_error(leases: LeaseManager, engine, kwa
     assert lease_rows(engine) == []
 
 
-def test_the_database_itself_refuses_two_unreleased_leases_of_one_id(leases, engine,
-                                                                     db_path: Path) -> None:
+def test_the_database_itself_refuses_two_unreleased_leases_of_one_id(leases, engine) -> None:
     """The partial unique index (host, allocation_id) WHERE released_ms IS NULL backs the
     duplicate check even for writers that skip it; released rows may share the id."""
-    with sqlite3.connect(db_path) as conn:
-        sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = "
-                           "'uq_leases_host_allocation_active'").fetchone()[0]
-    assert sql.startswith("CREATE UNIQUE INDEX") and sql.endswith("WHERE released_ms IS NULL")
+    catalog = ("SELECT sql FROM sqlite_master WHERE name = :name"
+               if engine.dialect.name == "sqlite"
+               else "SELECT indexdef FROM pg_indexes WHERE indexname = :name")
+    with engine.connect() as conn:
+        sql = conn.execute(sa.text(catalog),
+                           {"name": "uq_leases_host_allocation_active"}).scalar_one()
+    assert sql.startswith("CREATE UNIQUE INDEX")
+    assert sql.replace("(", "").replace(")", "").endswith("WHERE released_ms IS NULL")
     _, token = leases.grant("job", 100)
     leases.release("job", token)
     leases.grant("job", 100)
@@ -343,12 +348,18 @@ def test_wrong_or_missing_token_is_refused_and_admin_bypasses(leases, clock) -> 
 
 def test_token_is_never_stored_or_logged_in_plain_text(leases, engine, db_path: Path,
                                                        caplog) -> None:
-    """Only the token's sha256 is in the database (file and WAL bytes); no event holds it."""
+    """Only the token's sha256 is in the database (SQLite: the file and WAL bytes; any
+    backend: every row of every table); no event holds it."""
     caplog.set_level("DEBUG")
     tokens = [leases.grant(f"job-{i}", 100, owner="carol")[1] for i in range(3)]
     leases.renew("job-0", tokens[0])
     leases.release("job-1", tokens[1])
-    raw = b"".join(p.read_bytes() for p in db_path.parent.glob(db_path.name + "*"))
+    if engine.dialect.name == "sqlite":
+        raw = b"".join(p.read_bytes() for p in db_path.parent.glob(db_path.name + "*"))
+    else:
+        with engine.connect() as conn:
+            raw = repr([conn.execute(sa.text(f"SELECT * FROM {name}")).all()
+                        for name in sa.inspect(conn).get_table_names()]).encode()
     for token in tokens:
         assert token.encode() not in raw
         assert token not in caplog.text
@@ -358,6 +369,7 @@ def test_token_is_never_stored_or_logged_in_plain_text(leases, engine, db_path: 
     assert all(t not in repr(lease) for t in tokens for lease in leases.list())
 
 
+@sqlite_only
 def test_lease_commits_use_synchronous_full_then_normal_again(engine, clock, gpu) -> None:
     """Lease transactions commit with synchronous=FULL (durable across power loss); the pooled
     connection is back to NORMAL afterwards, so sample ticks keep their cheap commits."""
@@ -440,11 +452,11 @@ def test_active_between_finds_leases_overlapping_a_window(leases, store, clock, 
     assert ids(0, 1000) == ["a", "b", "c"]
 
 
-def test_a_restarted_manager_sees_the_same_lease(db_path: Path, engine, clock, gpu) -> None:
-    """Leases are rows: a new engine and manager on the same file keep expiry and token."""
+def test_a_restarted_manager_sees_the_same_lease(db_url: str, engine, clock, gpu) -> None:
+    """Leases are rows: a new engine and manager on the same database keep expiry and token."""
     lease, token = make_manager(engine, clock).grant("job", 1000, ttl_seconds=120)
     engine.dispose()
-    fresh = make_engine(db_path)
+    fresh = make_engine(db_url)
     try:
         again = LeaseManager(fresh, HOST, clock, lambda: DEFAULT_CONFIG)
         seen = again.get("job")

@@ -12,6 +12,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gpuhistory import __version__
 
+pytestmark = pytest.mark.postgres
+
 MIB = 1024 * 1024
 STATES = ("OPTIMAL", "NORMAL", "THROTTLED", "CRITICAL", "UNAVAILABLE")
 

@@ -23,6 +23,8 @@ from gpuhistory.importer import import_file
 from gpuhistory.storage.schema import gpus, samples
 from tests.conftest import FLEET4
 
+pytestmark = pytest.mark.postgres
+
 START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 DAY_MS = 86_400_000
 HOST = "testhost"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import sqlalchemy as sa
 
 from gpuhistory.callbacks import CallbackRegistry, Event
@@ -15,6 +16,8 @@ from gpuhistory.sampling.sampler import Sampler
 from gpuhistory.sampling.sim import SimBackend
 from gpuhistory.storage.log import LogStore
 from tests.conftest import FLEET4
+
+pytestmark = pytest.mark.postgres
 
 
 class ScriptedBackend:

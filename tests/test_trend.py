@@ -14,6 +14,8 @@ from gpuhistory.storage.log import TickRecord
 from gpuhistory.storage.queries import trend_sums
 from tests.test_rollups import add_gpu, row
 
+pytestmark = pytest.mark.postgres
+
 START = 1_767_225_600_000
 
 
