@@ -151,9 +151,13 @@ class WebhookDeliverer:
     def _safe_deliver(self, hook: WebhookConfig) -> HookRun:
         try:
             run = self.deliver(hook)
-        except sa.exc.SQLAlchemyError as exc:
-            log.warning("webhook %s: delivery run failed (the next run retries): %s",
-                        hook.id, type(exc).__name__)
+        except Exception as exc:  # nobody waits on the future: say it here
+            if isinstance(exc, sa.exc.SQLAlchemyError):
+                log.warning("webhook %s: delivery run failed (the next run retries): %s",
+                            hook.id, type(exc).__name__)
+            else:
+                log.exception("webhook %s: delivery run failed (the next run retries)",
+                              hook.id)
             self._after.pop(hook.id, None)
             return HookRun(hook.id, error=type(exc).__name__)
         self._after[hook.id] = (run.cursor, run.next_attempt_ms)

@@ -51,6 +51,13 @@ Owner = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[^\x00-\x1
                              description="who holds the lease (free text, no control characters)")]
 TtlSeconds = Annotated[float, Field(gt=0, le=30 * 86_400, allow_inf_nan=False,
                                     description="lease lifetime in seconds")]
+ALL_HOSTS = "*"
+HostName = Annotated[str, Field(
+    max_length=255, pattern=r"^[^\x00-\x1f\x7f*]+$",
+    description="the host the GPU is stored under (default: this server's host)")]
+HostFilter = Annotated[str, Field(
+    max_length=255, pattern=r"^(\*|[^\x00-\x1f\x7f*]+)$",
+    description="one host (default: this server's host), or * for every host")]
 
 
 _SCHEMAS: dict[tuple[Any, ...], dict[str, Any]] = {}
@@ -87,19 +94,19 @@ class ErrorBody(BaseModel):
 # -- queries -----------------------------------------------------------------------------
 class GpuQuery(Strict):
     gpu_id: GpuIndex = 0
+    host: HostName | None = None
 
 
-class StatusQuery(Strict):
-    gpu_id: GpuIndex = 0
+class StatusQuery(GpuQuery):
     at: TimeArg | None = Field(None, description="answer as of this past time")
 
 
 class StatusAllQuery(Strict):
     at: TimeArg | None = Field(None, description="answer as of this past time")
+    host: HostFilter | None = None
 
 
-class HistoryQuery(Strict):
-    gpu_id: GpuIndex = 0
+class HistoryQuery(GpuQuery):
     since: TimeArg | None = None
     until: TimeArg | None = None
     limit: int | None = Field(None, ge=1, le=100_000,
@@ -112,19 +119,18 @@ class HistoryQuery(Strict):
                                description="about how many buckets (default 500)")
 
 
-class TrendQuery(Strict):
-    gpu_id: GpuIndex = 0
+class TrendQuery(GpuQuery):
     duration_minutes: float = Field(5, gt=0, le=525_600, allow_inf_nan=False)
     until: TimeArg | None = Field(None, description="window end (default now)")
 
 
-class ThrottleQuery(Strict):
-    gpu_id: GpuIndex = 0
+class ThrottleQuery(GpuQuery):
     at: TimeArg | None = None
 
 
 class LeasesQuery(Strict):
     gpu_id: GpuIndex | None = None
+    host: HostFilter | None = None
     owner: Owner | None = None
     status: str | None = Field(None, pattern="^(active|expired|released)$")
     limit: int = Field(500, ge=1, le=10_000)
@@ -146,6 +152,7 @@ class StreamQuery(Strict):
 
 class IncidentsQuery(Strict):
     gpu_id: GpuIndex | None = Field(None, description="one GPU (default: all)")
+    host: HostFilter | None = None
     since: TimeArg | None = Field(None, description="incidents still going on at or after")
     until: TimeArg | None = Field(None, description="incidents started at or before")
     severity: str | None = Field(None, pattern="^(overheat|severe)$")
@@ -156,7 +163,11 @@ class IncidentPath(BaseModel):
     incident_id: int = Field(ge=1, le=2**62, description="the incident's id")
 
 
-class IncidentQuery(Strict):
+class HostQuery(Strict):
+    host: HostFilter | None = None
+
+
+class IncidentQuery(HostQuery):
     max_samples: int = Field(5_000, ge=0, le=100_000,
                              description="context samples listed at most (thinned beyond; "
                                          "0: none; samples.csv has them all)")
@@ -173,18 +184,21 @@ class AllocateBody(StrictBody):
     allocation_id: AllocationId
     memory_mb: int = Field(ge=1, le=10_000_000, description="MiB to reserve")
     gpu_id: GpuIndex = 0
+    host: HostName | None = None
     ttl_seconds: TtlSeconds | None = None
     owner: Owner | None = None
 
 
 class RenewBody(StrictBody):
     allocation_id: AllocationId
+    host: HostName | None = Field(None, description="the lease's host (default: this server's)")
     lease_token: LeaseToken | None = None
     ttl_seconds: TtlSeconds | None = None
 
 
 class DeallocateBody(StrictBody):
     allocation_id: AllocationId
+    host: HostName | None = Field(None, description="the lease's host (default: this server's)")
     lease_token: LeaseToken | None = None
 
 
