@@ -6,6 +6,7 @@ import sqlalchemy as sa
 from flask import Response, current_app
 
 from gpuhistory.api.errors import ApiError
+from gpuhistory.api.schemas import ALL_HOSTS
 from gpuhistory.context import ServiceContext
 from gpuhistory.domain.config import Config
 from gpuhistory.storage.queries import LatestSample, latest_samples
@@ -25,11 +26,21 @@ def config_at(ts_ms: int, live: bool) -> Config:
     return c.config_store.at(ts_ms)
 
 
-def one_gpu(conn: sa.Connection, gpu_id: int, at_ms: int | None = None) -> LatestSample:
-    """The GPU with this index on this host (its newest sample at or before ``at_ms``)."""
-    c = ctx()
-    entries = latest_samples(conn, c.host, gpu_id, at_ms=at_ms)
+def host_filter(host: str | None) -> str | None:
+    """The host a query names: this server's when none is given, ``None`` (every host) for
+    ``*``."""
+    if host == ALL_HOSTS:
+        return None
+    return host if host is not None else ctx().host
+
+
+def one_gpu(conn: sa.Connection, gpu_id: int, at_ms: int | None = None,
+            host: str | None = None) -> LatestSample:
+    """The GPU with this index on ``host`` (default: this server's host), with its newest
+    sample at or before ``at_ms``."""
+    host = host if host is not None else ctx().host
+    entries = latest_samples(conn, host, gpu_id, at_ms=at_ms)
     if not entries:
-        raise ApiError(404, "gpu_not_found", f"no GPU with gpu_id {gpu_id} on {c.host}",
-                       {"gpu_id": gpu_id, "host": c.host})
+        raise ApiError(404, "gpu_not_found", f"no GPU with gpu_id {gpu_id} on {host}",
+                       {"gpu_id": gpu_id, "host": host})
     return entries[0]

@@ -20,10 +20,10 @@ from gpuhistory.analytics.postmortem import (
     postmortem,
     samples_csv,
 )
-from gpuhistory.api.common import View, ctx
+from gpuhistory.api.common import View, ctx, host_filter
 from gpuhistory.api.errors import ApiError
 from gpuhistory.api.responses import IncidentList, IncidentReport, errors
-from gpuhistory.api.schemas import IncidentPath, IncidentQuery, IncidentsQuery
+from gpuhistory.api.schemas import HostQuery, IncidentPath, IncidentQuery, IncidentsQuery
 from gpuhistory.clock import iso_utc
 from gpuhistory.leases.manager import LeaseManager
 
@@ -31,8 +31,8 @@ bp = APIBlueprint("incidents", __name__, url_prefix="/api/gpu",
                   abp_tags=[Tag(name="incidents")])
 
 
-def _incident(conn: sa.Connection, incident_id: int) -> sa.Row[Any]:
-    row = get_incident(conn, incident_id, ctx().host)
+def _incident(conn: sa.Connection, incident_id: int, host: str | None) -> sa.Row[Any]:
+    row = get_incident(conn, incident_id, host_filter(host))
     if row is None:
         raise ApiError(404, "incident_not_found", f"no incident with id {incident_id}",
                        {"incident_id": incident_id})
@@ -49,7 +49,8 @@ def _leases(row: sa.Row[Any], now: int) -> list[dict[str, Any]]:
 
 @bp.get("/incidents", responses={200: IncidentList, **errors(400, 422)})
 def incidents(query: IncidentsQuery) -> View:
-    """Overheat incidents, newest first: of one GPU or all, overlapping [since, until]."""
+    """Overheat incidents, newest first: of one GPU or all, on ``host`` (``*``: every
+    host), overlapping [since, until]."""
     c = ctx()
     since: int | None = query.since  # type: ignore[assignment]  # validated to epoch ms
     until: int | None = query.until  # type: ignore[assignment]
@@ -57,7 +58,8 @@ def incidents(query: IncidentsQuery) -> View:
         raise ApiError(422, "validation_failed", "since must not be after until",
                        {"since": iso_utc(since), "until": iso_utc(until)})
     with c.engine.connect() as conn:
-        docs = list_incidents(conn, c.host, c.clock.now_ms(), gpu_index=query.gpu_id,
+        docs = list_incidents(conn, host_filter(query.host), c.clock.now_ms(),
+                              gpu_index=query.gpu_id,
                               since_ms=since, until_ms=until, severity=query.severity,
                               limit=query.limit)
     return jsonify({"count": len(docs), "incidents": docs})
@@ -71,20 +73,20 @@ def incident(path: IncidentPath, query: IncidentQuery) -> View:
     c = ctx()
     now = c.clock.now_ms()
     with c.engine.connect() as conn:
-        row = _incident(conn, path.incident_id)
+        row = _incident(conn, path.incident_id, query.host)
         doc = postmortem(conn, row, c.config(), now, _leases(row, now),
                          max_samples=query.max_samples)
     return jsonify(doc)
 
 
 @bp.get("/incidents/<int:incident_id>/samples.csv", responses={
-    200: {"content": {"text/csv": {"schema": {"type": "string"}}}}, **errors(404, 422)})
-def incident_samples(path: IncidentPath) -> View:
+    200: {"content": {"text/csv": {"schema": {"type": "string"}}}}, **errors(400, 404, 422)})
+def incident_samples(path: IncidentPath, query: HostQuery) -> View:
     """Every sample from ``incident_context_minutes`` before the incident to after it, as
     CSV with the GPUMetrics column names (clock-event reasons joined by ``|``)."""
     c = ctx()
     with c.engine.connect() as conn:
-        row = _incident(conn, path.incident_id)
+        row = _incident(conn, path.incident_id, query.host)
         since, until = context_window(row, c.config(), c.clock.now_ms())
         rows = context_samples(conn, row, since, until)
     return Response(samples_csv(row, rows), mimetype="text/csv", headers={

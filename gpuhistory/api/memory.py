@@ -13,18 +13,26 @@ from gpuhistory.api.auth import is_admin
 from gpuhistory.api.common import View, ctx
 from gpuhistory.api.errors import ApiError
 from gpuhistory.api.responses import Capacity, Lease, LeaseList, errors
-from gpuhistory.api.schemas import AllocateBody, DeallocateBody, GpuQuery, LeasesQuery, RenewBody
+from gpuhistory.api.schemas import (
+    ALL_HOSTS,
+    AllocateBody,
+    DeallocateBody,
+    GpuQuery,
+    LeasesQuery,
+    RenewBody,
+)
 from gpuhistory.leases.manager import LeaseManager
 
 bp = APIBlueprint("memory", __name__, url_prefix="/api/gpu/memory",
                   abp_tags=[Tag(name="memory leases")])
 
 
-def leases() -> LeaseManager:
+def leases(host: str | None = None) -> LeaseManager:
+    """The lease manager of ``host`` (default: this server's host)."""
     manager = ctx().leases
     if manager is None:
         raise ApiError(503, "leases_unavailable", "this process does not manage leases")
-    return manager
+    return manager if host is None else manager.for_host(host)
 
 
 @bp.post("/allocate", responses={201: Lease, **errors(400, 401, 403, 404, 409, 413, 422)},
@@ -36,8 +44,9 @@ def allocate(body: AllocateBody) -> View:
     (with ``available_mb``) when it does not fit.
     """
     c = ctx()
-    lease, token = leases().grant(body.allocation_id, body.memory_mb, gpu_index=body.gpu_id,
-                                  ttl_seconds=body.ttl_seconds, owner=body.owner)
+    lease, token = leases(body.host).grant(body.allocation_id, body.memory_mb,
+                                           gpu_index=body.gpu_id,
+                                           ttl_seconds=body.ttl_seconds, owner=body.owner)
     return jsonify(lease.to_dict(c.clock.now_ms(), token=token)), 201
 
 
@@ -50,8 +59,8 @@ def renew(body: RenewBody) -> View:
     if body.lease_token is None and not admin:
         raise ApiError(400, "invalid_argument", "lease_token is required",
                        {"fields": {"lease_token": "Field required"}})
-    lease = leases().renew(body.allocation_id, body.lease_token, ttl_seconds=body.ttl_seconds,
-                           admin=admin)
+    lease = leases(body.host).renew(body.allocation_id, body.lease_token,
+                                    ttl_seconds=body.ttl_seconds, admin=admin)
     return jsonify(lease.to_dict(c.clock.now_ms()))
 
 
@@ -64,16 +73,19 @@ def deallocate(body: DeallocateBody) -> View:
     if body.lease_token is None and not admin:
         raise ApiError(400, "invalid_argument", "lease_token is required",
                        {"fields": {"lease_token": "Field required"}})
-    lease = leases().release(body.allocation_id, body.lease_token, admin=admin)
+    lease = leases(body.host).release(body.allocation_id, body.lease_token, admin=admin)
     return jsonify(lease.to_dict(c.clock.now_ms()))
 
 
 @bp.get("/leases", responses={200: LeaseList, **errors(400, 422)})
 def list_leases(query: LeasesQuery) -> View:
-    """Leases, newest first, filtered by GPU, owner and status (active, expired, released)."""
+    """Leases, newest first, filtered by host (``*``: every host), GPU, owner and status
+    (active, expired, released)."""
     c = ctx()
-    found = leases().list(gpu_index=query.gpu_id, owner=query.owner, status=query.status,
-                          limit=query.limit)
+    every = query.host == ALL_HOSTS
+    found = leases(None if every else query.host).list(
+        gpu_index=query.gpu_id, owner=query.owner, status=query.status, limit=query.limit,
+        all_hosts=every)
     now = c.clock.now_ms()
     return jsonify({"count": len(found), "leases": [lease.to_dict(now) for lease in found]})
 
@@ -81,4 +93,4 @@ def list_leases(query: LeasesQuery) -> View:
 @bp.get("/available", responses={200: Capacity, **errors(400, 404, 422)})
 def available(query: GpuQuery) -> View:
     """Lease capacity, leased and available MiB, beside the device's real used/free memory."""
-    return jsonify(leases().capacity(query.gpu_id).to_dict())
+    return jsonify(leases(query.host).capacity(query.gpu_id).to_dict())

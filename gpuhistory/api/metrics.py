@@ -27,7 +27,7 @@ def metrics(query: GpuQuery) -> View:
     """The GPU's latest sample, with the seed's GPUMetrics field names."""
     c = ctx()
     with c.engine.connect() as conn:
-        doc = metrics_doc(one_gpu(conn, query.gpu_id))
+        doc = metrics_doc(one_gpu(conn, query.gpu_id, host=query.host))
     if doc is None:
         raise ApiError(404, "no_samples", f"GPU {query.gpu_id} has no samples yet",
                        {"gpu_id": query.gpu_id})
@@ -51,7 +51,8 @@ def history(query: HistoryQuery) -> View:
     if query.resolution is None and query.points is None:
         limit = query.limit or c.config().history_size
         with c.engine.connect() as conn:
-            return jsonify(history_doc(conn, one_gpu(conn, query.gpu_id), since, until, limit))
+            entry = one_gpu(conn, query.gpu_id, host=query.host)
+            return jsonify(history_doc(conn, entry, since, until, limit))
     if query.limit is not None:
         raise ApiError(422, "validation_failed",
                        "limit applies to raw samples; with resolution or points use points",
@@ -61,7 +62,8 @@ def history(query: HistoryQuery) -> View:
     if since is None:
         since = until - DEFAULT_RANGE_MS
     with c.engine.connect() as conn:
-        return jsonify(history_buckets_doc(conn, one_gpu(conn, query.gpu_id), since, until,
+        entry = one_gpu(conn, query.gpu_id, host=query.host)
+        return jsonify(history_buckets_doc(conn, entry, since, until,
                                            query.resolution or "auto",
                                            query.points or DEFAULT_POINTS))
 
@@ -74,7 +76,7 @@ def temperature_trend(query: TrendQuery) -> View:
     since = until - round(query.duration_minutes * 60_000)
     config = c.config()
     with c.engine.connect() as conn:
-        entry = one_gpu(conn, query.gpu_id)
+        entry = one_gpu(conn, query.gpu_id, host=query.host)
         doc = trend_doc(trend_sums(conn, entry.gpu.id, since, until), config)
     return jsonify({"gpu_id": query.gpu_id, "since": iso_utc(since), "until": iso_utc(until),
                     "duration_minutes": query.duration_minutes, **doc})

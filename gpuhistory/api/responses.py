@@ -73,7 +73,8 @@ class Status(BaseModel):
 
 
 class StatusAll(BaseModel):
-    host: str
+    host: str = Field(description="the host asked for, or * for every host")
+    hosts: list[str] = Field(description="the hosts whose GPUs are listed")
     timestamp: Iso
     count: int
     gpus: list[Status]

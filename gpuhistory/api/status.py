@@ -1,4 +1,8 @@
-"""GET /api/gpu/status and /api/gpu/status/all: each GPU's latest state, reading and advice."""
+"""GET /api/gpu/status and /api/gpu/status/all: each GPU's latest state, reading and advice.
+
+Both take ``host`` (default: this server's host); ``status/all?host=*`` is the whole fleet
+sharing the database, every GPU document naming its host.
+"""
 
 from __future__ import annotations
 
@@ -10,17 +14,31 @@ from flask_openapi3 import APIBlueprint, Tag
 
 from gpuhistory.api.common import View, config_at, ctx, one_gpu
 from gpuhistory.api.responses import Status, StatusAll, errors
-from gpuhistory.api.schemas import StatusAllQuery, StatusQuery
+from gpuhistory.api.schemas import ALL_HOSTS, StatusAllQuery, StatusQuery
 from gpuhistory.clock import iso_utc
 from gpuhistory.documents import status_doc
+from gpuhistory.leases.manager import LeaseManager
+from gpuhistory.leases.model import Capacity
 from gpuhistory.storage.queries import LatestSample, latest_samples
 
 bp = APIBlueprint("status", __name__, url_prefix="/api/gpu", abp_tags=[Tag(name="status")])
 
 
+def _capacities(conn: sa.Connection, leases: LeaseManager,
+                entries: list[LatestSample]) -> dict[tuple[str, int], Capacity]:
+    """Lease capacity of each GPU, keyed (host, index): leases are per host and GPU."""
+    found: dict[tuple[str, int], Capacity] = {}
+    for host in sorted({e.gpu.host for e in entries}):
+        group = [e for e in entries if e.gpu.host == host]
+        found.update({(host, index): capacity for index, capacity
+                      in leases.capacities(conn, group).items()})
+    return found
+
+
 def _full_status(conn: sa.Connection, entries: list[LatestSample], now: int,
                  live: bool) -> list[dict[str, Any]]:
-    """Status documents; when live, with lease capacity and monitoring state.
+    """Status documents; when live, with lease capacity and (for this host's GPUs, which
+    this process samples) the monitoring state.
 
     About the past, the thresholds and cooldowns are those in force at that time.
     """
@@ -28,13 +46,14 @@ def _full_status(conn: sa.Connection, entries: list[LatestSample], now: int,
     config = config_at(now, live)
     docs = [status_doc(conn, entry, now, config) for entry in entries]
     if live and c.leases is not None:
-        capacity = c.leases.capacities(conn, entries)
+        capacity = _capacities(conn, c.leases, entries)
         for doc in docs:
-            doc["memory"] = capacity[doc["gpu_id"]].to_dict()
+            doc["memory"] = capacity[doc["host"], doc["gpu_id"]].to_dict()
     if live and c.sampler is not None:
         monitoring = {"monitoring": c.sampler.running, "interval_seconds": c.sampler.interval}
         for doc in docs:
-            doc["monitoring"] = monitoring
+            if doc["host"] == c.host:
+                doc["monitoring"] = monitoring
     if not live:
         # The past: the leases that were active then, and the configuration in force.
         effective = config.model_dump()
@@ -49,25 +68,30 @@ def _full_status(conn: sa.Connection, entries: list[LatestSample], now: int,
 
 @bp.get("/status", responses={200: Status, **errors(400, 404, 422)})
 def status(query: StatusQuery) -> View:
-    """One GPU (``gpu_id``, default 0), now or ``at`` a past time."""
+    """One GPU (``gpu_id``, default 0, on ``host``), now or ``at`` a past time."""
     c = ctx()
     at: int | None = query.at  # type: ignore[assignment]  # validated to epoch ms
     with c.engine.connect() as conn:
-        entry = one_gpu(conn, query.gpu_id, at)
+        entry = one_gpu(conn, query.gpu_id, at, host=query.host)
         now = at if at is not None else c.clock.now_ms()
         return jsonify(_full_status(conn, [entry], now, live=at is None)[0])
 
 
-def all_status(at: int | None = None) -> dict[str, Any]:
-    """The status of every GPU on this host, now or at a past time."""
+def all_status(at: int | None = None, host: str | None = None) -> dict[str, Any]:
+    """The status of every GPU on ``host`` (default: this server's; ``*``: every host),
+    now or at a past time."""
     c = ctx()
+    host = host if host is not None else c.host
     now = at if at is not None else c.clock.now_ms()
     with c.engine.connect() as conn:
-        docs = _full_status(conn, latest_samples(conn, c.host, at_ms=at), now, live=at is None)
-    return {"host": c.host, "timestamp": iso_utc(now), "count": len(docs), "gpus": docs}
+        entries = latest_samples(conn, None if host == ALL_HOSTS else host, at_ms=at)
+        docs = _full_status(conn, entries, now, live=at is None)
+    return {"host": host, "hosts": sorted({e.gpu.host for e in entries}),
+            "timestamp": iso_utc(now), "count": len(docs), "gpus": docs}
 
 
 @bp.get("/status/all", responses={200: StatusAll, **errors(400, 422)})
 def status_all(query: StatusAllQuery) -> View:
-    """Every GPU on this host, now or ``at`` a past time."""
-    return jsonify(all_status(query.at))  # type: ignore[arg-type]
+    """Every GPU on ``host`` (default: this server's host; ``*``: the whole fleet in the
+    database, ordered by host and index), now or ``at`` a past time."""
+    return jsonify(all_status(query.at, query.host))  # type: ignore[arg-type]

@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 
+from gpuhistory.cli.hosts import host_option, local_host, server_host
 from gpuhistory.clock import SystemClock, parse_time
 
 # As in gpuhistory.analytics.history (not imported here, so the CLI starts without
@@ -77,8 +78,8 @@ def history_csv(doc: dict[str, Any]) -> str:
     return out.getvalue().rstrip("\n")
 
 
-def _from_server(url: str, gpu_id: int, since: int | None, until: int | None,
-                 resolution: str, points: int) -> dict[str, Any]:
+def _from_server(url: str, host: str | None, gpu_id: int, since: int | None,
+                 until: int | None, resolution: str, points: int) -> dict[str, Any]:
     from gpuhistory.cli.lease import fail
     from gpuhistory.client import ApiError, Client
 
@@ -87,9 +88,10 @@ def _from_server(url: str, gpu_id: int, since: int | None, until: int | None,
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--url") from None
     try:
-        return client.history(gpu_id, since=None if since is None else since / 1000,
-                              until=None if until is None else until / 1000,
-                              resolution=resolution, points=points)
+        return client.request("GET", "/api/gpu/metrics/history", {  # type: ignore[no-any-return]
+            "gpu_id": gpu_id, "host": host, "since": None if since is None else since / 1000,
+            "until": None if until is None else until / 1000, "resolution": resolution,
+            "points": points})
     except ApiError as exc:
         fail(exc)
 
@@ -97,13 +99,12 @@ def _from_server(url: str, gpu_id: int, since: int | None, until: int | None,
 def _from_db(db: str | None, host_name: str | None, gpu_id: int, since: int | None,
              until: int | None, resolution: str, points: int) -> dict[str, Any]:
     from gpuhistory.analytics.history import history_buckets_doc
-    from gpuhistory.context import machine_name
     from gpuhistory.storage.engine import make_engine, upgrade
     from gpuhistory.storage.queries import latest_samples
 
+    host = local_host(host_name, fleet=False)
     engine = make_engine(db)
     upgrade(engine)
-    host = host_name or machine_name()
     if until is None:
         now = SystemClock().now_ms()
         until = now if since is None else max(since, now)
@@ -138,19 +139,20 @@ def _from_db(db: str | None, host_name: str | None, gpu_id: int, since: int | No
               type=click.IntRange(1, MAX_POINTS), help="About how many buckets.")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
               show_default=True, help="Output: a table, CSV, or the API's JSON document.")
-@click.option("--host-name", envvar="GPUHISTORY_HOST_NAME", show_envvar=True,
-              help="Whose GPUs (default: this machine).")
+@host_option(fleet=False)
 @click.option("--url", envvar="GPUHISTORY_URL", show_envvar=True,
               help="Ask a running server's API instead of reading the database "
-                   "(--db and --host-name are then not used).")
-def history(db: str | None, gpu_id: int, since: int | None, until: int | None,
+                   "(--db is then not used).")
+@click.pass_context
+def history(ctx: click.Context, db: str | None, gpu_id: int, since: int | None, until: int | None,
             resolution: str, points: int, fmt: str, host_name: str | None,
             url: str | None) -> None:
     """One GPU's history in [--since, --until] as about --points buckets."""
     if since is not None and until is not None and since > until:
         raise click.UsageError("--since must not be after --until")
     if url:
-        doc = _from_server(url, gpu_id, since, until, resolution, points)
+        doc = _from_server(url, server_host(ctx, fleet=False), gpu_id, since, until,
+                           resolution, points)
     else:
         doc = _from_db(db, host_name, gpu_id, since, until, resolution, points)
     if fmt == "json":

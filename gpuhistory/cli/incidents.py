@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import click
 
+from gpuhistory.cli.hosts import host_option, local_host, server_host
 from gpuhistory.clock import SystemClock, parse_time
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -38,15 +39,15 @@ def _time(_ctx: click.Context, _param: click.Parameter, value: str | None) -> in
 
 
 def source_options(fn: F) -> F:
-    """--db, --host-name, --url and --no-detect: where the incidents are read from."""
+    """--db, --host (--host-name), --url and --no-detect: where the incidents are read
+    from."""
     fn = click.option("--no-detect", is_flag=True, default=None,
                       help="Read the incidents table as it is, without first scanning new "
                            "samples (--db only).")(fn)
     fn = click.option("--url", envvar="GPUHISTORY_URL", show_envvar=True,
                       help="Ask a running server's API instead of reading the database "
-                           "(--db and --host-name are then not used).")(fn)
-    fn = click.option("--host-name", envvar="GPUHISTORY_HOST_NAME", show_envvar=True,
-                      help="Whose GPUs (default: this machine).")(fn)
+                           "(--db is then not used).")(fn)
+    fn = host_option()(fn)
     return click.option("--db", envvar="GPUHISTORY_DB", show_envvar=True,
                         help="Database: a SQLite file path or a SQLAlchemy URL "
                              "(default: the user's data dir).")(fn)  # type: ignore[return-value]
@@ -58,21 +59,23 @@ def _source(ctx: click.Context, db: str | None, host_name: str | None, url: str 
     parent = ctx.obj or {}
     return {"db": db or parent.get("db"), "host_name": host_name or parent.get("host_name"),
             "url": url or parent.get("url"),
+            "server_host": server_host(ctx) or parent.get("server_host"),
             "no_detect": bool(no_detect if no_detect is not None else parent.get("no_detect"))}
 
 
 class _Local:
-    """The database, this host's name and the effective configuration."""
+    """The database, the host asked about (None: every host) and the effective
+    configuration."""
 
-    def __init__(self, db: str | None, host_name: str | None) -> None:
+    def __init__(self, db: str | None, host_name: str | None, fleet: bool = True) -> None:
         from gpuhistory.config.layers import load_static
         from gpuhistory.config.store import ConfigStore
-        from gpuhistory.context import machine_name
         from gpuhistory.storage.engine import make_engine, upgrade
 
         self.engine = make_engine(db)
+        click.get_current_context().call_on_close(self.engine.dispose)
         upgrade(self.engine)
-        self.host = host_name or machine_name()
+        self.host = local_host(host_name, fleet)
         self.clock = SystemClock()
         self.config = ConfigStore(self.engine, load_static(), self.clock)  # runtime changes
 
@@ -106,7 +109,8 @@ def incidents(ctx: click.Context, db: str | None, host_name: str | None, url: st
               no_detect: bool | None, gpu_id: int | None, since: int | None,
               until: int | None, severity: str | None, limit: int, as_json: bool) -> None:
     """Overheat incidents, newest first; `incidents show ID` prints a post-mortem."""
-    ctx.obj = {"db": db, "host_name": host_name, "url": url, "no_detect": no_detect}
+    ctx.obj = {"db": db, "host_name": host_name, "url": url, "no_detect": no_detect,
+               "server_host": server_host(ctx)}
     if ctx.invoked_subcommand is not None:
         return
     if url:
@@ -114,9 +118,9 @@ def incidents(ctx: click.Context, db: str | None, host_name: str | None, url: st
         from gpuhistory.client import ApiError
 
         try:
-            docs = _client(url).incidents(gpu_id=gpu_id, since=_seconds(since),
-                                          until=_seconds(until), severity=severity,
-                                          limit=limit)
+            docs = _client(url).request("GET", "/api/gpu/incidents", {
+                "gpu_id": gpu_id, "host": server_host(ctx), "since": _seconds(since),
+                "until": _seconds(until), "severity": severity, "limit": limit})["incidents"]
         except ApiError as exc:
             fail(exc)
     else:
@@ -158,7 +162,8 @@ def show(ctx: click.Context, incident_id: int, db: str | None, host_name: str | 
         raise click.UsageError("--json and --csv exclude each other")
     source = _source(ctx, db, host_name, url, no_detect)
     if source["url"]:
-        doc = _from_server(source["url"], incident_id, SERVER_MAX_SAMPLES if as_csv else None)
+        doc = _from_server(source["url"], source["server_host"], incident_id,
+                           SERVER_MAX_SAMPLES if as_csv else None)
     else:
         doc = _from_db(source, incident_id, 0 if as_csv else None)
     if as_csv:
@@ -171,12 +176,15 @@ def show(ctx: click.Context, incident_id: int, db: str | None, host_name: str | 
         click.echo(render_postmortem(doc))
 
 
-def _from_server(url: str, incident_id: int, max_samples: int | None) -> dict[str, Any]:
+def _from_server(url: str, host: str | None, incident_id: int,
+                 max_samples: int | None) -> dict[str, Any]:
     from gpuhistory.cli.lease import fail
     from gpuhistory.client import ApiError
 
     try:
-        return _client(url).incident(incident_id, max_samples=max_samples)  # type: ignore[no-any-return]
+        return _client(url).request(  # type: ignore[no-any-return]
+            "GET", f"/api/gpu/incidents/{incident_id}",
+            {"max_samples": max_samples, "host": host})
     except ApiError as exc:
         fail(exc)
 
@@ -202,13 +210,14 @@ def _from_db(source: dict[str, Any], incident_id: int,
     with local.engine.connect() as conn:
         row = get_incident(conn, incident_id, local.host)
         if row is None:
-            click.echo(f"error: incident_not_found: no incident with id {incident_id} "
-                       f"on {local.host}", err=True)
+            where = "" if local.host is None else f" on {local.host}"
+            click.echo(f"error: incident_not_found: no incident with id {incident_id}{where}",
+                       err=True)
             sys.exit(EXIT_NOT_FOUND)
         if max_samples == 0:
             since, until = context_window(row, config, now)
             return {"_all_samples": metrics_docs(row, context_samples(conn, row, since, until))}
-        manager = LeaseManager(local.engine, local.host, local.clock, local.config)
+        manager = LeaseManager(local.engine, row.host, local.clock, local.config)
         end = row.end_ms if row.end_ms is not None else now
         leases = [lease.to_dict(now) for lease in
                   manager.active_between(row.gpu_id, row.start_ms, end)]
@@ -233,7 +242,7 @@ def rebuild(ctx: click.Context, db: str | None, host_name: str | None,
     from gpuhistory.storage.schema import gpus
 
     source = _source(ctx, db, host_name, None, None)
-    local = _Local(source["db"], source["host_name"])
+    local = _Local(source["db"], source["host_name"], fleet=False)
     detector = IncidentDetector(local.engine, local.clock, local.config, host=local.host)
     query = sa.select(gpus.c.id).where(gpus.c.host == local.host)
     if gpu_id is not None:
@@ -253,9 +262,12 @@ def rebuild(ctx: click.Context, db: str | None, host_name: str | None,
 def incident_table(docs: list[dict[str, Any]]) -> str:
     from gpuhistory.analytics.postmortem import format_duration
 
-    headers = ["ID", "GPU", "START", "END", "DURATION", "PEAK", "MEAN", "SEVERITY", "REASONS"]
+    fleet = len({d.get("host") for d in docs}) > 1  # a HOST column for several hosts
+    headers = ["ID", *["HOST"] * fleet, "GPU", "START", "END", "DURATION", "PEAK", "MEAN",
+               "SEVERITY", "REASONS"]
     rows = [[
-        str(d["id"]), str(d["gpu_id"]), d["start"], d["end"] or "ongoing",
+        str(d["id"]), *[d.get("host") or "-"] * fleet, str(d["gpu_id"]), d["start"],
+        d["end"] or "ongoing",
         format_duration(d["duration_seconds"]), f"{d['peak_temperature_celsius']} C",
         "-" if d["mean_temperature_celsius"] is None else f"{d['mean_temperature_celsius']} C",
         d["severity"], ",".join(d["clock_event_reasons"]) or "-",

@@ -77,6 +77,19 @@ def _client(url: str, api_token: str | None) -> Client:
         raise click.BadParameter(str(exc), param_hint="--url") from None
 
 
+def host_option(fleet: bool = False) -> Callable[[F], F]:
+    """``--host``: the host whose GPU or lease (leases are per host and GPU)."""
+    every = "; * lists every host's" if fleet else ""
+    return click.option(  # type: ignore[return-value]
+        "--host", "host", help=f"The host whose GPUs (default: the server's own host){every}.")
+
+
+def _post(client: Client, path: str, **body: Any) -> dict[str, Any]:
+    """POST the fields that are set (``host`` and the rest, as the Client's methods do)."""
+    return client.request(  # type: ignore[no-any-return]
+        "POST", path, body={k: v for k, v in body.items() if v is not None})
+
+
 def _need_token(lease_token: str | None, api_token: str | None) -> None:
     if not lease_token and not api_token:
         raise click.UsageError("give the lease token with --token (or the server's "
@@ -101,7 +114,8 @@ def lease() -> None:
 @click.option("--memory-mb", required=True, type=click.IntRange(1, 10_000_000),
               help="MiB to reserve.")
 @click.option("--gpu-id", default=0, show_default=True, type=click.IntRange(0, 1023),
-              help="GPU index on the server's host.")
+              help="GPU index on the host.")
+@host_option()
 @click.option("--ttl", type=click.FloatRange(0, 30 * 86_400, min_open=True),
               help="Seconds until the lease expires unless renewed "
                    "(default: the server's lease_ttl_seconds, 300).")
@@ -109,15 +123,17 @@ def lease() -> None:
 @click.option("--id", "allocation_id",
               help="Allocation id (default: <hostname>-<pid>-<random>).")
 @json_option
-def acquire(url: str, api_token: str | None, memory_mb: int, gpu_id: int, ttl: float | None,
-            owner: str | None, allocation_id: str | None, as_json: bool) -> None:
+def acquire(url: str, api_token: str | None, memory_mb: int, gpu_id: int, host: str | None,
+            ttl: float | None, owner: str | None, allocation_id: str | None,
+            as_json: bool) -> None:
     """Lease MiB of a GPU; prints "<allocation_id> <lease_token>" on one line."""
     from gpuhistory.client import default_allocation_id
 
     client = _client(url, api_token)
     try:
-        doc = client.allocate(allocation_id or default_allocation_id(), memory_mb,
-                              gpu_id=gpu_id, ttl_seconds=ttl, owner=owner)
+        doc = _post(client, "/api/gpu/memory/allocate",
+                    allocation_id=allocation_id or default_allocation_id(),
+                    memory_mb=memory_mb, gpu_id=gpu_id, host=host, ttl_seconds=ttl, owner=owner)
     except ApiError as exc:
         fail(exc)
     if as_json:
@@ -130,15 +146,18 @@ def acquire(url: str, api_token: str | None, memory_mb: int, gpu_id: int, ttl: f
 @server_options
 @click.argument("allocation_id")
 @lease_token_option
+@host_option()
 @click.option("--ttl", type=click.FloatRange(0, 30 * 86_400, min_open=True),
               help="New lifetime from now in seconds (default: the lease's own TTL).")
 @json_option
 def renew(url: str, api_token: str | None, allocation_id: str, lease_token: str | None,
-          ttl: float | None, as_json: bool) -> None:
+          host: str | None, ttl: float | None, as_json: bool) -> None:
     """Extend an active lease; prints "<allocation_id> <expires_at>"."""
     _need_token(lease_token, api_token)
     try:
-        doc = _client(url, api_token).renew(allocation_id, lease_token, ttl_seconds=ttl)
+        doc = _post(_client(url, api_token), "/api/gpu/memory/renew",
+                    allocation_id=allocation_id, host=host, lease_token=lease_token,
+                    ttl_seconds=ttl)
     except ApiError as exc:
         fail(exc)
     if as_json:
@@ -151,13 +170,15 @@ def renew(url: str, api_token: str | None, allocation_id: str, lease_token: str 
 @server_options
 @click.argument("allocation_id")
 @lease_token_option
+@host_option()
 @json_option
 def release(url: str, api_token: str | None, allocation_id: str, lease_token: str | None,
-            as_json: bool) -> None:
+            host: str | None, as_json: bool) -> None:
     """Release an active lease now; prints "<allocation_id> released"."""
     _need_token(lease_token, api_token)
     try:
-        doc = _client(url, api_token).deallocate(allocation_id, lease_token)
+        doc = _post(_client(url, api_token), "/api/gpu/memory/deallocate",
+                    allocation_id=allocation_id, host=host, lease_token=lease_token)
     except ApiError as exc:
         fail(exc)
     if as_json:
@@ -168,12 +189,15 @@ def release(url: str, api_token: str | None, allocation_id: str, lease_token: st
 
 def lease_table(leases: list[dict[str, Any]]) -> str:
     """Leases as a table; UNTIL is the expiry of an active lease, else when it ended."""
-    headers = ["ALLOCATION ID", "GPU", "MIB", "OWNER", "STATUS", "GRANTED", "UNTIL", "LEFT"]
+    fleet = len({x.get("host") for x in leases}) > 1  # a HOST column for several hosts
+    headers = ["ALLOCATION ID", *["HOST"] * fleet, "GPU", "MIB", "OWNER", "STATUS", "GRANTED",
+               "UNTIL", "LEFT"]
     rows = []
     for x in leases:
         active = x["status"] == "active"
         until = x.get("expires_at") if active else x.get("released_at") or x.get("expires_at")
-        rows.append([str(x["allocation_id"]), str(x["gpu_id"]), str(x["memory_mb"]),
+        rows.append([str(x["allocation_id"]), *[x.get("host") or "-"] * fleet,
+                     str(x["gpu_id"]), str(x["memory_mb"]),
                      x.get("owner") or "-", str(x["status"]), x.get("granted_at") or "-",
                      until or "-", f"{x['expires_in_seconds']} s" if active else "-"])
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
@@ -186,15 +210,17 @@ def lease_table(leases: list[dict[str, Any]]) -> str:
 @lease.command("list")
 @url_option
 @click.option("--gpu-id", type=click.IntRange(0, 1023), help="Only this GPU's leases.")
+@host_option(fleet=True)
 @click.option("--owner", help="Only this owner's leases.")
 @click.option("--status", type=click.Choice(["active", "expired", "released"]),
               help="Only leases in this status.")
 @json_option
-def list_cmd(url: str, gpu_id: int | None, owner: str | None, status: str | None,
-             as_json: bool) -> None:
+def list_cmd(url: str, gpu_id: int | None, host: str | None, owner: str | None,
+             status: str | None, as_json: bool) -> None:
     """The server's leases, newest first, as a table."""
     try:
-        leases = _client(url, None).leases(gpu_id=gpu_id, owner=owner, status=status)
+        leases = _client(url, None).request("GET", "/api/gpu/memory/leases", {
+            "gpu_id": gpu_id, "host": host, "owner": owner, "status": status})["leases"]
     except ApiError as exc:
         fail(exc)
     if as_json:

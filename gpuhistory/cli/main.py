@@ -17,6 +17,7 @@ import click
 from gpuhistory import __version__
 from gpuhistory.cli import output
 from gpuhistory.cli.history import history
+from gpuhistory.cli.hosts import ALL_HOSTS, host_option, local_host, server_host
 from gpuhistory.cli.incidents import incidents
 from gpuhistory.cli.lease import lease
 from gpuhistory.clock import SystemClock, parse_time
@@ -176,6 +177,7 @@ def db_upgrade(db: str | None, revision: str) -> None:
     from gpuhistory.storage.engine import current_revision, make_engine, upgrade
 
     engine = make_engine(db)
+    click.get_current_context().call_on_close(engine.dispose)
     upgrade(engine, revision)
     click.echo(f"database {engine.url.render_as_string()} at revision {current_revision(engine)}")
 
@@ -187,6 +189,7 @@ def db_current(db: str | None) -> None:
     from gpuhistory.storage.engine import current_revision, head_revision, make_engine
 
     engine = make_engine(db)
+    click.get_current_context().call_on_close(engine.dispose)
     current, head = current_revision(engine), head_revision()
     click.echo(f"current: {current or '(empty database)'}\nhead:    {head}")
     if current != head:
@@ -230,6 +233,7 @@ def import_cmd(db: str | None, file: str, fmt: str, start: int | None, host_name
         raise click.UsageError("a trace's times are seconds since it started: give --start, "
                                "the wall-clock time of t_s = 0 (e.g. 2026-11-26T03:00:00Z)")
     engine = make_engine(db)
+    click.get_current_context().call_on_close(engine.dispose)
     upgrade(engine)
     try:
         result = import_file(engine, file, fmt=fmt, start_ms=start,
@@ -244,44 +248,39 @@ def import_cmd(db: str | None, file: str, fmt: str, start: int | None, host_name
 @db_option
 @click.option("--gpu-id", type=click.IntRange(0, 1023), help="One GPU (default: all).")
 @click.option("--at", callback=_time, help="Ask about a past time instead of now.")
-@click.option("--host-name", envvar="GPUHISTORY_HOST_NAME", show_envvar=True,
-              help="Whose GPUs (default: this machine).")
+@host_option()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (the API's documents).")
 @click.option("--url", envvar="GPUHISTORY_URL", show_envvar=True,
               help="Ask a running server's API instead of reading the database "
-                   "(--db and --host-name are then not used).")
-def status(db: str | None, gpu_id: int | None, at: int | None, host_name: str | None,
-           as_json: bool, url: str | None) -> None:
-    """Each GPU's latest state and reading, read from the log (or a server with --url)."""
+                   "(--db is then not used).")
+@click.pass_context
+def status(ctx: click.Context, db: str | None, gpu_id: int | None, at: int | None,
+           host_name: str | None, as_json: bool, url: str | None) -> None:
+    """Each GPU's latest state and reading, read from the log (or a server with --url);
+    --host '*' shows every host sharing the database."""
     if url:
-        _status_from_server(url, gpu_id, at, as_json)
+        _status_from_server(url, gpu_id, at, server_host(ctx), as_json)
         return
     from gpuhistory.config.layers import load_static
     from gpuhistory.config.store import ConfigStore
-    from gpuhistory.context import machine_name
     from gpuhistory.documents import status_doc
     from gpuhistory.storage.engine import make_engine, upgrade
     from gpuhistory.storage.queries import latest_samples
 
+    host = local_host(host_name)
     engine = make_engine(db)
+    click.get_current_context().call_on_close(engine.dispose)
     upgrade(engine)
-    host = host_name or machine_name()
     clock = SystemClock()
     now = at if at is not None else clock.now_ms()
     config = ConfigStore(engine, load_static(), clock).current()  # runtime changes included
     with engine.connect() as conn:
         docs = [status_doc(conn, e, now, config)
                 for e in latest_samples(conn, host, gpu_id, at_ms=at)]
-    if as_json:
-        click.echo(json.dumps({"host": host, "count": len(docs), "gpus": docs}, indent=2))
-        return
-    if not docs:
-        click.echo(f"no GPUs recorded for host {host!r} yet", err=True)
-        sys.exit(3)
-    click.echo(output.status_table(docs))
+    _print_status(host or ALL_HOSTS, docs, as_json)
 
 
-def _status_from_server(url: str, gpu_id: int | None, at_ms: int | None,
+def _status_from_server(url: str, gpu_id: int | None, at_ms: int | None, host: str | None,
                         as_json: bool) -> None:
     """``status --url``: the same documents, from the server's API (exit 3/6 as lease)."""
     from gpuhistory.cli.lease import fail
@@ -294,13 +293,23 @@ def _status_from_server(url: str, gpu_id: int | None, at_ms: int | None,
     at = None if at_ms is None else at_ms / 1000
     try:
         if gpu_id is None:
-            body = client.status_all(at=at)
+            body = client.request("GET", "/api/gpu/status/all", {"at": at, "host": host})
             host, docs = body["host"], body["gpus"]
+        elif host == ALL_HOSTS:
+            body = client.request("GET", "/api/gpu/status/all", {"at": at, "host": host})
+            docs = [doc for doc in body["gpus"] if doc["gpu_id"] == gpu_id]
         else:
-            doc = client.status(gpu_id, at=at)
+            doc = client.request("GET", "/api/gpu/status",
+                                 {"gpu_id": gpu_id, "at": at, "host": host})
             host, docs = doc.get("host"), [doc]
     except ApiError as exc:
         fail(exc)
+    _print_status(host, docs, as_json)
+
+
+def _print_status(host: str | None, docs: list[dict[str, Any]], as_json: bool) -> None:
+    """The documents as JSON or a table (with a HOST column when several hosts answer);
+    exit 3 when there are none."""
     if as_json:
         click.echo(json.dumps({"host": host, "count": len(docs), "gpus": docs}, indent=2))
         return

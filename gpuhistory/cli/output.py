@@ -13,15 +13,17 @@ def _cell(value: Any, unit: str = "") -> str:
 
 
 def status_table(docs: list[dict[str, Any]]) -> str:
-    headers = ["GPU", "NAME", "STATE", "ADVICE", "TEMP", "MEMORY", "LOAD", "POWER", "REASONS",
-               "AGE", "BACKEND"]
+    """One row per GPU; a HOST column first when the GPUs are on several hosts."""
+    fleet = len({d.get("host") for d in docs}) > 1
+    headers = ["HOST"] * fleet + ["GPU", "NAME", "STATE", "ADVICE", "TEMP", "MEMORY", "LOAD",
+                                  "POWER", "REASONS", "AGE", "BACKEND"]
     rows = []
     for d in docs:
         m = d.get("metrics") or {}
         mem = (f"{m['memory_used_mb']}/{m['memory_total_mb']} MiB"
                if m.get("memory_used_mb") is not None else "-")
         t = d["throttling"]
-        rows.append([
+        rows.append([d.get("host") or "-"] * fleet + [
             str(d["gpu_id"]), (d.get("name") or "-")[:32], d["state"],
             f"x{t['speed_multiplier']}", _cell(m.get("temperature_celsius"), " C"), mem,
             _cell(m.get("load_percent"), " %"), _cell(m.get("power_watts"), " W"),

@@ -119,6 +119,13 @@ class LeaseManager:
         self._sqlite = engine.dialect.name == "sqlite"
         self._postgresql = engine.dialect.name == "postgresql"
 
+    def for_host(self, host: str) -> LeaseManager:
+        """The manager of another host's leases in the same database (leases are per host
+        and GPU: the same allocation id or GPU index on two hosts are two things)."""
+        if host == self.host:
+            return self
+        return LeaseManager(self.engine, host, self.clock, self.config, self.callbacks)
+
     # -- commands ----------------------------------------------------------------------
     def grant(self, allocation_id: str, memory_mb: int, gpu_index: int = 0,
               ttl_seconds: float | None = None, owner: str | None = None) -> tuple[Lease, str]:
@@ -266,14 +273,18 @@ class LeaseManager:
         return lease
 
     def list(self, gpu_index: int | None = None, owner: str | None = None,
-             status: str | None = None, limit: int = DEFAULT_LIST_LIMIT) -> LeaseList:
-        """This host's leases, newest first, optionally of one GPU, owner or status."""
+             status: str | None = None, limit: int = DEFAULT_LIST_LIMIT,
+             all_hosts: bool = False) -> LeaseList:
+        """This host's leases (every host's with ``all_hosts``), newest first, optionally of
+        one GPU index, owner or status."""
         if status is not None and status not in STATUSES:
             raise ValueError(f"status must be one of {list(STATUSES)}")
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ValueError("limit must be a positive integer")
         now = self.clock.now_ms()
-        query = _lease_select().where(_L.host == self.host)
+        query = _lease_select()
+        if not all_hosts:
+            query = query.where(_L.host == self.host)
         if gpu_index is not None:
             query = query.where(gpus.c.gpu_index == _check_gpu_index(gpu_index))
         if owner is not None:

@@ -104,7 +104,7 @@ def _last_change(gpu_id: Any, pairs: tuple[tuple[int, int], ...],
 
 
 @functools.cache
-def _latest_statement(one_gpu: bool, timed: bool) -> sa.Select[Any]:
+def _latest_statement(one_gpu: bool, timed: bool, one_host: bool = True) -> sa.Select[Any]:
     """Built once per shape (and compiled once by SQLAlchemy's cache); values are bound."""
     at = sa.bindparam("at") if timed else None
     s2 = samples.alias("newest")
@@ -119,30 +119,35 @@ def _latest_statement(one_gpu: bool, timed: bool) -> sa.Select[Any]:
             _last_change(gpus.c.id, LEFT_CRITICAL, at).label("left_critical_ms"))
         .select_from(gpus.outerjoin(
             samples, sa.and_(samples.c.gpu_id == gpus.c.id, samples.c.ts_ms == newest_ts)))
-        .where(gpus.c.host == sa.bindparam("host"))
     )
+    if one_host:
+        query = query.where(gpus.c.host == sa.bindparam("host"))
     if one_gpu:
         query = query.where(gpus.c.gpu_index == sa.bindparam("gpu_index"))
-    return query.order_by(gpus.c.gpu_index, gpus.c.id)
+    return query.order_by(gpus.c.host, gpus.c.gpu_index, gpus.c.id)
 
 
 def latest_samples(
-    conn: sa.Connection, host: str, gpu_index: int | None = None, at_ms: int | None = None
+    conn: sa.Connection, host: str | None, gpu_index: int | None = None,
+    at_ms: int | None = None,
 ) -> list[LatestSample]:
-    """Each GPU index on ``host`` with its newest sample (at or before ``at_ms``).
+    """Each GPU index on ``host`` (``None``: on every host, ordered by host) with its newest
+    sample (at or before ``at_ms``).
 
     One statement for all GPUs: the newest sample is a per-GPU seek on the samples key
     (``max(ts_ms)`` with ``gpu_id=?``: SEARCH samples USING PRIMARY KEY), never a
     ``GROUP BY`` over the samples. When one index was held by several devices over time
     (a sim run, then real cards; a swapped card), the device with the newest sample wins.
     """
-    params: dict[str, Any] = {"host": host}
+    params: dict[str, Any] = {}
+    if host is not None:
+        params["host"] = host
     if gpu_index is not None:
         params["gpu_index"] = gpu_index
     if at_ms is not None:
         params["at"] = at_ms
-    statement = _latest_statement(gpu_index is not None, at_ms is not None)
-    best: dict[int, LatestSample] = {}
+    statement = _latest_statement(gpu_index is not None, at_ms is not None, host is not None)
+    best: dict[tuple[str, int], LatestSample] = {}
     for row in conn.execute(statement, params):
         gpu = _gpu(row)
         has_sample = row.sample_ts is not None
@@ -154,10 +159,11 @@ def latest_samples(
             left_hot_ms=row.left_hot_ms,
             left_critical_ms=row.left_critical_ms,
         )
-        current = best.get(gpu.index)
+        key = (gpu.host, gpu.index)
+        current = best.get(key)
         if current is None or (entry.ts_ms or -1) > (current.ts_ms or -1):
-            best[gpu.index] = entry
-    return [best[i] for i in sorted(best)]
+            best[key] = entry
+    return [best[key] for key in sorted(best)]
 
 
 _COOLDOWN_STARTS = sa.select(
