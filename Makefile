@@ -8,10 +8,11 @@ ARGS   ?=
 
 .PHONY: serve test lint bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml web/package-lock.json
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[test]'
+	npm ci --prefix web --no-audit --no-fund  # the dashboard's chart library (docs/dashboard.md)
 	touch $@
 
 serve: $(STAMP)

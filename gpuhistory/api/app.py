@@ -13,6 +13,7 @@ from gpuhistory import __version__
 from gpuhistory.api import (
     alerts,
     config_api,
+    dashboard,
     events_api,
     health,
     incidents,
@@ -53,8 +54,10 @@ def create_app(context: ServiceContext) -> OpenAPI:
     app.extensions["gpuhistory"] = context
     register_error_handlers(app)
     install_auth(app)
+    dashboard.install_security_headers(app)
     for module in BLUEPRINTS:
         app.register_api(module.bp)
+    app.register_blueprint(dashboard.bp)  # the dashboard: static files, not in the OpenAPI doc
 
     @app.get("/api/openapi.json", doc_ui=False)
     def openapi_document():  # type: ignore[no-untyped-def]

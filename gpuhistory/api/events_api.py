@@ -31,7 +31,8 @@ MAX_STREAMS = 16
 _streams = threading.BoundedSemaphore(MAX_STREAMS)
 
 
-def _select(since_id: int, kind: str | None, gpu_id: int | None, limit: int) -> sa.Select:
+def _select(since_id: int, kind: str | None, gpu_id: int | None, limit: int,
+            since_ms: int | None = None, until_ms: int | None = None) -> sa.Select:
     """Events after a cursor: SEARCH events USING INTEGER PRIMARY KEY (rowid>?)."""
     query = (
         sa.select(events.c.id, events.c.ts_ms, events.c.kind, events.c.payload,
@@ -43,6 +44,10 @@ def _select(since_id: int, kind: str | None, gpu_id: int | None, limit: int) -> 
         query = query.where(events.c.kind == kind)
     if gpu_id is not None:
         query = query.where(gpus.c.gpu_index == gpu_id, gpus.c.host == ctx().host)
+    if since_ms is not None:
+        query = query.where(events.c.ts_ms >= since_ms)
+    if until_ms is not None:
+        query = query.where(events.c.ts_ms <= until_ms)
     return query.order_by(events.c.id).limit(limit)
 
 
@@ -53,9 +58,16 @@ def _doc(row: sa.Row[Any]) -> dict[str, Any]:
 
 @bp.get("/events", responses={200: EventList, **errors(400, 422)})
 def list_events(query: EventsQuery) -> View:
-    """Events with an id above ``since_id``, oldest first; ``last_id`` is the next cursor."""
+    """Events with an id above ``since_id`` (and a time in [since, until], when given),
+    oldest first; ``last_id`` is the next cursor."""
+    since: int | None = query.since  # type: ignore[assignment]  # validated to epoch ms
+    until: int | None = query.until  # type: ignore[assignment]
+    if since is not None and until is not None and since > until:
+        raise ApiError(422, "validation_failed", "since must not be after until",
+                       {"since": iso_utc(since), "until": iso_utc(until)})
     with ctx().engine.connect() as conn:
-        rows = conn.execute(_select(query.since_id, query.kind, query.gpu_id, query.limit)).all()
+        rows = conn.execute(_select(query.since_id, query.kind, query.gpu_id, query.limit,
+                                    since, until)).all()
     docs = [_doc(r) for r in rows]
     return jsonify({"count": len(docs), "last_id": docs[-1]["id"] if docs else query.since_id,
                     "events": docs})

@@ -140,6 +140,8 @@ class EventsQuery(Strict):
     since_id: int = Field(0, ge=0, le=2**62, description="return events with a larger id")
     kind: str | None = Field(None, max_length=32, pattern=r"^[a-z_]+$")
     gpu_id: GpuIndex | None = None
+    since: TimeArg | None = Field(None, description="only events at or after this time")
+    until: TimeArg | None = Field(None, description="only events at or before this time")
     limit: int = Field(100, ge=1, le=10_000)
 
 

@@ -1,0 +1,308 @@
+// The post-mortem of one incident: a summary written from the data, the timeline from the
+// context before to the context after (temperature, thresholds, the card's slowdown point,
+// power; hardware reasons and leases as bands), the facts, and downloads.
+
+import uPlot from "./uplot.js";
+import {getJSON} from "./api.js";
+import {
+  COLORS, columns, legendTime, linesPlugin, makeChart, markersPlugin, shadePlugin, STATE_COLORS,
+  timeAxis, valueAxis,
+} from "./charts.js";
+import {badge, h, replace, table} from "./dom.js";
+import {
+  clock, dateTime, duration, num, parseTime, prose, reasonLabel, timeEl, utcOffset, withUnit,
+} from "./format.js";
+import {severityBadge} from "./incidents.js";
+
+const POINTS = 600; // buckets of the timeline (min, mean and max of each: no peak is lost)
+const REASON_COLORS = ["#b45309", "#b91c1c", "#7c3aed", "#0f766e", "#be185d", "#4d7c0f",
+                       "#6b7280", "#1d4ed8", "#92400e"];
+const AXIS_SIZE = 56;
+
+/** The summary paragraph, in the viewer's local time. */
+export function summary(doc) {
+  const th = doc.thresholds;
+  const start = parseTime(doc.start);
+  const end = parseTime(doc.end);
+  const sentences = [];
+  const when = end === null ? `since ${clock(start)}`
+    : `from ${clock(start)} to ${clock(end)}`;
+  sentences.push(`GPU ${doc.gpu_id} ${doc.ongoing ? "has been" : "was"} above ` +
+    `${th.temp_throttle} °C for ${duration(doc.duration_seconds)}${doc.ongoing ? " so far" : ""} ` +
+    `(${when} on ${dateTime(start).slice(0, 10)}, ${utcOffset(start)}), peaking at ` +
+    `${doc.peak_temperature_celsius} °C at ${clock(parseTime(doc.peak_at))}` +
+    (doc.mean_temperature_celsius !== null ? `; its mean was ${num(doc.mean_temperature_celsius, 1)} °C.`
+      : "."));
+  sentences.push(doc.severity === "severe"
+    ? `It was severe: ${duration(doc.above_critical_seconds)} above ${th.temp_critical} °C.`
+    : `It never went above ${th.temp_critical} °C (the severe mark).`);
+  const card = doc.card || {};
+  if (card.margin_to_slowdown_celsius !== null && card.margin_to_slowdown_celsius !== undefined) {
+    const margin = card.margin_to_slowdown_celsius;
+    sentences.push(margin > 0
+      ? `The peak stayed ${margin} °C below the card's own slowdown temperature ` +
+        `(${card.slowdown_temp_celsius} °C).`
+      : margin === 0 ? `The peak reached the card's own slowdown temperature ` +
+        `(${card.slowdown_temp_celsius} °C).`
+        : `The peak was ${-margin} °C past the card's own slowdown temperature ` +
+          `(${card.slowdown_temp_celsius} °C).`);
+  }
+  const reasons = doc.clock_event_reasons_seen.filter((r) => r.name !== "GpuIdle");
+  sentences.push(reasons.length
+    ? `The hardware reported ${prose(reasons.map((r) =>
+        `${reasonLabel(r.name)} (${duration(r.seconds)})`))}.`
+    : "The hardware reported no slowdown reasons.");
+  const counters = Object.entries(doc.throttle_time_seconds || {})
+    .filter(([, seconds]) => seconds);
+  if (counters.length) {
+    sentences.push(`NVML's counters add ${prose(counters.map(([name, seconds]) =>
+      `${duration(seconds)} of ${name.replace("_", " ")} throttling`))}.`);
+  }
+  if (doc.power.peak_watts !== null) {
+    sentences.push(`Power peaked at ${num(doc.power.peak_watts, 1)} W` +
+      (doc.power.limit_watts ? ` of a ${num(doc.power.limit_watts)} W limit.` : "."));
+  }
+  sentences.push(doc.leases.length
+    ? `Leases active: ${prose(doc.leases.map((l) =>
+        `${l.allocation_id} (${l.owner ?? "no owner"}, ${num(l.memory_mb)} MiB)`))}.`
+    : "Leases active: none.");
+  if (doc.processes?.length) {
+    sentences.push(`Processes on the GPU: ${prose(doc.processes.map((p) =>
+      `${p.name ?? "?"} (pid ${p.pid}${p.used_memory_mb ? `, ${num(p.used_memory_mb)} MiB`
+        : ""})`))}.`);
+  }
+  if (doc.xid_errors.length) {
+    sentences.push(`XID errors: ${prose(doc.xid_errors.map((x) =>
+      `${x.payload?.xid ?? x.payload?.code ?? "?"} at ${clock(parseTime(x.timestamp))}`))}.`);
+  }
+  return sentences.join(" ");
+}
+
+/** Rows of the band chart: each hardware reason seen and each lease, on or off in each
+ *  bucket (a row stays on to the next bucket, as the post-mortem counts seconds). */
+function bandRows(doc, buckets, xs) {
+  const rows = [];
+  const names = [...new Set(buckets.flatMap((b) => b.clock_event_reasons))];
+  names.forEach((name, i) => rows.push({
+    label: reasonLabel(name), color: REASON_COLORS[i % REASON_COLORS.length],
+    active: buckets.map((b) => b.clock_event_reasons.includes(name)),
+  }));
+  const windowEnd = parseTime(doc.window.until);
+  for (const lease of doc.leases) {
+    const from = parseTime(lease.granted_at) / 1000;
+    const to = (parseTime(lease.released_at) ?? Math.min(parseTime(lease.expires_at), windowEnd))
+      / 1000;
+    rows.push({label: `lease ${lease.allocation_id} (${lease.owner ?? "no owner"}, ` +
+                      `${num(lease.memory_mb)} MiB)`,
+               color: COLORS.lease, active: xs.map((t) => t >= from && t < to)});
+  }
+  return rows.map((row, index) => ({
+    ...row,
+    values: row.active.map((on, j) => (on || (j > 0 && row.active[j - 1]) ? index : null)),
+  }));
+}
+
+function rowLabels(rows) {
+  return {hooks: {draw: [(u) => {
+    const {ctx} = u;
+    ctx.save();
+    ctx.font = `${11 * uPlot.pxRatio}px system-ui, sans-serif`;
+    ctx.textBaseline = "bottom";
+    rows.forEach((row, index) => {
+      const y = u.valToPos(index, "row", true) - 7 * uPlot.pxRatio;
+      ctx.fillStyle = "#1f2937";
+      ctx.fillText(row.label, u.bbox.left + 4 * uPlot.pxRatio, y);
+    });
+    ctx.restore();
+  }]}};
+}
+
+function charts(doc, history, mainEl, bandEl) {
+  const half = history.bucket_seconds / 2;
+  const buckets = history.buckets;
+  const xs = buckets.map((b) => parseTime(b.timestamp) / 1000 + half);
+  const data = columns(buckets, (b) => parseTime(b.timestamp) / 1000 + half,
+                       [(b) => b.temperature_min, (b) => b.temperature_max,
+                        (b) => b.temperature_avg, (b) => b.power_max_watts],
+                       Math.max(60, history.bucket_seconds * 2.5));
+  const th = doc.thresholds;
+  const slowdown = doc.card.slowdown_temp_celsius;
+  const since = parseTime(doc.window.since) / 1000;
+  const until = parseTime(doc.window.until) / 1000;
+  const start = parseTime(doc.start) / 1000;
+  const end = doc.end ? parseTime(doc.end) / 1000 : until;
+  const sync = uPlot.sync(`incident-${doc.id}`);
+  const lines = [
+    {value: th.temp_throttle, label: `temp_throttle ${th.temp_throttle} °C`, color: "#b45309"},
+    {value: th.temp_critical, label: `temp_critical ${th.temp_critical} °C`, color: "#b91c1c"},
+    ...(slowdown === null ? [] : [{value: slowdown, label: `card slowdown ${slowdown} °C`,
+                                  color: "#7f1d1d"}]),
+  ];
+  const markers = doc.transitions.map((t) => ({t: parseTime(t.timestamp) / 1000, shape: "up",
+                                               color: STATE_COLORS[t.to] || "#374151"}));
+  const temps = buckets.flatMap((b) => [b.temperature_min, b.temperature_max])
+    .filter((t) => t !== null);
+  const low = Math.min(...temps, th.temp_throttle - 10);
+  const high = Math.max(...temps, th.temp_critical, slowdown ?? 0);
+  let band = null;
+  const main = makeChart(mainEl, {
+    height: 340,
+    series: [
+      {value: legendTime},
+      {label: "min °C", scale: "temp", stroke: "rgba(194, 65, 12, 0.35)", width: 1,
+       points: {show: false}},
+      {label: "max °C", scale: "temp", stroke: "rgba(194, 65, 12, 0.35)", width: 1,
+       points: {show: false}},
+      {label: "Temperature °C", scale: "temp", stroke: COLORS.temperature, width: 2,
+       points: {show: false}},
+      {label: "Power (max) W", scale: "watts", stroke: COLORS.power, width: 1.25,
+       points: {show: false}},
+    ],
+    bands: [{series: [2, 1], fill: COLORS.temperatureRange}],
+    axes: [timeAxis(since * 1000), {...valueAxis("temp", "°C", 3), size: AXIS_SIZE},
+           {...valueAxis("watts", "W", 1, {grid: false}), size: AXIS_SIZE}],
+    scales: {
+      x: {time: true, range: (u, min, max) => (min === null ? [since, until] : [min, max])},
+      temp: {range: [Math.floor(low - 3), Math.ceil(high + 3)]},
+      watts: {range: (u, min, max) => [0, Math.max(100, doc.power.limit_watts ?? 0,
+                                                   (max ?? 0) * 1.1)]},
+    },
+    cursor: {sync: {key: sync.key}},
+    hooks: {setScale: [(u, key) => {
+      if (key === "x" && band) band.setScale("x", {min: u.scales.x.min, max: u.scales.x.max});
+    }]},
+    plugins: [
+      shadePlugin(() => [{from: start, to: end, fill: "rgba(220, 38, 38, 0.10)"}]),
+      linesPlugin(() => lines),
+      markersPlugin(() => markers),
+    ],
+  }, data);
+  main.setScale("x", {min: since, max: until});
+  const rows = bandRows(doc, buckets, xs);
+  if (rows.length) {
+    band = makeChart(bandEl, {
+      height: 34 * rows.length + 44,
+      legend: {show: false},
+      series: [{}, ...rows.map((row) => ({scale: "row", stroke: row.color, width: 10,
+                                         points: {show: false}}))],
+      // The side axes are empty but as wide as the main chart's, so the times line up.
+      axes: [{...timeAxis(since * 1000), label: null, labelSize: 0},
+             {scale: "row", size: AXIS_SIZE, label: "", labelSize: 18, values: () => [],
+              grid: {show: false}, ticks: {show: false}},
+             {scale: "row", side: 1, size: AXIS_SIZE, label: "", labelSize: 18,
+              values: () => [], grid: {show: false}, ticks: {show: false}}],
+      scales: {x: {time: true}, row: {range: [-0.6, rows.length - 0.2]}},
+      cursor: {sync: {key: sync.key}, drag: {x: false, y: false}},
+      plugins: [shadePlugin(() => [{from: start, to: end, fill: "rgba(220, 38, 38, 0.10)"}]),
+                rowLabels(rows)],
+    }, [xs, ...rows.map((row) => row.values)]);
+    band.setScale("x", {min: main.scales.x.min, max: main.scales.x.max});
+    bandEl.dataset.points = String(xs.length);
+  } else {
+    replace(bandEl, h("p", {class: "empty"}, "No hardware reasons and no leases in this window."));
+  }
+  mainEl.dataset.points = String(xs.length);
+  return [main, band];
+}
+
+function facts(doc, history) {
+  const item = (label, ...value) => h("div", {class: "fact"}, h("dt", {}, label), h("dd", {}, value));
+  const margin = doc.card.margin_to_slowdown_celsius;
+  return h("dl", {class: "facts"},
+    item("Start", timeEl(parseTime(doc.start), {withOffset: true})),
+    item("End", doc.ongoing ? "ongoing" : timeEl(parseTime(doc.end), {withOffset: true})),
+    item("Duration", duration(doc.duration_seconds)),
+    item("Peak", `${doc.peak_temperature_celsius} °C at `, timeEl(parseTime(doc.peak_at),
+                                                                  {withDate: false})),
+    item("Mean", withUnit(doc.mean_temperature_celsius, "°C", 1)),
+    item(`Above ${doc.thresholds.temp_critical} °C`, duration(doc.above_critical_seconds)),
+    item("Power", `peak ${withUnit(doc.power.peak_watts, "W", 1)}, mean ` +
+                  `${withUnit(doc.power.mean_watts, "W", 1)}, limit ${withUnit(doc.power.limit_watts, "W")}`),
+    item("Memory", `max ${withUnit(doc.memory.max_used_mb, "MiB")} of ` +
+                   `${withUnit(doc.memory.total_mb, "MiB")}`),
+    item("Card slowdown / shutdown", `${withUnit(doc.card.slowdown_temp_celsius, "°C")} / ` +
+         `${withUnit(doc.card.shutdown_temp_celsius, "°C")}` +
+         (margin === null || margin === undefined ? "" : ` (margin ${margin} °C)`)),
+    item("Samples", `${num(doc.sample_count)} during it; ${num(doc.samples_total)} in the window`),
+    item("Timeline", `${num(history.count)} buckets of ${duration(history.bucket_seconds)} ` +
+         `(resolution ${history.resolution}): min, mean and max of each`));
+}
+
+function details(doc) {
+  const leaseRows = doc.leases.map((l) => [l.allocation_id, l.owner ?? "—", num(l.memory_mb),
+    timeEl(parseTime(l.granted_at)), timeEl(parseTime(l.released_at ?? l.expires_at)), l.status]);
+  const reasonRows = doc.clock_event_reasons_seen.map((r) => [reasonLabel(r.name), num(r.samples),
+                                                              duration(r.seconds)]);
+  const transitionRows = doc.transitions.map((t) => [timeEl(parseTime(t.timestamp)),
+    h("span", {}, badge(t.from || "—"), " → ", badge(t.to)), t.cause,
+    withUnit(t.temperature_celsius, "°C")]);
+  const processRows = (doc.processes || []).map((p) => [String(p.pid), p.name ?? "—",
+    withUnit(p.used_memory_mb, "MiB")]);
+  const offset = utcOffset(parseTime(doc.start));
+  return [
+    h("h2", {}, "Leases active"),
+    table(["Allocation", "Owner", "MiB", `Granted (${offset})`, "Ended or expires", "Status"],
+          leaseRows, {caption: "Leases alive at any moment of the incident",
+                      empty: "No leases were active."}),
+    h("h2", {}, "Hardware clock-event reasons"),
+    table(["Reason", "Samples", "Time"], reasonRows,
+          {caption: "Reasons reported during the incident", empty: "None reported."}),
+    h("h2", {}, "State transitions"),
+    table([`Time (${offset})`, "Change", "Cause", "Temperature"], transitionRows,
+          {caption: "Transitions in the window", empty: "None."}),
+    doc.processes === null ? null : [
+      h("h2", {}, "Processes"),
+      table(["PID", "Name", "Memory"], processRows,
+            {caption: "Compute processes seen during it", empty: "None recorded."})],
+  ];
+}
+
+export function mount(root, params) {
+  const id = Number(params.path[1]);
+  let built = [];
+  let cancelled = false;
+  replace(root, h("h1", {}, `Incident #${id}`), h("p", {role: "status"}, "Loading…"));
+  // The post-mortem without its samples, then its window from the history API: a
+  // bounded number of buckets whatever the incident's length (the CSV has every sample).
+  getJSON(`/api/gpu/incidents/${id}`, {max_samples: 0}).then(async (doc) => {
+    const history = await getJSON("/api/gpu/metrics/history", {
+      gpu_id: doc.gpu_id, since: doc.window.since, until: doc.window.until, points: POINTS});
+    if (cancelled) return;
+    const mainEl = h("div", {class: "chart", id: "incident-timeline", role: "img",
+                             "aria-label": `Timeline of incident ${id}: temperature and power`});
+    const bandEl = h("div", {class: "chart band", id: "incident-bands", role: "img",
+                             "aria-label": "Hardware reasons and leases over the same time"});
+    replace(root,
+      h("p", {class: "crumbs"}, h("a", {href: "#/incidents"}, "Incidents"), ` › #${doc.id}`),
+      h("h1", {}, `Incident #${doc.id} · GPU ${doc.gpu_id} `, severityBadge(doc),
+        doc.ongoing ? h("span", {class: "badge ongoing"}, "ongoing") : null),
+      h("p", {class: "gpu-name"}, `${doc.name ?? ""} · ${doc.uuid} · ${doc.host}`),
+      h("p", {class: "summary", id: "incident-summary"}, summary(doc)),
+      h("p", {class: "downloads"}, "Download: ",
+        h("a", {href: `/api/gpu/incidents/${doc.id}`, download: `incident-${doc.id}.json`},
+          "post-mortem (JSON)"), " · ",
+        h("a", {href: `/api/gpu/incidents/${doc.id}/samples.csv`,
+                download: `incident-${doc.id}.csv`}, "every sample (CSV)")),
+      h("h2", {}, `Timeline: ${num(doc.context_minutes)} min before to after`),
+      h("p", {class: "hint"}, "The incident is shaded. Lines: temp_throttle, temp_critical and ",
+        "the card's own slowdown temperature. Marks on the time axis: state transitions. ",
+        "Drag to zoom, double-click to zoom out."),
+      mainEl, bandEl,
+      facts(doc, history),
+      details(doc));
+    built = charts(doc, history, mainEl, bandEl);
+  }).catch((error) => {
+    if (cancelled) return;
+    replace(root, h("h1", {}, `Incident #${id}`),
+      h("p", {class: "error", role: "alert"},
+        error.code === "incident_not_found" ? `There is no incident #${id}.`
+          : `Could not load incident #${id}: ${error.message}`),
+      h("p", {}, h("a", {href: "#/incidents"}, "All incidents")));
+  });
+  return () => {
+    cancelled = true;
+    for (const chart of built) chart?.destroy();
+  };
+}
+
+export const title = "Incident";
