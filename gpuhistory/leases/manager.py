@@ -25,8 +25,10 @@ import hmac
 import logging
 import math
 import secrets
+import threading
+import weakref
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -341,8 +343,15 @@ class LeaseManager:
     # -- transactions ------------------------------------------------------------------
     @contextmanager
     def _transaction(self) -> Iterator[_Tx]:
-        """A lease-changing transaction: write lock first, durable commit, then callbacks."""
-        with self.engine.connect() as conn:
+        """A lease-changing transaction: write lock first, durable commit, then callbacks.
+
+        On SQLite the threads of one process first queue on an in-process lock, so only one
+        of them at a time polls for the database's write lock: with many API threads, many
+        pollers starve each other (SQLite's busy handler polls; it does not queue) and some
+        waited past the busy timeout under load (503s in bench/load.py's two-API mode).
+        """
+        writer = _process_writer(self.engine) if self._sqlite else nullcontext()
+        with writer, self.engine.connect() as conn:
             if self._sqlite:
                 _set_synchronous(conn, "FULL")
             try:
@@ -501,6 +510,19 @@ _UNRELEASED = _lease_select().where(
 _INSERT_LEASE = leases.insert()
 _LOCK_GPU = (sa.select(gpus.c.id).where(gpus.c.id == sa.bindparam("gpu_id"))
              .with_for_update(key_share=True))
+
+
+_WRITERS: weakref.WeakKeyDictionary[sa.Engine, threading.Lock] = weakref.WeakKeyDictionary()
+_WRITERS_LOCK = threading.Lock()
+
+
+def _process_writer(engine: sa.Engine) -> threading.Lock:
+    """The lock this process's lease transactions on ``engine`` take one at a time."""
+    with _WRITERS_LOCK:
+        lock = _WRITERS.get(engine)
+        if lock is None:
+            lock = _WRITERS[engine] = threading.Lock()
+        return lock
 
 
 def _check_token(allocation_id: str, stored_hash: str, token: str | None) -> None:
