@@ -27,6 +27,7 @@ from alembic.script import ScriptDirectory
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MIGRATIONS_DIR = REPO_ROOT / "migrations"
 BUSY_TIMEOUT_MS = 5000
+MIGRATION_LOCK_KEY = 0x67707568  # "gpuh": the advisory lock of migrations/env.py
 
 
 def default_db_path() -> Path:
@@ -116,11 +117,20 @@ def _alembic_config(connection: sa.Connection | None = None) -> AlembicConfig:
     return cfg
 
 
+def _lock_for_migrating(conn: sa.Connection) -> None:
+    """PostgreSQL: the migrations' advisory lock (migrations/env.py takes it too), taken
+    before Alembic starts, so threads of one process also migrate one at a time (SQLite's
+    BEGIN IMMEDIATE already is that lock)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
+
+
 def upgrade(engine: sa.Engine, revision: str = "head") -> None:
     """Bring the database to ``revision`` (once, even with several processes racing)."""
     with engine.connect() as conn:
         conn = conn.execution_options(sqlite_begin="IMMEDIATE")
         with conn.begin():
+            _lock_for_migrating(conn)
             command.upgrade(_alembic_config(conn), revision)
 
 
@@ -128,6 +138,7 @@ def downgrade(engine: sa.Engine, revision: str) -> None:
     with engine.connect() as conn:
         conn = conn.execution_options(sqlite_begin="IMMEDIATE")
         with conn.begin():
+            _lock_for_migrating(conn)
             command.downgrade(_alembic_config(conn), revision)
 
 
