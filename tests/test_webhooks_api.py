@@ -117,6 +117,29 @@ def test_a_webhook_left_out_of_the_configuration_shows_inactive(app, delivered) 
     again.close()
 
 
+def test_other_hosts_webhooks_by_host_or_all(app, delivered) -> None:
+    """With many hosts on one database: this server's host by default, another by name,
+    every host with host=*; a webhook name is looked up on the host asked for."""
+    other = WebhookDeliverer(app.engine, "otherhost",
+                             [WebhookConfig(name="remote", url=delivered["up"].url,
+                                            kinds=["*"])], app.clock)
+    other.start()
+    assert [w["name"] for w in get(app, "/api/alerts/webhooks").json()["webhooks"]] == [
+        "down", "pager"]
+    theirs = get(app, "/api/alerts/webhooks", host="otherhost").json()
+    assert theirs["host"] == "otherhost" and [
+        (w["name"], w["host"]) for w in theirs["webhooks"]] == [("remote", "otherhost")]
+    every = get(app, "/api/alerts/webhooks", host="*").json()
+    assert every["host"] == "*" and {(w["host"], w["name"]) for w in every["webhooks"]} == {
+        ("testhost", "down"), ("testhost", "pager"), ("otherhost", "remote")}
+    assert get(app, "/api/alerts/deliveries", webhook="remote").status_code == 404
+    assert get(app, "/api/alerts/deliveries", webhook="remote", host="otherhost").json() == {
+        "count": 0, "next_before_id": None, "deliveries": []}
+    mine = get(app, "/api/alerts/deliveries", host="*").json()["deliveries"]
+    assert {d["host"] for d in mine} == {"testhost"}
+    other.close()
+
+
 def test_deliveries_filter_and_page(app, delivered) -> None:
     """Newest first; by webhook, status, event and time; limit and before_id page through
     without overlap."""
@@ -171,6 +194,7 @@ BAD_ARGUMENTS = [
                                 "until": "2026-01-01T00:00:00Z"}, 422, "validation_failed"),
     ("/api/alerts/deliveries", {"bogus": 1}, 400, "invalid_argument"),
     ("/api/alerts/webhooks", {"bogus": 1}, 400, "invalid_argument"),
+    ("/api/alerts/webhooks", {"host": "a\x01b"}, 422, "validation_failed"),
 ]
 
 
@@ -200,4 +224,5 @@ def test_openapi_documents_the_alert_endpoints(sqlite_app) -> None:
         assert set(operation["responses"]) == statuses
         assert operation["tags"] == ["alerts"]
     params = {p["name"] for p in doc["paths"]["/api/alerts/deliveries"]["get"]["parameters"]}
-    assert params == {"webhook", "status", "event_id", "since", "until", "before_id", "limit"}
+    assert params == {"host", "webhook", "status", "event_id", "since", "until", "before_id",
+                      "limit"}

@@ -17,16 +17,22 @@ _W = webhooks.c
 _D = webhook_deliveries.c
 
 
-def webhook_names(conn: sa.Connection, host: str) -> set[str]:
-    return set(conn.execute(sa.select(_W.name).where(_W.host == host)).scalars())
+def _on(query: sa.Select[Any], host: str | None) -> sa.Select[Any]:
+    return query if host is None else query.where(_W.host == host)
 
 
-def list_webhooks(conn: sa.Connection, host: str, now_ms: int) -> list[dict[str, Any]]:
-    """This host's webhooks, active first, with cursor, lag, retry state and last outcome."""
+def webhook_names(conn: sa.Connection, host: str | None) -> set[str]:
+    return set(conn.execute(_on(sa.select(_W.name), host)).scalars())
+
+
+def list_webhooks(conn: sa.Connection, host: str | None,
+                  now_ms: int) -> list[dict[str, Any]]:
+    """The webhooks of ``host`` (None: every host), active first, with cursor, lag, retry
+    state and last outcome."""
     out = []
-    for row in conn.execute(sa.select(webhooks).where(_W.host == host)
-                            .order_by(_W.active.desc(), _W.name)):
-        lag, oldest = conn.execute(count_events(row.kinds, row.gpus, host,
+    for row in conn.execute(_on(sa.select(webhooks), host)
+                            .order_by(_W.active.desc(), _W.host, _W.name)):
+        lag, oldest = conn.execute(count_events(row.kinds, row.gpus, row.host,
                                                 row.cursor_event_id, LAG_CAP)).one()
         pending = None
         if row.pending_event_id is not None:
@@ -47,20 +53,21 @@ def list_webhooks(conn: sa.Connection, host: str, now_ms: int) -> list[dict[str,
     return out
 
 
-def list_deliveries(conn: sa.Connection, host: str, *, webhook: str | None = None,
+def list_deliveries(conn: sa.Connection, host: str | None, *, webhook: str | None = None,
                     status: str | None = None, event_id: int | None = None,
                     since_ms: int | None = None, until_ms: int | None = None,
                     before_id: int | None = None, limit: int = 100) -> list[dict[str, Any]]:
-    """Delivery-log rows of this host's webhooks, newest first."""
+    """Delivery-log rows of the webhooks of ``host`` (None: every host), newest first."""
     query = (
         sa.select(_D.id, _D.event_id, _D.ts_ms, _D.attempt, _D.status, _D.http_status,
-                  _D.error, _D.duration_ms, _D.next_retry_ms, _W.name,
+                  _D.error, _D.duration_ms, _D.next_retry_ms, _W.name, _W.host,
                   events.c.kind, gpus.c.gpu_index)
         .select_from(webhook_deliveries.join(webhooks, _W.id == _D.webhook_id)
                      .outerjoin(events, events.c.id == _D.event_id)
                      .outerjoin(gpus, gpus.c.id == events.c.gpu_id))
-        .where(_W.host == host)
     )
+    if host is not None:
+        query = query.where(_W.host == host)
     if webhook is not None:
         query = query.where(_W.name == webhook)
     if status is not None:
@@ -74,8 +81,8 @@ def list_deliveries(conn: sa.Connection, host: str, *, webhook: str | None = Non
     if before_id is not None:
         query = query.where(_D.id < before_id)
     return [{
-        "id": row.id, "webhook": row.name, "event_id": row.event_id, "kind": row.kind,
-        "gpu_id": row.gpu_index, "attempt": row.attempt, "status": row.status,
+        "id": row.id, "webhook": row.name, "host": row.host, "event_id": row.event_id,
+        "kind": row.kind, "gpu_id": row.gpu_index, "attempt": row.attempt, "status": row.status,
         "http_status": row.http_status, "error": row.error, "duration_ms": row.duration_ms,
         "timestamp": iso_utc(row.ts_ms), "next_retry_at": iso_utc(row.next_retry_ms),
     } for row in conn.execute(query.order_by(_D.id.desc()).limit(limit))]

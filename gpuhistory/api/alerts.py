@@ -18,7 +18,7 @@ from gpuhistory.api.alerts_schemas import (
     WebhookList,
     WebhooksQuery,
 )
-from gpuhistory.api.common import View, ctx
+from gpuhistory.api.common import View, ctx, host_filter
 from gpuhistory.api.errors import ApiError
 from gpuhistory.api.responses import errors
 from gpuhistory.clock import iso_utc
@@ -26,31 +26,35 @@ from gpuhistory.clock import iso_utc
 bp = APIBlueprint("alerts", __name__, url_prefix="/api/alerts", abp_tags=[Tag(name="alerts")])
 
 
-@bp.get("/webhooks", responses={200: WebhookList, **errors(400)})
+@bp.get("/webhooks", responses={200: WebhookList, **errors(400, 422)})
 def webhooks(query: WebhooksQuery) -> View:
-    """This host's webhooks (as its sampler last registered them), active first."""
+    """The webhooks of ``host`` (default: this server's; ``*``: every host) as their
+    sampler last registered them, active first."""
     c = ctx()
+    host = host_filter(query.host)
     with c.engine.connect() as conn:
-        docs = list_webhooks(conn, c.host, c.clock.now_ms())
-    return jsonify({"host": c.host, "count": len(docs), "webhooks": docs})
+        docs = list_webhooks(conn, host, c.clock.now_ms())
+    return jsonify({"host": host or "*", "count": len(docs), "webhooks": docs})
 
 
 @bp.get("/deliveries", responses={200: DeliveryList, **errors(400, 404, 422)})
 def deliveries(query: DeliveriesQuery) -> View:
-    """The delivery log, newest first: one row per attempt. 404 for a webhook name this
-    host never had; 422 when since is after until."""
+    """The delivery log of ``host``'s webhooks (default: this server's; ``*``: every
+    host), newest first: one row per attempt. 404 for a webhook name the host never had;
+    422 when since is after until."""
     c = ctx()
+    host = host_filter(query.host)
     since: int | None = query.since  # type: ignore[assignment]  # validated to epoch ms
     until: int | None = query.until  # type: ignore[assignment]
     if since is not None and until is not None and since > until:
         raise ApiError(422, "validation_failed", "since must not be after until",
                        {"since": iso_utc(since), "until": iso_utc(until)})
     with c.engine.connect() as conn:
-        if query.webhook is not None and query.webhook not in webhook_names(conn, c.host):
+        if query.webhook is not None and query.webhook not in webhook_names(conn, host):
             raise ApiError(404, "webhook_not_found",
-                           f"no webhook named {query.webhook} on {c.host}",
-                           {"webhook": query.webhook, "host": c.host})
-        docs = list_deliveries(conn, c.host, webhook=query.webhook, status=query.status,
+                           f"no webhook named {query.webhook} on {host or 'any host'}",
+                           {"webhook": query.webhook, "host": host or "*"})
+        docs = list_deliveries(conn, host, webhook=query.webhook, status=query.status,
                                event_id=query.event_id, since_ms=since, until_ms=until,
                                before_id=query.before_id, limit=query.limit)
     last = docs[-1]["id"] if len(docs) == query.limit else None

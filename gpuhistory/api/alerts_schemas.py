@@ -5,16 +5,17 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from gpuhistory.alerts.config import NAME_PATTERN
-from gpuhistory.api.schemas import Strict, TimeArg
+from gpuhistory.api.schemas import HostFilter, Strict, TimeArg
 
 Iso = str | None
 
 
 class WebhooksQuery(Strict):
-    """No arguments (an unknown one is a 400)."""
+    host: HostFilter | None = None
 
 
 class DeliveriesQuery(Strict):
+    host: HostFilter | None = None
     webhook: str | None = Field(None, pattern=NAME_PATTERN, description="one webhook's rows")
     status: str | None = Field(None, pattern="^(delivered|failed|rejected|gave_up)$")
     event_id: int | None = Field(None, ge=1, le=2**62, description="one event's attempts")
@@ -61,7 +62,7 @@ class Webhook(BaseModel):
 
 
 class WebhookList(BaseModel):
-    host: str
+    host: str = Field(description="the host asked for (* for every host)")
     count: int
     webhooks: list[Webhook]
 
@@ -69,6 +70,7 @@ class WebhookList(BaseModel):
 class Delivery(BaseModel):
     id: int
     webhook: str
+    host: str
     event_id: int
     kind: str | None
     gpu_id: int | None
