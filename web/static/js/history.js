@@ -35,6 +35,7 @@ class HistoryView {
     const until = Number(params.query.get("until"));
     this.zoom = since && until && since < until ? {since, until} : null;
     this.chart = null;
+    this.markers = [];
     this.config = null;
     this.loads = 0;
     this.timer = null;
@@ -161,15 +162,28 @@ class HistoryView {
     const span = {gpu_id: this.gpuId, since: iso(since), until: iso(until)};
     this.info.textContent = "Loading…";
     try {
-      const [config, answer, changes, grants] = await Promise.all([
+      const [config, answer] = await Promise.all([
         this.config ? Promise.resolve(this.config) : getJSON("/api/gpu/config"),
         getJSON("/api/gpu/metrics/history", {...span, points}),
+      ]);
+      if (token !== this.loads) return; // a newer request is on its way
+      // The marks are asked for once the buckets are in: they never hold the chart up.
+      const marks = Promise.all([
         getJSON("/api/gpu/events", {...span, kind: "state_change", limit: MARKER_LIMIT}),
         getJSON("/api/gpu/events", {...span, kind: "lease_granted", limit: MARKER_LIMIT}),
       ]);
-      if (token !== this.loads) return; // a newer request is on its way
       this.config = config;
-      this.draw(answer, since, until, changes.events, grants.events);
+      this.markers = [];
+      this.draw(answer, since, until);
+      this.describe(answer, since, until, null, null);
+      try {
+        const [changes, grants] = await marks;
+        if (token !== this.loads) return;
+        this.setMarks(changes.events, grants.events);
+        this.describe(answer, since, until, changes.events, grants.events);
+      } catch (error) {
+        if (token === this.loads) this.info.append(` · marks unavailable: ${error.message}`);
+      }
     } catch (error) {
       if (token !== this.loads) return;
       this.info.textContent = `Could not load the history: ${error.message}`;
@@ -180,7 +194,30 @@ class HistoryView {
     }
   }
 
-  draw(answer, since, until, changes, grants) {
+  setMarks(changes, grants) {
+    this.markers = [
+      ...changes.map((e) => ({t: parseTime(e.timestamp) / 1000, shape: "up",
+                              color: STATE_COLORS[e.payload.to] || "#374151"})),
+      ...grants.map((e) => ({t: parseTime(e.timestamp) / 1000, shape: "diamond",
+                             color: COLORS.lease})),
+    ];
+    this.chart?.redraw(false, false);
+    this.drawMarks(changes, grants);
+  }
+
+  describe(answer, since, until, changes, grants) {
+    const cut = (list) => (list.length >= MARKER_LIMIT ? ` (first ${MARKER_LIMIT})` : "");
+    replace(this.info,
+      `${dateTime(since)} → ${dateTime(until)} (${utcOffset(until)}) · resolution `,
+      h("strong", {}, answer.resolution), ` in ${duration(answer.bucket_seconds)} buckets · `,
+      `${num(answer.buckets.length)} points · `,
+      changes === null ? "marks loading"
+        : `${changes.length} state transitions${cut(changes)} · ` +
+          `${grants.length} lease grants${cut(grants)}`,
+      this.zoom ? " · zoomed" : "");
+  }
+
+  draw(answer, since, until) {
     const config = this.config.config;
     const totalMb = live.status?.gpus?.find((g) => g.gpu_id === this.gpuId)?.metrics
       ?.memory_total_mb ?? null;
@@ -220,12 +257,6 @@ class HistoryView {
     }
     const data = columns(answer.buckets, (b) => parseTime(b.timestamp) / 1000 + half,
                          accessors, answer.bucket_seconds * 2.5);
-    const markers = [
-      ...changes.map((e) => ({t: parseTime(e.timestamp) / 1000, shape: "up",
-                              color: STATE_COLORS[e.payload.to] || "#374151"})),
-      ...grants.map((e) => ({t: parseTime(e.timestamp) / 1000, shape: "diamond",
-                             color: COLORS.lease})),
-    ];
     const zones = temperatureZones(config);
     const status = live.status?.gpus?.find((g) => g.gpu_id === this.gpuId);
     const slowdown = status?.thresholds?.slowdown_temp_celsius ?? null;
@@ -257,20 +288,11 @@ class HistoryView {
         zonesPlugin(() => zones),
         linesPlugin(() => (slowdown === null ? [] : [
           {value: slowdown, label: `card slowdown ${slowdown} °C`, color: "#7f1d1d"}])),
-        markersPlugin(() => markers),
+        markersPlugin(() => this.markers),
       ],
     }, data);
-    const points = answer.buckets.length;
-    this.chartEl.dataset.points = String(points);
+    this.chartEl.dataset.points = String(answer.buckets.length);
     this.chartEl.dataset.resolution = answer.resolution;
-    const cut = (list) => (list.length >= MARKER_LIMIT ? ` (first ${MARKER_LIMIT})` : "");
-    replace(this.info,
-      `${dateTime(since)} → ${dateTime(until)} (${utcOffset(until)}) · resolution `,
-      h("strong", {}, answer.resolution), ` in ${duration(answer.bucket_seconds)} buckets · `,
-      `${num(points)} points · ${changes.length} state transitions${cut(changes)} · `,
-      `${grants.length} lease grants${cut(grants)}`,
-      this.zoom ? " · zoomed" : "");
-    this.drawMarks(changes, grants);
   }
 
   drawMarks(changes, grants) {

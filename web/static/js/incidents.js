@@ -24,8 +24,10 @@ export function mount(root, params) {
     history.replaceState(null, "", `#/incidents${query.size ? `?${query}` : ""}`);
   };
 
+  let stopped = false;
   const load = async () => {
     clearTimeout(timer);
+    if (stopped) return;
     const token = ++loads;
     try {
       const answer = await getJSON("/api/gpu/incidents", {...filters, limit: 500});
@@ -73,6 +75,7 @@ export function mount(root, params) {
     if (event.kind === "overheat" || event.kind === "resume") setTimeout(load, 11_000);
   });
   return () => {
+    stopped = true;
     off();
     clearTimeout(timer);
     loads += 1;
