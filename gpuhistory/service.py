@@ -270,7 +270,10 @@ class Service:
             self.scheduler.shutdown(wait=True)
         if self.alerts is not None:
             self.alerts.close()
-        self._event(EventKind.SERVICE_STOPPED, pid=os.getpid(), role=self.role)
+        try:  # a database refusing writes must not keep the rest from shutting down
+            self._event(EventKind.SERVICE_STOPPED, pid=os.getpid(), role=self.role)
+        except Exception:
+            log.exception("could not log service_stopped")
         if self.backend is not None:
             self.backend.close()
         self.engine.dispose()

@@ -195,6 +195,25 @@ def test_hung_hardware_read_keeps_the_facts_gathered_and_marks_the_gpu(make_back
     assert [f.index for f in backend.read_hardware()] == [0, 1, 2, 3]
 
 
+def test_hang_in_the_hardware_part_of_a_combined_read_keeps_the_readings(
+    make_backend,
+) -> None:
+    """read_with_hardware (one hand-off for a tick's readings and facts): a hang while
+    listing GPU 2's processes leaves every reading whole and the facts gathered before it;
+    GPU 2 is hung from the next read on, until the call returns."""
+    nvml = scenario("four_h100")
+    backend = make_backend(nvml)
+    backend.read()
+    release = nvml.hang(2, "nvmlDeviceGetComputeRunningProcesses_v3")
+    readings, facts, error = backend.read_with_hardware()
+    assert [r.available for r in readings] == [True] * 4 and error is None
+    assert [f.index for f in facts] == [0, 1]
+    assert [r.available for r in backend.read()] == [True, True, False, True]
+    release.set()
+    eventually(lambda: all(r.available for r in backend.read()))
+    assert [f.index for f in backend.read_with_hardware()[1]] == [0, 1, 2, 3]
+
+
 def test_hung_event_set_disables_xid_events_not_sampling(make_backend,
                                                          monkeypatch) -> None:
     """Waiting on the XID event set hangs: XIDs are given up (health says so), GPUs and

@@ -44,7 +44,9 @@ class HardwareSource(Protocol):
     (None where the list cannot be read), the cumulative throttle-time counters (None where
     unsupported) and the XID errors that arrived since the last call. The sampler calls it
     every ``hardware_every`` ticks; an exception from it is logged and reported, and never
-    fails the tick.
+    fails the tick. A backend may also offer ``read_with_hardware()`` returning
+    ``(readings, facts, error)``: both in one go (the NVML backend: one hand-off to its
+    worker thread instead of two), which the sampler then prefers.
     """
 
     def read_hardware(self) -> list[HardwareFacts]: ...

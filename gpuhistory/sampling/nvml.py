@@ -220,29 +220,45 @@ class NvmlBackend:
     # -- the Backend interface -------------------------------------------------------------
     def read(self) -> list[Reading]:
         """One reading per GPU; a failing or hung GPU is unavailable, the others are read."""
+        return self._read(hardware=False)[0]
+
+    def read_with_hardware(self) -> tuple[list[Reading], list[HardwareFacts], str | None]:
+        """``read`` and ``read_hardware`` in one hand-off to the worker (what a tick that is
+        due for hardware facts costs): the readings, the facts, and why the facts could not
+        be read (None when they could)."""
+        return self._read(hardware=True)
+
+    def _read(self, hardware: bool) -> tuple[list[Reading], list[HardwareFacts], str | None]:
         with self._lock:
             if self._init_job is not None:
-                return self._init_hung_readings()
+                return self._init_hung_readings(), [], None
             results: dict[int, Reading] = {}
+            facts: dict[int, HardwareFacts] | None = {} if hardware else None
+            failure: list[str] = []
             pending: list[int] | None = None  # None: every GPU, once init has enumerated them
             while True:
                 try:
-                    if not self._call(lambda job, todo=pending: self._read_job(job, todo,
-                                                                               results)):
+                    if not self._call(lambda job, todo=pending, more=facts: self._read_job(
+                            job, todo, results, more, failure)):
                         return [self._unavailable(gpu, self._init_error or "NVML not initialised")
-                                for gpu in self._gpus]
+                                for gpu in self._gpus], [], None
                     break
                 except CallTimedOut as exc:
                     if exc.job.where == INIT:
-                        return self._init_hung_readings()
+                        return self._init_hung_readings(), [], None
                     with self._commit:  # read the rest with a fresh worker
                         pending = [i for i in range(len(self._gpus))
                                    if i not in results and i not in self._hung]
+                    if not pending:  # it hung in the hardware part: the readings are whole
+                        break
+                    facts = None  # no hardware facts after a hang in this read
             readings = [results.get(i) or self._unavailable(gpu, self._hung.get(
                 i, "not read")) for i, gpu in enumerate(self._gpus)]
             if self._session_lost:  # NVML was shut down under us (another user's nvmlShutdown)
                 self._initialised = self._session_lost = False  # the next read inits again
-            return readings
+            with self._commit:
+                gathered = [] if facts is None else [facts[i] for i in sorted(facts)]
+            return readings, gathered, failure[0] if failure else None
 
     def identities(self) -> list[GpuIdentity]:
         """The GPUs known now (also while they are unavailable), with their identity facts."""
@@ -384,9 +400,12 @@ class NvmlBackend:
         with contextlib.suppress(Exception):
             self.nvml.nvmlShutdown()
 
-    def _read_job(self, job: Job, pending: list[int] | None,
-                  results: dict[int, Reading]) -> bool:
-        """On the worker: init if needed, then read the GPUs in ``pending`` (None: all)."""
+    def _read_job(self, job: Job, pending: list[int] | None, results: dict[int, Reading],
+                  facts: dict[int, HardwareFacts] | None = None,
+                  failure: list[str] | None = None) -> bool:
+        """On the worker: init if needed, read the GPUs in ``pending`` (None: all), then
+        their hardware facts into ``facts`` (unless None; a surprise there goes into
+        ``failure`` and leaves the readings whole)."""
         job.where = INIT
         if not self._ensure_init():
             return False
@@ -407,6 +426,14 @@ class NvmlBackend:
                 job.where = None
                 self._gpus[i] = gpu
                 results[i] = reading
+        if facts is not None:
+            try:
+                self._hardware_job(job, facts)
+            except Exception as exc:  # facts are optional: never sink the readings
+                log.exception("reading hardware facts failed")
+                facts.clear()
+                if failure is not None:
+                    failure.append(f"{type(exc).__name__}: {exc}")
         return True
 
     # -- init --------------------------------------------------------------------------------
@@ -604,8 +631,11 @@ class NvmlBackend:
 
     def _hardware_job(self, job: Job, facts: dict[int, HardwareFacts]) -> None:
         """On the worker: the hardware facts of every GPU that is not hung, into ``facts``."""
-        job.where = INIT
-        if not self._ensure_init() or not self._step(job, EVENTS):
+        if not self._initialised:
+            job.where = INIT
+            if not self._ensure_init():
+                return
+        if not self._step(job, EVENTS):
             return
         self._ensure_event_set()
         for gpu in list(self._gpus):

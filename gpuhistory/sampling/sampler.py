@@ -33,6 +33,7 @@ from gpuhistory.callbacks import CallbackRegistry, Event, make_event
 from gpuhistory.clock import Clock, SystemClock, iso_utc
 from gpuhistory.domain.events import EventDraft, EventKind
 from gpuhistory.domain.metrics import GPUMetrics
+from gpuhistory.domain.reading import Reading
 from gpuhistory.sampling.backend import Backend, HardwareSource
 from gpuhistory.sampling.clockwatch import ClockWatch
 from gpuhistory.sampling.hardware import HardwareChanges, HardwareFacts
@@ -100,8 +101,7 @@ class Sampler:
         can take it: see the module's docstring). A storage fault never raises here."""
         with self._tick_lock:
             started = time.perf_counter()
-            readings = self.backend.read()
-            facts = self._read_hardware()
+            readings, facts = self._read()
             ts_ms = self.clock.now_ms()
             try:
                 record = self.pipeline.process(
@@ -163,21 +163,34 @@ class Sampler:
             with self._tick_lock:
                 self.pipeline.resync(self.clock.now_ms())
 
-    def _read_hardware(self) -> list[HardwareFacts] | None:
-        """This tick's hardware facts, when due and the backend has them; never raises."""
+    def _read(self) -> tuple[list[Reading], list[HardwareFacts] | None]:
+        """This tick's readings, and its hardware facts when due (None: not due, or the
+        hardware read failed). A backend that can read both in one go does."""
         if not isinstance(self.backend, HardwareSource):
-            return None
+            return self.backend.read(), None
         every = self.hardware_every or default_hardware_every(self.interval)
         due = self._ticks % every == 0
         self._ticks += 1
         if not due:
-            return None
+            return self.backend.read(), None
+        both = getattr(self.backend, "read_with_hardware", None)
+        if both is not None:
+            readings, facts, error = both()
+            return readings, self._hardware_read(facts, error)
+        readings = self.backend.read()
         try:
             facts = self.backend.read_hardware()
         except Exception as exc:  # a hardware read never fails the tick
+            return readings, self._hardware_read(None, f"{type(exc).__name__}: {exc}")
+        return readings, self._hardware_read(facts, None)
+
+    def _hardware_read(self, facts: list[HardwareFacts] | None,
+                       error: str | None) -> list[HardwareFacts] | None:
+        """Note how the hardware read went; the facts, or None when it failed."""
+        if error is not None:
             if self.hardware_error is None:
-                log.exception("reading hardware facts failed")
-            self.hardware_error = f"{type(exc).__name__}: {exc}"
+                log.error("reading hardware facts failed: %s", error)
+            self.hardware_error = error
             return None
         if self.hardware_error is not None:
             log.info("hardware facts read again (after: %s)", self.hardware_error)
