@@ -305,6 +305,7 @@ def test_narrow_window_and_keyboard(app, page: Page) -> None:
     expect(page.tab.locator(".chart")).to_have_attribute("data-resolution", "raw")
     overflow = page.tab.evaluate("document.documentElement.scrollWidth - window.innerWidth")
     assert overflow <= 0
+    page.tab.screenshot(path=str(SCREENSHOTS / "history-narrow.png"), full_page=True)
     assert page.errors == []
 
 

@@ -62,6 +62,7 @@ export function zonesPlugin(getZones, scale = "temp") {
       const ratio = uPlot.pxRatio;
       ctx.save();
       ctx.font = `${11 * ratio}px system-ui, sans-serif`;
+      ctx.textAlign = "left"; // uPlot leaves the last axis's alignment set
       ctx.textBaseline = "bottom";
       for (const zone of visible(u)) {
         if (zone.yLow - zone.yHigh <= 12 * ratio) continue;

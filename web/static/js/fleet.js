@@ -41,7 +41,6 @@ class Card {
         field("Power", "power"),
         field("Clocks", "clocks"),
         field("Fan", "fan")),
-      h("div", {class: "bar", "aria-hidden": "true"}, this.memoryFill),
       h("div", {class: "reasons"}, h("span", {class: "label"}, "Hardware reasons"), this.reasons),
       this.advice,
       h("div", {class: "spark-wrap"},
@@ -49,6 +48,9 @@ class Card {
       h("footer", {class: "card-foot"},
         h("a", {href: `#/history/${gpu.gpu_id}`}, `History of GPU ${gpu.gpu_id}`),
         this.updated));
+    this.memoryText = h("span", {}, "—");
+    replace(this.memory, this.memoryText,
+            h("span", {class: "bar", "aria-hidden": "true"}, this.memoryFill));
   }
 
   async loadSpark() {
@@ -112,7 +114,7 @@ class Card {
     this.temperature.textContent = withUnit(m.temperature_celsius, "°C") +
       (m.memory_temperature_celsius !== null && m.memory_temperature_celsius !== undefined
         ? ` (memory ${m.memory_temperature_celsius} °C)` : "");
-    this.memory.textContent = m.memory_used_mb === null || m.memory_used_mb === undefined ? "—"
+    this.memoryText.textContent = m.memory_used_mb === null || m.memory_used_mb === undefined ? "—"
       : `${num(m.memory_used_mb)} / ${num(m.memory_total_mb)} MiB (${num(m.memory_percent, 1)} %)`;
     this.memoryFill.style.width = `${Math.min(100, m.memory_percent || 0)}%`;
     this.load.textContent = withUnit(m.load_percent, "%");

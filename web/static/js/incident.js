@@ -107,6 +107,7 @@ function rowLabels(rows) {
     const {ctx} = u;
     ctx.save();
     ctx.font = `${11 * uPlot.pxRatio}px system-ui, sans-serif`;
+    ctx.textAlign = "left";
     ctx.textBaseline = "bottom";
     rows.forEach((row, index) => {
       const y = u.valToPos(index, "row", true) - 7 * uPlot.pxRatio;
