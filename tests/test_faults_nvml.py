@@ -386,7 +386,8 @@ def test_scheduler_keeps_sampling_after_the_wall_clock_steps_back(
 def test_fault_after_fault_the_service_degrades_and_recovers(
     make_backend, engine, clock, live_api,
 ) -> None:
-    """One GPU lost, an NVML error, a hang, garbage values, NVML init failing: after each,
+    """A field not supported (no fault), then one GPU lost, NVML TIMEOUT and UNKNOWN errors,
+    a hang, garbage values, NVML init failing: after each,
     /healthz and /api/system/status say degraded with the reason while the other GPUs keep
     their samples, and say ok again once the fault clears."""
     nvml = scenario("four_h100")
@@ -418,10 +419,16 @@ def test_fault_after_fault_the_service_degrades_and_recovers(
 
     tick()
     assert health() == ("ok", [])
+    nvml.devices[1].errors["nvmlDeviceGetPowerUsage"] = FakeNvml.NVML_ERROR_NOT_SUPPORTED
+    tick()  # a field the card does not have is no fault: NULL, and health stays ok
+    assert health() == ("ok", []) and samples(engine, 1, "power_dw")[-1] is None
     fault(lambda: nvml.lose(2), lambda: nvml.recover(2), "GPU 2 unavailable: GPU is lost")
     errors = nvml.devices[1].errors
     fault(lambda: errors.update(nvmlDeviceGetUtilizationRates=FakeNvml.NVML_ERROR_TIMEOUT),
           lambda: errors.pop("nvmlDeviceGetUtilizationRates"), "GPU 1 unavailable: Timeout")
+    errors = nvml.devices[3].errors
+    fault(lambda: errors.update(nvmlDeviceGetTemperature=FakeNvml.NVML_ERROR_UNKNOWN),
+          lambda: errors.pop("nvmlDeviceGetTemperature"), "GPU 3 unavailable: Unknown Error")
     release: list = []
     fault(lambda: release.append(nvml.hang(0, "nvmlDeviceGetPerformanceState")),
           lambda: release[0].set(), "GPU 0 unavailable: NVML did not answer")
@@ -434,6 +441,6 @@ def test_fault_after_fault_the_service_degrades_and_recovers(
         nvml.fail_init(FakeNvml.NVML_ERROR_DRIVER_NOT_LOADED, times=2)
 
     fault(init_fails, lambda: clock.advance(5), "backend nvml: NVML init failed", one_gpu=False)
-    assert [i for i, _ in events(engine, "gpu_lost")][:3] == [2, 1, 0]
-    assert len(events(engine, "gpu_found")) >= 3
+    assert [i for i, _ in events(engine, "gpu_lost")][:4] == [2, 1, 3, 0]
+    assert len(events(engine, "gpu_found")) >= 4
     assert len(events(engine, "reading_invalid")) == 1
