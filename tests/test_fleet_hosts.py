@@ -12,7 +12,9 @@ from typing import Any
 import pytest
 import requests
 import sqlalchemy as sa
+from click.testing import CliRunner
 
+from gpuhistory.cli.main import cli
 from tests.conftest import FLEET4, H100_BURN
 from tests.test_roles import poll, stop
 from tests.test_serve import free_port, gpuhistory, wait_ready
@@ -121,15 +123,30 @@ def test_three_samplers_one_api_one_database(fresh_postgres_url: str) -> None:
         assert get("/api/gpu/memory/available", host="node-a",
                    gpu_id=0).json()["available_mb"] == 0  # node-a's lease of that id stays
 
-        # The CLI reads the same fleet from the database and through the API.
-        from_db = subprocess.run(gpuhistory("status", "--db", url, "--host", "*", "--json"),
-                                 capture_output=True, text=True, timeout=60)
-        assert from_db.returncode == 0, from_db.stderr
-        assert sorted({g["host"] for g in json.loads(from_db.stdout)["gpus"]}) == sorted(HOSTS)
-        from_api = subprocess.run(gpuhistory("status", "--url", base, "--host", "node-b"),
-                                  capture_output=True, text=True, timeout=60)
-        assert from_api.returncode == 0, from_api.stderr
-        assert "h100_burn" in from_api.stdout and "fleet4" not in from_api.stdout
+        # The CLI reads the same fleet from the database and through the API, and leases
+        # on a named host.
+        runner = CliRunner()
+        from_db = runner.invoke(cli, ["status", "--db", url, "--host", "*", "--json"])
+        assert from_db.exit_code == 0, from_db.output
+        assert sorted({g["host"] for g in json.loads(from_db.output)["gpus"]}) == sorted(HOSTS)
+        table = runner.invoke(cli, ["status", "--db", url, "--host", "*"]).output
+        assert table.startswith("HOST") and table.count("node-c") == 3
+        from_api = runner.invoke(cli, ["status", "--url", base, "--host", "node-b"])
+        assert from_api.exit_code == 0, from_api.output
+        assert "h100_burn" in from_api.output and "fleet4" not in from_api.output
+        acquired = runner.invoke(cli, ["lease", "acquire", "--url", base, "--host", "node-c",
+                                       "--gpu-id", "2", "--memory-mb", "512", "--json"])
+        assert acquired.exit_code == 0, acquired.output
+        assert json.loads(acquired.output)["host"] == "node-c"
+        every = runner.invoke(cli, ["lease", "list", "--url", base, "--host", "*", "--json"])
+        assert sorted(x["host"] for x in json.loads(every.output)["leases"]) == [
+            "node-a", "node-b", "node-c"]
+        only_c = runner.invoke(cli, ["lease", "list", "--url", base, "--host", "node-c",
+                                     "--json"])
+        assert [x["gpu_id"] for x in json.loads(only_c.output)["leases"]] == [2]
+        none_on_z = runner.invoke(cli, ["incidents", "--url", base, "--host", "node-z",
+                                        "--json"])
+        assert none_on_z.exit_code == 0 and json.loads(none_on_z.output)["count"] == 0
     finally:
         stderrs = [stop(proc) for proc in reversed(procs)]
     for proc, stderr in zip(reversed(procs), stderrs, strict=True):
