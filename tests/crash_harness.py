@@ -232,13 +232,15 @@ class Server:
             env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
     def wait_ready(self) -> None:
-        """Until /healthz answers with a tick of this process (polling, bounded)."""
+        """Until /healthz answers with a tick of this process that reached the log (polling,
+        bounded)."""
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise HarnessFailure(f"serve exited with {self.proc.returncode} at start")
             try:
-                if requests.get(f"{self.url}/healthz", timeout=2).json().get("last_tick"):
+                tick = requests.get(f"{self.url}/healthz", timeout=2).json().get("last_tick")
+                if tick and not tick["error"]:
                     return
             except (requests.RequestException, ValueError):
                 pass

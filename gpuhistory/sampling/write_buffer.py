@@ -7,9 +7,9 @@ At most ``capacity`` ticks are kept; past that the oldest is dropped — its sam
 throttle-counter rows are lost, while its transitions, events and process rows are kept
 and written first once the log takes writes again, so the state log and the post-mortems
 stay whole. (Those kept rows are bounded too; past that bound they are dropped and the
-sampler rebuilds its classification state from the log.) While ticks wait, retries wait
-at most ``retry_busy_ms`` for a lock, so one outage does not stall every tick for the full
-busy timeout.
+sampler rebuilds its classification state from the log.) A retry waits for a lock as
+long as any write does (the busy timeout): a shorter wait lost the lock, tick after tick,
+to lease writers polling for it on a busy machine, and the log never caught up.
 
 A tick that fails for any other reason can never be written (a conflict, a bug): it is
 dropped at once, with the error logged, so it cannot block the ticks behind it.
@@ -30,7 +30,6 @@ from gpuhistory.storage.log import LogStore, TickRecord
 log = logging.getLogger(__name__)
 
 STORAGE_ERRORS = (sa.exc.OperationalError, sa.exc.TimeoutError)  # retryable: keep the tick
-RETRY_BUSY_MS = 250
 CARRIED_ROWS_PER_TICK = 64  # carried rows allowed per tick of capacity (and at least 4096)
 
 
@@ -78,11 +77,9 @@ def _tick_ms(record: TickRecord) -> int | None:
 class WriteBuffer:
     """The sampler's path to the log: write now, or keep and retry in order."""
 
-    def __init__(self, store: LogStore, capacity: Callable[[], int] | int = 300,
-                 retry_busy_ms: int = RETRY_BUSY_MS) -> None:
+    def __init__(self, store: LogStore, capacity: Callable[[], int] | int = 300) -> None:
         self.store = store
         self._capacity = capacity
-        self.retry_busy_ms = retry_busy_ms
         self._pending: deque[TickRecord] = deque()
         # Rows of dropped ticks that must survive; written before the ticks still waiting.
         self._carried: TickRecord | None = None
@@ -113,8 +110,7 @@ class WriteBuffer:
         while self._carried is not None or self._pending:
             record = self._carried if self._carried is not None else self._pending[0]
             try:
-                ids = (self.store.write(record) if self.outage is None
-                       else self.store.write(record, busy_timeout_ms=self.retry_busy_ms))
+                ids = self.store.write(record)
             except STORAGE_ERRORS as exc:
                 if getattr(exc, "connection_invalidated", False) and not retried:
                     retried = True  # a stale connection (opened read-only) was discarded:
@@ -150,7 +146,8 @@ class WriteBuffer:
         """A tick that could not even be classified (its ``gpus`` row could not be
         written): nothing to keep, but it counts as dropped in the outage."""
         self._failed(error, ts_ms)
-        self._note_dropped(ts_ms)
+        log.error("a tick is lost: a GPU could not be registered (%s)", error)
+        self._note_dropped(ts_ms, full=False)
 
     # -- internals -----------------------------------------------------------------------
     def _take(self, record: TickRecord) -> None:
@@ -185,12 +182,12 @@ class WriteBuffer:
             elif self.outage is not None:
                 self.outage.state_lost = True
 
-    def _note_dropped(self, ts_ms: int | None) -> None:
+    def _note_dropped(self, ts_ms: int | None, full: bool = True) -> None:
         self.dropped_total += 1
         outage = self.outage
         if outage is None:
             return
-        if outage.dropped == 0:
+        if outage.dropped == 0 and full:
             log.error("write buffer full (%d tick(s)): dropping the oldest", self.capacity)
         outage.dropped += 1
         if ts_ms is not None:

@@ -141,27 +141,26 @@ class LogStore:
             known = self._gpu_ids.get(identity.uuid)
             if known is not None and self._gpu_facts.get(known) == facts:
                 return known
+        values = {
+            "gpu_index": identity.index, "name": identity.name,
+            "memory_total_mib": identity.memory_total_mib,
+            "power_limit_w": identity.power_limit_w,
+            "slowdown_temp_c": identity.slowdown_temp_c,
+            "shutdown_temp_c": identity.shutdown_temp_c, "backend": backend,
+            "last_seen_ms": ts_ms,
+        }
+        mine = (gpus.c.host == self.host, gpus.c.uuid == identity.uuid)
         with self.engine.begin() as conn:
-            row = conn.execute(
-                sa.select(gpus.c.id).where(gpus.c.host == self.host,
-                                           gpus.c.uuid == identity.uuid)
-            ).first()
-            values = {
-                "gpu_index": identity.index, "name": identity.name,
-                "memory_total_mib": identity.memory_total_mib,
-                "power_limit_w": identity.power_limit_w,
-                "slowdown_temp_c": identity.slowdown_temp_c,
-                "shutdown_temp_c": identity.shutdown_temp_c, "backend": backend,
-                "last_seen_ms": ts_ms,
-            }
-            if row is None:
+            # Write first, then read: on SQLite a transaction that reads and then writes
+            # fails at once ("database is locked", no waiting) when another connection
+            # wrote in between; one that starts with a write waits for the lock instead.
+            if conn.execute(gpus.update().where(*mine).values(**values)).rowcount:
+                gpu_id = conn.execute(sa.select(gpus.c.id).where(*mine)).scalar_one()
+            else:
                 gpu_id = conn.execute(
                     gpus.insert().values(host=self.host, uuid=identity.uuid,
                                          first_seen_ms=ts_ms, **values)
                 ).inserted_primary_key[0]
-            else:
-                gpu_id = row[0]
-                conn.execute(gpus.update().where(gpus.c.id == gpu_id).values(**values))
         with self._lock:
             self._gpu_ids[identity.uuid] = gpu_id
             self._gpu_facts[gpu_id] = facts
@@ -177,30 +176,16 @@ class LogStore:
             return list(conn.execute(query.order_by(gpus.c.gpu_index, gpus.c.id)))
 
     # -- writes ------------------------------------------------------------------------
-    def write(self, record: TickRecord, conn: sa.Connection | None = None,
-              busy_timeout_ms: int | None = None) -> list[int]:
+    def write(self, record: TickRecord, conn: sa.Connection | None = None) -> list[int]:
         """Append a tick's rows in one transaction; returns the new event ids in order.
 
-        With ``conn`` the rows join the caller's transaction. ``busy_timeout_ms`` (SQLite)
-        bounds the wait for another writer's lock for this write alone.
+        With ``conn`` the rows join the caller's transaction.
         """
         if conn is not None:
             return self._write(conn, record)
-        with self.engine.connect() as own:
-            usual = None
-            if busy_timeout_ms is not None and own.dialect.name == "sqlite":
-                # On the driver's connection: a statement through SQLAlchemy would begin.
-                raw = own.connection.driver_connection
-                usual = raw.execute("PRAGMA busy_timeout").fetchone()[0]
-                raw.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-            try:
-                with own.begin():
-                    ids = self._write(own, record)
-                    seen = self._touch_last_seen(own, record)
-            finally:
-                if usual is not None and not own.invalidated:
-                    own.connection.driver_connection.execute(
-                        f"PRAGMA busy_timeout = {int(usual)}")
+        with self.engine.begin() as own:
+            ids = self._write(own, record)
+            seen = self._touch_last_seen(own, record)
         self._last_seen_written.update(seen)  # only once committed
         return ids
 
