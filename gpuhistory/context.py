@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -33,3 +34,10 @@ class ServiceContext:
     leases: LeaseManager | None = None
     api_token: str | None = None  # GPUHISTORY_TOKEN: guards every mutating endpoint
     stream_seconds: float = 300.0  # how long one event-stream response lasts
+    # Each open event stream holds one HTTP worker thread; half of them at most, so open
+    # dashboards can never starve the API (``serve --threads 8`` → 4 streams).
+    max_streams: int = 4
+    streams: threading.BoundedSemaphore = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.streams = threading.BoundedSemaphore(max(1, self.max_streams))

@@ -130,7 +130,7 @@ class Service:
             self.context = ServiceContext(
                 engine=self.engine, host=self.host, clock=self.clock, config=self.config,
                 sampler=self.sampler, config_store=self.config, leases=self.leases,
-                api_token=settings.api_token,
+                api_token=settings.api_token, max_streams=max(1, settings.threads // 2),
             )
             self.app = create_app(self.context)
         self._server: Any = None

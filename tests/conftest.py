@@ -291,7 +291,8 @@ class App:
         self.context = ServiceContext(engine=engine, host="testhost", clock=clock,
                                       config=self.config, sampler=self.sampler,
                                       config_store=self.config, leases=self.leases,
-                                      api_token=token, stream_seconds=stream_seconds)
+                                      api_token=token, stream_seconds=stream_seconds,
+                                      max_streams=2)  # half of LiveServer's 4 threads
         self.sampler.tick()
         self.server = LiveServer(create_app(self.context))
         self.url = self.server.url

@@ -74,3 +74,22 @@ def test_bad_last_event_id_is_400(app) -> None:
     response = requests.get(f"{app.url}/api/gpu/events/stream",
                             headers={"Last-Event-ID": "abc"}, timeout=5)
     assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_argument"
+
+
+def test_streams_beyond_half_the_threads_are_429_and_reads_still_answer(app) -> None:
+    """Open streams hold worker threads: past the cap a stream is refused (429), and the
+    threads left keep answering the API."""
+    url = f"{app.url}/api/gpu/events/stream"
+    held = [requests.get(url, stream=True, timeout=10) for _ in range(2)]
+    try:
+        for response in held:
+            assert response.status_code == 200
+        refused = requests.get(url, timeout=5)
+        assert refused.status_code == 429
+        assert refused.json()["error"]["code"] == "too_many_streams"
+        assert refused.json()["error"]["details"]["max_streams"] == 2
+        status = requests.get(f"{app.url}/api/gpu/status/all", timeout=5)
+        assert status.status_code == 200
+    finally:
+        for response in held:
+            response.close()

@@ -7,7 +7,6 @@ by every EventSource on reconnect) or ``since_id`` to resume the stream where it
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -26,9 +25,9 @@ from gpuhistory.storage.schema import events, gpus
 bp = APIBlueprint("events", __name__, url_prefix="/api/gpu", abp_tags=[Tag(name="events")])
 
 POLL_SECONDS = 0.5
-HEARTBEAT_SECONDS = 15.0
-MAX_STREAMS = 16
-_streams = threading.BoundedSemaphore(MAX_STREAMS)
+# A departed client is noticed only when a write fails: a short heartbeat frees its
+# worker thread within seconds.
+HEARTBEAT_SECONDS = 5.0
 
 
 def _select(since_id: int, kind: str | None, gpu_id: int | None, limit: int,
@@ -101,9 +100,12 @@ def stream_events(query: StreamQuery) -> View:
     """
     c = ctx()
     cursor = _cursor(query)
-    if not _streams.acquire(blocking=False):
+    streams = c.streams
+    if not streams.acquire(blocking=False):
         raise ApiError(429, "too_many_streams",
-                       f"at most {MAX_STREAMS} event streams at once; poll /api/gpu/events")
+                       f"at most {c.max_streams} event streams at once (half the HTTP "
+                       "threads); poll /api/gpu/events",
+                       {"max_streams": c.max_streams})
     engine, lifetime = c.engine, c.stream_seconds
     kind, gpu_id = query.kind, query.gpu_id
 
@@ -125,7 +127,7 @@ def stream_events(query: StreamQuery) -> View:
                         last_sent = time.monotonic()
                     time.sleep(POLL_SECONDS)
         finally:
-            _streams.release()
+            streams.release()
 
     return Response(stream_with_context(generate()), mimetype="text/event-stream",
                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
