@@ -35,6 +35,10 @@ LAST_SEEN_EVERY_MS = 60_000
 # per-row parameter processing (construct_params) costs ~5 µs a row, the insert itself ~2.
 _SQLITE_INSERT_SAMPLES = str(samples.insert().compile(dialect=sqlite.dialect()))
 _sample_values = itemgetter(*(c.name for c in samples.columns))
+# PostgreSQL bulk path (imports, catch-up of buffered ticks): COPY on the transaction's own
+# connection, ~3.5x an INSERT executemany; a tick's few rows stay an INSERT.
+COPY_FROM_ROWS = 1000
+_PG_COPY_SAMPLES = f"COPY samples ({', '.join(c.name for c in samples.columns)}) FROM STDIN"
 
 # A running process's row, addressed by (gpu, pid): at most one row per pair is running.
 # The SET clause comes from the parameters' column keys (name, used_memory_mib, ...).
@@ -120,6 +124,24 @@ def event_row(gpu_id: int | None, draft: EventDraft) -> dict[str, Any]:
             "payload": draft.payload}
 
 
+def _copy_samples(conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
+    """COPY ``rows`` into samples on ``conn``'s psycopg connection, inside its transaction;
+    a failure is raised as SQLAlchemy raises it (IntegrityError for a duplicate, ...)."""
+    dbapi = conn.dialect.loaded_dbapi
+    try:
+        with conn.connection.driver_connection.cursor() as cursor, \
+                cursor.copy(_PG_COPY_SAMPLES) as copy:
+            for row in map(_sample_values, rows):
+                copy.write_row(row)
+    except dbapi.Error as exc:
+        lost = conn.dialect.is_disconnect(exc, conn.connection.dbapi_connection, None)
+        if lost:
+            conn.invalidate(exc)
+        raise sa.exc.DBAPIError.instance(_PG_COPY_SAMPLES, None, exc, dbapi.Error,
+                                         connection_invalidated=lost,
+                                         dialect=conn.dialect) from exc
+
+
 class LogStore:
     """Writes to the log for one host. Thread-safe; one instance per process and engine."""
 
@@ -194,6 +216,8 @@ class LogStore:
             if conn.dialect.name == "sqlite":
                 conn.exec_driver_sql(_SQLITE_INSERT_SAMPLES,
                                      list(map(_sample_values, record.samples)))
+            elif conn.dialect.name == "postgresql" and len(record.samples) >= COPY_FROM_ROWS:
+                _copy_samples(conn, record.samples)
             else:
                 conn.execute(samples.insert(), record.samples)
         if record.transitions:
