@@ -49,6 +49,17 @@ def iso_utc(ms: int | None) -> str | None:
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
 
 
+MAX_TIME_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the last time ISO-8601 writes
+
+
+def parse_log_time(text: str) -> int:
+    """``parse_time`` limited to what the log can hold and answers can print: 1970 to 9999."""
+    ms = parse_time(text)
+    if not 0 <= ms <= MAX_TIME_MS:
+        raise ValueError(f"{text!r} is outside 1970-01-01T00:00:00Z … 9999-12-31T23:59:59Z")
+    return ms
+
+
 def parse_time(text: str) -> int:
     """Epoch seconds (int or float) or ISO-8601 (naive means UTC) → epoch milliseconds."""
     text = text.strip()

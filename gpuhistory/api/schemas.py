@@ -18,11 +18,10 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from gpuhistory.clock import parse_time
+from gpuhistory.clock import MAX_TIME_MS, parse_time
 
 MAX_GPU_INDEX = 1023
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@/+-]{0,127}$"
-MAX_TIME_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the last time ISO-8601 writes
 
 
 def _to_ms(value: str) -> int:

@@ -16,7 +16,8 @@ from typing import Any
 import click
 
 from gpuhistory.cli.hosts import host_option, local_host, server_host
-from gpuhistory.clock import SystemClock, parse_time
+from gpuhistory.cli.times import time_value
+from gpuhistory.clock import SystemClock
 
 # As in gpuhistory.analytics.history (not imported here, so the CLI starts without
 # SQLAlchemy; tests/test_history.py checks they agree).
@@ -31,14 +32,6 @@ CSV_FIELDS = ("timestamp", "samples", "temperature_min", "temperature_avg", "tem
 EXIT_NOT_FOUND = 3
 
 
-def _time(_ctx: click.Context, _param: click.Parameter, value: str | None) -> int | None:
-    if value is None:
-        return None
-    try:
-        return parse_time(value)
-    except (ValueError, OverflowError):
-        raise click.BadParameter("use ISO-8601 (2026-11-26T03:12:00Z) or epoch seconds") \
-            from None
 
 
 def _cell(value: Any, unit: str = "") -> str:
@@ -128,9 +121,9 @@ def _from_db(db: str | None, host_name: str | None, gpu_id: int, since: int | No
                    "data dir).")
 @click.option("--gpu-id", default=0, show_default=True, type=click.IntRange(0, 1023),
               help="The GPU's index on the host.")
-@click.option("--since", callback=_time,
+@click.option("--since", callback=time_value,
               help="Start (ISO-8601 or epoch seconds; default: an hour before --until).")
-@click.option("--until", callback=_time, help="End (default: now).")
+@click.option("--until", callback=time_value, help="End (default: now).")
 @click.option("--resolution", type=click.Choice(RESOLUTIONS), default="auto",
               show_default=True,
               help="Source: raw samples, 1m or 1h rollups, or auto (the coarsest that still "

@@ -21,21 +21,14 @@ from typing import Any, TypeVar
 import click
 
 from gpuhistory.cli.hosts import host_option, local_host, server_host
-from gpuhistory.clock import SystemClock, parse_time
+from gpuhistory.cli.times import time_value
+from gpuhistory.clock import SystemClock
 
 F = TypeVar("F", bound=Callable[..., Any])
 EXIT_NOT_FOUND = 3
 SERVER_MAX_SAMPLES = 100_000
 
 
-def _time(_ctx: click.Context, _param: click.Parameter, value: str | None) -> int | None:
-    if value is None:
-        return None
-    try:
-        return parse_time(value)
-    except (ValueError, OverflowError):
-        raise click.BadParameter("use ISO-8601 (2026-11-26T03:12:00Z) or epoch seconds") \
-            from None
 
 
 def source_options(fn: F) -> F:
@@ -97,8 +90,10 @@ def _client(url: str) -> Any:
 @click.group(invoke_without_command=True)
 @source_options
 @click.option("--gpu-id", type=click.IntRange(0, 1023), help="One GPU (default: all).")
-@click.option("--since", callback=_time, help="Incidents still going on at or after this time.")
-@click.option("--until", callback=_time, help="Incidents that started at or before this time.")
+@click.option("--since", callback=time_value,
+              help="Incidents still going on at or after this time.")
+@click.option("--until", callback=time_value,
+              help="Incidents that started at or before this time.")
 @click.option("--severity", type=click.Choice(["overheat", "severe"]),
               help="Only incidents of this severity.")
 @click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 10_000),

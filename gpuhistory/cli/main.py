@@ -20,7 +20,8 @@ from gpuhistory.cli.history import history
 from gpuhistory.cli.hosts import ALL_HOSTS, host_option, local_host, server_host
 from gpuhistory.cli.incidents import incidents
 from gpuhistory.cli.lease import lease
-from gpuhistory.clock import SystemClock, parse_time
+from gpuhistory.cli.times import time_value
+from gpuhistory.clock import SystemClock
 
 DB_HELP = "Database: a SQLite file path or a SQLAlchemy URL (default: the user's data dir)."
 
@@ -29,14 +30,6 @@ def db_option(fn: Any) -> Any:
     return click.option("--db", envvar="GPUHISTORY_DB", show_envvar=True, help=DB_HELP)(fn)
 
 
-def _time(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
-    if value is None:
-        return None
-    try:
-        return parse_time(value)
-    except (ValueError, OverflowError):
-        raise click.BadParameter("use ISO-8601 (2026-11-26T03:12:00Z) or epoch seconds") \
-            from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -201,7 +194,7 @@ def db_current(db: str | None) -> None:
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--format", "fmt", type=click.Choice(["auto", "trace", "nvidia-smi"]),
               default="auto", show_default=True)
-@click.option("--start", callback=_time,
+@click.option("--start", callback=time_value,
               help="Wall-clock time of t_s = 0 for a trace (ISO-8601 or epoch seconds).")
 @click.option("--host-name", envvar="GPUHISTORY_HOST_NAME", show_envvar=True,
               help="Host the imported GPUs belong to (default: this machine).")
@@ -247,7 +240,7 @@ def import_cmd(db: str | None, file: str, fmt: str, start: int | None, host_name
 @cli.command()
 @db_option
 @click.option("--gpu-id", type=click.IntRange(0, 1023), help="One GPU (default: all).")
-@click.option("--at", callback=_time, help="Ask about a past time instead of now.")
+@click.option("--at", callback=time_value, help="Ask about a past time instead of now.")
 @host_option()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (the API's documents).")
 @click.option("--url", envvar="GPUHISTORY_URL", show_envvar=True,
