@@ -272,6 +272,47 @@ def test_changes_from_a_page_of_another_origin_are_refused(tmp_path: Path,
         engine.dispose()
 
 
+@pytest.mark.parametrize("host", ["evil.example", "evil.example:8321", "10.0.0.7",
+                                  "127.0.0.1.evil.example", "localhost.evil.example"])
+def test_a_tokenless_server_answers_only_loopback_host_names(tmp_path: Path,
+                                                             host: str) -> None:
+    """DNS rebinding: a hostile name resolved to 127.0.0.1 is same-origin for the browser,
+    but its requests carry that name; without a token they are refused, reads included."""
+    engine = make_engine(tmp_path / "rebind.db")
+    upgrade(engine)
+    app = App(engine, FakeClock())
+    try:
+        before = snapshot(engine)
+        for method, path in (("GET", "/api/gpu/status/all"), ("GET", "/"),
+                             ("POST", "/api/gpu/monitoring/start")):
+            response = requests.request(method, f"{app.url}{path}", timeout=10,
+                                        headers={"Host": host})
+            assert_error(response, 403, "host_not_allowed")
+            assert host not in response.text
+        assert not app.sampler.running and snapshot(engine) == before
+        port = app.url.rsplit(":", 1)[1]
+        for good in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}", "localhost"):
+            assert requests.get(f"{app.url}/api/gpu/status", headers={"Host": good},
+                                timeout=10).status_code == 200
+    finally:
+        app.close()
+        engine.dispose()
+
+
+def test_with_a_token_any_host_name_is_served(tmp_path: Path) -> None:
+    """A token-guarded server is meant to be reached by its network names."""
+    engine = make_engine(tmp_path / "named.db")
+    upgrade(engine)
+    app = App(engine, FakeClock(), token=secrets.token_urlsafe(32))
+    try:
+        response = requests.get(f"{app.url}/api/gpu/status/all",
+                                headers={"Host": "gpu-07.example:8321"}, timeout=10)
+        assert response.status_code == 200
+    finally:
+        app.close()
+        engine.dispose()
+
+
 def test_public_binds_need_a_proper_token(tmp_path: Path) -> None:
     """An IPv6 wildcard without a token, or 0.0.0.0 with a token under 16 characters, is
     refused before anything starts (0.0.0.0 without a token: tests/test_serve.py and
