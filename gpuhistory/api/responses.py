@@ -203,13 +203,16 @@ class Monitoring(BaseModel):
 
 
 class Health(BaseModel):
-    status: str
+    status: str = Field(description="ok, degraded (still answering) or down (HTTP 503)")
     host: str
     database: dict[str, Any]
+    reasons: list[str] | None = Field(None, description="why degraded or down, one line each")
     last_sample: dict[str, Any] | None = None
     backend: dict[str, Any] | None = None
     monitoring: bool | None = None
     last_tick: dict[str, Any] | None = None
+    storage: dict[str, Any] | None = Field(
+        None, description="the sampler's writes: ok, reason, waiting_ticks, dropped_ticks")
 
 
 class SystemStatus(BaseModel):
