@@ -93,9 +93,6 @@ def test_while_postgresql_is_away_requests_are_503_and_everything_recovers(runni
     assert samples_of_gpu0(app)[-1] == app.clock.now_ms()
 
 
-@pytest.mark.xfail(strict=True, reason="on PostgreSQL the configuration refresh at the start "
-                   "of a tick (ConfigStore.refresh) fails before the tick reaches the write "
-                   "buffer, so ticks taken while the server is away are lost, not kept")
 def test_ticks_taken_while_postgresql_is_away_are_kept_and_written_later(running) -> None:
     app, outage = running
     app.tick(1)

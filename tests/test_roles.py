@@ -149,3 +149,16 @@ def test_sampler_has_no_http_options() -> None:
     result = subprocess.run(gpuhistory("sampler", "--port", "8321"), capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 2 and "--port" in result.stderr
+
+
+@pytest.mark.parametrize("role", ["serve", "sampler", "api"])
+def test_an_unreachable_database_is_one_line_and_exit_1(role: str) -> None:
+    """A process started while its database is down says so in one line (no traceback) and
+    exits 1, so systemd's Restart=on-failure tries again; the password is not shown."""
+    url = f"postgresql+psycopg://gpuhistory:s3cret-pw@127.0.0.1:{free_port()}/fleet"
+    result = subprocess.run(gpuhistory(role, "--db", url, "--backend", "sim")
+                            if role != "api" else gpuhistory(role, "--db", url),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert "cannot open the database" in result.stderr
+    assert "Traceback" not in result.stderr and "s3cret-pw" not in result.stderr

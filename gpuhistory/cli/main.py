@@ -13,6 +13,7 @@ import sys
 from typing import Any
 
 import click
+import sqlalchemy as sa
 
 from gpuhistory import __version__
 from gpuhistory.cli import output
@@ -115,6 +116,9 @@ def _run_service(role: str, **options: Any) -> None:
         service = Service(settings, role=role)
     except (BackendUnavailable, ConfigFileError) as exc:
         raise click.ClickException(str(exc)) from None
+    except sa.exc.OperationalError as exc:  # the database is down, unreachable or unreadable
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
+        raise click.ClickException(f"cannot open the database: {reason}") from None
     if service.backend is not None and service.backend.name == "sim":
         click.secho(f"NOTE: simulated GPUs (backend sim, trace {service.backend.trace.name}); "
                     "answers say \"backend\": \"sim\".", fg="yellow", err=True)

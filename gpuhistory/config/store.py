@@ -7,6 +7,7 @@ process on the database sees a change within ``refresh_ms`` (one index seek to c
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any
 
@@ -19,6 +20,7 @@ from gpuhistory.domain.config import Config
 from gpuhistory.domain.events import EventKind
 from gpuhistory.storage.schema import events
 
+log = logging.getLogger(__name__)
 KIND = str(EventKind.CONFIG_CHANGED)
 
 
@@ -108,7 +110,15 @@ class ConfigStore:
         return self._fold(runtime)
 
     def current(self) -> Config:
-        self.refresh()
+        """The configuration in force: the last one read when the database cannot be read
+        now, so a tick goes on (to the write buffer) through a database outage."""
+        try:
+            self.refresh()
+        except sa.exc.DBAPIError as exc:
+            with self._lock:
+                self._checked_ms = self.clock.now_ms()  # try again after refresh_ms
+            log.warning("configuration not refreshed (database: %s); using the last read",
+                        type(exc.orig).__name__ if exc.orig is not None else type(exc).__name__)
         return self._config
 
     __call__ = current
