@@ -113,13 +113,16 @@ class Client:
     """The gpuhistory REST API. Thread-safe: each call is one independent HTTP request."""
 
     def __init__(self, base_url: str = DEFAULT_URL, token: str | None = None,
-                 timeout: float = 10.0) -> None:
+                 timeout: float = 10.0, host: str | None = None) -> None:
+        """``host``: the fleet host whose GPUs and leases the calls mean (default: the
+        server's own host); ``status_all``, ``leases`` and ``incidents`` also take ``"*"``."""
         parsed = urllib.parse.urlsplit(base_url)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise ValueError(f"base_url must be an http(s) URL, not {base_url!r}")
         self.base_url = base_url.rstrip("/")
         self.token = token or None
         self.timeout = timeout
+        self.host = host
 
     def __repr__(self) -> str:
         return f"Client({self.base_url!r})"
@@ -182,11 +185,12 @@ class Client:
 
     def status(self, gpu_id: int = 0, at: TimeArg = None) -> dict[str, Any]:
         """One GPU's state, reading, throttle advice and lease capacity (``at`` a past time)."""
-        return self._get("/api/gpu/status", gpu_id=gpu_id, at=time_param(at))
+        return self._get("/api/gpu/status", gpu_id=gpu_id, at=time_param(at), host=self.host)
 
-    def status_all(self, at: TimeArg = None) -> dict[str, Any]:
-        """Every GPU of the server's host: ``{"host", "timestamp", "count", "gpus": [...]}``."""
-        return self._get("/api/gpu/status/all", at=time_param(at))
+    def status_all(self, at: TimeArg = None, host: str | None = None) -> dict[str, Any]:
+        """Every GPU of one host (``host="*"``: the whole fleet):
+        ``{"host", "timestamp", "count", "gpus": [...]}``."""
+        return self._get("/api/gpu/status/all", at=time_param(at), host=host or self.host)
 
     def system_status(self) -> dict[str, Any]:
         """GPUs, CPU and RAM in one answer (``/api/system/status``)."""
@@ -194,7 +198,7 @@ class Client:
 
     def metrics(self, gpu_id: int = 0) -> dict[str, Any]:
         """The GPU's latest sample, with the seed's GPUMetrics field names."""
-        return self._get("/api/gpu/metrics", gpu_id=gpu_id)
+        return self._get("/api/gpu/metrics", gpu_id=gpu_id, host=self.host)
 
     def history(self, gpu_id: int = 0, since: TimeArg = None, until: TimeArg = None,
                 limit: int | None = None, resolution: str | None = None,
@@ -207,17 +211,19 @@ class Client:
         """
         return self._get("/api/gpu/metrics/history", gpu_id=gpu_id,
                          since=time_param(since), until=time_param(until), limit=limit,
-                         resolution=resolution, points=points)
+                         resolution=resolution, points=points, host=self.host)
 
     def trend(self, gpu_id: int = 0, duration_minutes: float = 5,
               until: TimeArg = None) -> dict[str, Any]:
         """Temperature min/max/avg/first/last, slope in °C/min, direction, ETA to a threshold."""
         return self._get("/api/gpu/temperature/trend", gpu_id=gpu_id,
-                         duration_minutes=duration_minutes, until=time_param(until))
+                         duration_minutes=duration_minutes, until=time_param(until),
+                         host=self.host)
 
     def throttle(self, gpu_id: int = 0, at: TimeArg = None) -> dict[str, Any]:
         """``speed_multiplier``, ``should_throttle``, effective state, reason, cooldown left."""
-        return self._get("/api/gpu/throttle/status", gpu_id=gpu_id, at=time_param(at))
+        return self._get("/api/gpu/throttle/status", gpu_id=gpu_id, at=time_param(at),
+                         host=self.host)
 
     def events(self, since_id: int = 0, kind: str | None = None, gpu_id: int | None = None,
                limit: int = 100) -> dict[str, Any]:
@@ -228,11 +234,12 @@ class Client:
     # -- incidents ---------------------------------------------------------------------
     def incidents(self, gpu_id: int | None = None, since: TimeArg = None,
                   until: TimeArg = None, severity: str | None = None,
-                  limit: int | None = None) -> list[dict[str, Any]]:
+                  limit: int | None = None, host: str | None = None) -> list[dict[str, Any]]:
         """Overheat incidents overlapping [since, until], newest first (``severity``:
-        overheat or severe)."""
+        overheat or severe; ``host="*"``: every host)."""
         doc = self._get("/api/gpu/incidents", gpu_id=gpu_id, since=time_param(since),
-                        until=time_param(until), severity=severity, limit=limit)
+                        until=time_param(until), severity=severity, limit=limit,
+                        host=host or self.host)
         return doc["incidents"]  # type: ignore[no-any-return]
 
     def incident(self, incident_id: int, max_samples: int | None = None) -> dict[str, Any]:
@@ -243,13 +250,15 @@ class Client:
     # -- leases ------------------------------------------------------------------------
     def available(self, gpu_id: int = 0) -> dict[str, Any]:
         """Lease capacity: ``capacity_mb``, ``leased_mb``, ``available_mb``, device memory."""
-        return self._get("/api/gpu/memory/available", gpu_id=gpu_id)
+        return self._get("/api/gpu/memory/available", gpu_id=gpu_id, host=self.host)
 
     def leases(self, gpu_id: int | None = None, owner: str | None = None,
-               status: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
-        """Leases, newest first, of one GPU, owner or status (active, expired, released)."""
+               status: str | None = None, limit: int | None = None,
+               host: str | None = None) -> list[dict[str, Any]]:
+        """Leases, newest first, of one GPU, owner or status (active, expired, released;
+        ``host="*"``: every host)."""
         doc = self._get("/api/gpu/memory/leases", gpu_id=gpu_id, owner=owner, status=status,
-                        limit=limit)
+                        limit=limit, host=host or self.host)
         return doc["leases"]  # type: ignore[no-any-return]
 
     def allocate(self, allocation_id: str, memory_mb: int, gpu_id: int = 0,
@@ -260,18 +269,18 @@ class Client:
         """
         return self._post("/api/gpu/memory/allocate", allocation_id=allocation_id,
                           memory_mb=memory_mb, gpu_id=gpu_id, ttl_seconds=ttl_seconds,
-                          owner=owner)
+                          owner=owner, host=self.host)
 
     def renew(self, allocation_id: str, lease_token: str | None,
               ttl_seconds: float | None = None) -> dict[str, Any]:
         """Extend the lease to now + ``ttl_seconds`` (default its own TTL)."""
         return self._post("/api/gpu/memory/renew", allocation_id=allocation_id,
-                          lease_token=lease_token, ttl_seconds=ttl_seconds)
+                          lease_token=lease_token, ttl_seconds=ttl_seconds, host=self.host)
 
     def deallocate(self, allocation_id: str, lease_token: str | None) -> dict[str, Any]:
         """Release the lease now; the lease as released."""
         return self._post("/api/gpu/memory/deallocate", allocation_id=allocation_id,
-                          lease_token=lease_token)
+                          lease_token=lease_token, host=self.host)
 
     def lease(self, memory_mb: int, ttl_seconds: float | None = 60, gpu_id: int = 0,
               allocation_id: str | None = None, owner: str | None = None,
