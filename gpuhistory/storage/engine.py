@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 MIGRATIONS_DIR = REPO_ROOT / "migrations"
 BUSY_TIMEOUT_MS = 5000
 MIGRATION_LOCK_KEY = 0x67707568  # "gpuh": the advisory lock of migrations/env.py
+
+
+MIGRATE_ATTEMPTS = 5  # a racing start-up on a new SQLite file (see upgrade)
 
 
 def default_db_path() -> Path:
@@ -126,12 +130,26 @@ def _lock_for_migrating(conn: sa.Connection) -> None:
 
 
 def upgrade(engine: sa.Engine, revision: str = "head") -> None:
-    """Bring the database to ``revision`` (once, even with several processes racing)."""
-    with engine.connect() as conn:
-        conn = conn.execution_options(sqlite_begin="IMMEDIATE")
-        with conn.begin():
-            _lock_for_migrating(conn)
-            command.upgrade(_alembic_config(conn), revision)
+    """Bring the database to ``revision`` (once, even with several processes racing).
+
+    On a brand-new SQLite file the first connections race to switch it to WAL, and SQLite
+    can answer "database is locked" at once, without waiting out the busy timeout; the
+    whole migration is one transaction, so it is simply tried again (a few times).
+    """
+    for attempt in range(MIGRATE_ATTEMPTS):
+        try:
+            with engine.connect() as conn:
+                conn = conn.execution_options(sqlite_begin="IMMEDIATE")
+                with conn.begin():
+                    _lock_for_migrating(conn)
+                    command.upgrade(_alembic_config(conn), revision)
+            return
+        except sa.exc.OperationalError as exc:
+            if (engine.dialect.name != "sqlite" or "locked" not in str(exc)
+                    or attempt == MIGRATE_ATTEMPTS - 1):
+                raise
+            engine.dispose()  # reconnect: each connection sets WAL again
+            time.sleep(0.05 * 2 ** attempt)
 
 
 def downgrade(engine: sa.Engine, revision: str) -> None:
