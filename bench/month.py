@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import sys
 import time
 from pathlib import Path
 
@@ -97,5 +98,5 @@ def month_log(days: float) -> Path:
     if not path.exists() or os.environ.get("GPUHISTORY_BENCH_REBUILD"):
         figures = build(path, days)
         print(f"built {path.name}: {figures['samples']:,} samples in "
-              f"{figures['seconds']:.0f} s", flush=True)
+              f"{figures['seconds']:.0f} s", file=sys.stderr, flush=True)  # stdout: the table
     return path
