@@ -213,6 +213,20 @@ export function valueAxis(scale, label, side = 3, {grid = true, values = null} =
 export const legendTime = (u, ts) => (ts === null ? "—" : dateTime(ts * 1000));
 export const legendClock = (u, ts) => (ts === null ? "—" : clock(ts * 1000));
 
+/** The series of a bucketed temperature chart: time, then min and max (faint), then the
+ * mean (bold), in the order of the history API's temperature_min/max/avg columns. */
+export function temperatureSeries() {
+  const faint = {scale: "temp", stroke: "rgba(194, 65, 12, 0.35)", width: 1,
+                 points: {show: false}};
+  return [
+    {value: legendTime},
+    {label: "min °C", ...faint},
+    {label: "max °C", ...faint},
+    {label: "Temperature °C", scale: "temp", stroke: COLORS.temperature, width: 2,
+     points: {show: false}},
+  ];
+}
+
 /** Create a uPlot chart that follows its container's width. */
 export function makeChart(el, options, data) {
   const width = Math.max(240, el.clientWidth || 600);

@@ -5,8 +5,8 @@
 
 import {getJSON, iso, serverNow} from "./api.js";
 import {
-  COLORS, columns, legendTime, linesPlugin, makeChart, markersPlugin, STATE_COLORS, timeAxis,
-  valueAxis, zonesPlugin, temperatureZones,
+  COLORS, columns, linesPlugin, makeChart, markersPlugin, STATE_COLORS, timeAxis,
+  valueAxis, zonesPlugin, temperatureSeries, temperatureZones,
 } from "./charts.js";
 import {badge, h, replace, select, table} from "./dom.js";
 import {dateTime, duration, num, parseTime, timeEl, utcOffset} from "./format.js";
@@ -225,15 +225,7 @@ class HistoryView {
     const show = this.series;
     const accessors = [(b) => b.temperature_min, (b) => b.temperature_max,
                        (b) => b.temperature_avg];
-    const series = [
-      {value: legendTime},
-      {label: "min °C", scale: "temp", stroke: "rgba(194, 65, 12, 0.35)", width: 1,
-       points: {show: false}},
-      {label: "max °C", scale: "temp", stroke: "rgba(194, 65, 12, 0.35)", width: 1,
-       points: {show: false}},
-      {label: "Temperature °C", scale: "temp", stroke: COLORS.temperature, width: 2,
-       points: {show: false}},
-    ];
+    const series = temperatureSeries();
     const axes = [timeAxis(since), valueAxis("temp", "°C", 3)];
     if (show.has("memory")) {
       accessors.push((b) => (totalMb && b.memory_used_max_mb !== null

@@ -5,8 +5,8 @@
 import uPlot from "./uplot.js";
 import {getJSON} from "./api.js";
 import {
-  COLORS, columns, legendTime, linesPlugin, makeChart, markersPlugin, shadePlugin, STATE_COLORS,
-  timeAxis, valueAxis,
+  COLORS, columns, linesPlugin, makeChart, markersPlugin, shadePlugin, STATE_COLORS,
+  temperatureSeries, timeAxis, valueAxis,
 } from "./charts.js";
 import {badge, h, replace, table} from "./dom.js";
 import {
@@ -149,13 +149,7 @@ function charts(doc, history, mainEl, bandEl) {
   const main = makeChart(mainEl, {
     height: 340,
     series: [
-      {value: legendTime},
-      {label: "min °C", scale: "temp", stroke: "rgba(194, 65, 12, 0.35)", width: 1,
-       points: {show: false}},
-      {label: "max °C", scale: "temp", stroke: "rgba(194, 65, 12, 0.35)", width: 1,
-       points: {show: false}},
-      {label: "Temperature °C", scale: "temp", stroke: COLORS.temperature, width: 2,
-       points: {show: false}},
+      ...temperatureSeries(),
       {label: "Power (max) W", scale: "watts", stroke: COLORS.power, width: 1.25,
        points: {show: false}},
     ],
