@@ -109,9 +109,8 @@ def test_sampler_killed_mid_retry_resumes_from_the_database(tmp_path: Path) -> N
         assert shown["pending"] == {"event_id": head, "failed_attempts": len(before_restart),
                                     "next_attempt_at": shown["pending"]["next_attempt_at"]}
         assert shown["lag_events"] >= 1 and SECRET not in json.dumps(shown)
-        quiet_from = len(receiver.requests)
-        time.sleep(1.0)  # several backoff periods with only the api running
-        assert len(receiver.requests) == quiet_from
+        # That the api sent nothing while alone is shown at the end: the receiver saw
+        # every attempt number exactly once, except the one cut short by the kill.
 
         # 3. Restarted: delivery resumes from the database where it stopped.
         sampler = start("sampler", "--backend", "sim", "--interval", "0.5")
