@@ -18,10 +18,9 @@ from gpuhistory.api.alerts_schemas import (
     WebhookList,
     WebhooksQuery,
 )
-from gpuhistory.api.common import View, ctx, host_filter
+from gpuhistory.api.common import View, ctx, host_filter, time_range
 from gpuhistory.api.errors import ApiError
 from gpuhistory.api.responses import errors
-from gpuhistory.clock import iso_utc
 
 bp = APIBlueprint("alerts", __name__, url_prefix="/api/alerts", abp_tags=[Tag(name="alerts")])
 
@@ -44,11 +43,7 @@ def deliveries(query: DeliveriesQuery) -> View:
     422 when since is after until."""
     c = ctx()
     host = host_filter(query.host)
-    since: int | None = query.since  # type: ignore[assignment]  # validated to epoch ms
-    until: int | None = query.until  # type: ignore[assignment]
-    if since is not None and until is not None and since > until:
-        raise ApiError(422, "validation_failed", "since must not be after until",
-                       {"since": iso_utc(since), "until": iso_utc(until)})
+    since, until = time_range(query)
     with c.engine.connect() as conn:
         if query.webhook is not None and query.webhook not in webhook_names(conn, host):
             raise ApiError(404, "webhook_not_found",

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 from flask import Response, current_app
 
 from gpuhistory.api.errors import ApiError
 from gpuhistory.api.schemas import ALL_HOSTS
+from gpuhistory.clock import iso_utc
 from gpuhistory.context import ServiceContext
 from gpuhistory.domain.config import Config
 from gpuhistory.storage.queries import LatestSample, latest_samples
@@ -24,6 +27,17 @@ def config_at(ts_ms: int, live: bool) -> Config:
     if live or c.config_store is None:
         return c.config()
     return c.config_store.at(ts_ms)
+
+
+def time_range(query: Any) -> tuple[int | None, int | None]:
+    """A query's ``since``/``until`` (already epoch ms by its schema), or 422 when since is
+    after until."""
+    since: int | None = query.since
+    until: int | None = query.until
+    if since is not None and until is not None and since > until:
+        raise ApiError(422, "validation_failed", "since must not be after until",
+                       {"since": iso_utc(since), "until": iso_utc(until)})
+    return since, until
 
 
 def host_filter(host: str | None) -> str | None:

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from flask import Response, jsonify, request, stream_with_context
 from flask_openapi3 import APIBlueprint, Tag
 
-from gpuhistory.api.common import View, ctx
+from gpuhistory.api.common import View, ctx, time_range
 from gpuhistory.api.errors import ApiError
 from gpuhistory.api.responses import EventList, errors
 from gpuhistory.api.schemas import EventsQuery, StreamQuery
@@ -59,11 +59,7 @@ def _doc(row: sa.Row[Any]) -> dict[str, Any]:
 def list_events(query: EventsQuery) -> View:
     """Events with an id above ``since_id`` (and a time in [since, until], when given),
     oldest first; ``last_id`` is the next cursor."""
-    since: int | None = query.since  # type: ignore[assignment]  # validated to epoch ms
-    until: int | None = query.until  # type: ignore[assignment]
-    if since is not None and until is not None and since > until:
-        raise ApiError(422, "validation_failed", "since must not be after until",
-                       {"since": iso_utc(since), "until": iso_utc(until)})
+    since, until = time_range(query)
     with ctx().engine.connect() as conn:
         rows = conn.execute(_select(query.since_id, query.kind, query.gpu_id, query.limit,
                                     since, until)).all()

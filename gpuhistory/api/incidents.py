@@ -20,11 +20,10 @@ from gpuhistory.analytics.postmortem import (
     postmortem,
     samples_csv,
 )
-from gpuhistory.api.common import View, ctx, host_filter
+from gpuhistory.api.common import View, ctx, host_filter, time_range
 from gpuhistory.api.errors import ApiError
 from gpuhistory.api.responses import IncidentList, IncidentReport, errors
 from gpuhistory.api.schemas import HostQuery, IncidentPath, IncidentQuery, IncidentsQuery
-from gpuhistory.clock import iso_utc
 from gpuhistory.leases.manager import LeaseManager
 
 bp = APIBlueprint("incidents", __name__, url_prefix="/api/gpu",
@@ -52,11 +51,7 @@ def incidents(query: IncidentsQuery) -> View:
     """Overheat incidents, newest first: of one GPU or all, on ``host`` (``*``: every
     host), overlapping [since, until]."""
     c = ctx()
-    since: int | None = query.since  # type: ignore[assignment]  # validated to epoch ms
-    until: int | None = query.until  # type: ignore[assignment]
-    if since is not None and until is not None and since > until:
-        raise ApiError(422, "validation_failed", "since must not be after until",
-                       {"since": iso_utc(since), "until": iso_utc(until)})
+    since, until = time_range(query)
     with c.engine.connect() as conn:
         docs = list_incidents(conn, host_filter(query.host), c.clock.now_ms(),
                               gpu_index=query.gpu_id,

@@ -10,7 +10,7 @@ from gpuhistory.analytics.history import (
     DEFAULT_RANGE_MS,
     history_buckets_doc,
 )
-from gpuhistory.api.common import View, ctx, one_gpu
+from gpuhistory.api.common import View, ctx, one_gpu, time_range
 from gpuhistory.api.errors import ApiError
 from gpuhistory.api.responses import HistoryAnswer, Metrics, Trend, errors
 from gpuhistory.api.schemas import GpuQuery, HistoryQuery, TrendQuery
@@ -43,11 +43,7 @@ def history(query: HistoryQuery) -> View:
     (default: the last hour), from raw samples or the 1-minute/1-hour rollups.
     """
     c = ctx()
-    since: int | None = query.since  # type: ignore[assignment]
-    until: int | None = query.until  # type: ignore[assignment]
-    if since is not None and until is not None and since > until:
-        raise ApiError(422, "validation_failed", "since must not be after until",
-                       {"since": iso_utc(since), "until": iso_utc(until)})
+    since, until = time_range(query)
     if query.resolution is None and query.points is None:
         limit = query.limit or c.config().history_size
         with c.engine.connect() as conn:
