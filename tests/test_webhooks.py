@@ -30,7 +30,10 @@ from gpuhistory.storage.log import LogStore
 from gpuhistory.storage.schema import webhook_deliveries, webhooks
 from tests.conftest import REPO, App
 
+pytestmark = pytest.mark.postgres
+
 SECRET = "s3cret-for-signing-0123456789"
+
 HOST = "testhost"
 
 
@@ -145,11 +148,11 @@ class Log:
         return self.store.append_events([draft], gpu_ids)[0]
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db(request: pytest.FixtureRequest) -> sa.Engine:
-    """The test's database, migrated: a SQLite file, or PostgreSQL (when
-    GPUHISTORY_TEST_POSTGRES names a server; skipped otherwise)."""
-    return request.getfixturevalue("engine" if request.param == "sqlite" else "pg_engine")
+@pytest.fixture
+def db(engine: sa.Engine) -> sa.Engine:
+    """The test's database, migrated: SQLite and PostgreSQL in turn (the ``postgres``
+    marker of tests/conftest.py)."""
+    return engine
 
 
 @pytest.fixture

@@ -15,18 +15,18 @@ import sqlalchemy as sa
 from gpuhistory.alerts.config import WebhookConfig
 from gpuhistory.alerts.deliverer import WebhookDeliverer
 from gpuhistory.clock import FakeClock, iso_utc
-from tests.conftest import App
+from tests.conftest import App, sqlite_only
 from tests.test_webhooks import Receiver
+
+pytestmark = pytest.mark.postgres
 
 SECRET = "api-test-secret-0123456789"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def app(request: pytest.FixtureRequest, clock: FakeClock) -> Iterator[App]:
-    """The whole API over real HTTP with the sim sampler, on a migrated SQLite file or on
-    PostgreSQL (when GPUHISTORY_TEST_POSTGRES names a server; skipped otherwise)."""
-    engine: sa.Engine = request.getfixturevalue(
-        "engine" if request.param == "sqlite" else "pg_engine")
+@pytest.fixture
+def app(engine: sa.Engine, clock: FakeClock) -> Iterator[App]:
+    """The whole API over real HTTP with the sim sampler, on SQLite and PostgreSQL in turn
+    (the ``postgres`` marker of tests/conftest.py)."""
     application = App(engine, clock)
     yield application
     application.close()
@@ -198,6 +198,7 @@ BAD_ARGUMENTS = [
 ]
 
 
+@sqlite_only
 def test_bad_arguments_get_the_error_shape(sqlite_app) -> None:
     """Each bad argument: its status and code in the one error shape, never a 500."""
     for path, params, status, code in BAD_ARGUMENTS:
@@ -208,6 +209,7 @@ def test_bad_arguments_get_the_error_shape(sqlite_app) -> None:
         assert isinstance(error["details"], dict)
 
 
+@sqlite_only
 def test_without_webhooks_the_answers_are_empty(sqlite_app) -> None:
     app = sqlite_app
     assert get(app, "/api/alerts/webhooks").json() == {"host": "testhost", "count": 0,
@@ -216,6 +218,7 @@ def test_without_webhooks_the_answers_are_empty(sqlite_app) -> None:
                                                          "deliveries": []}
 
 
+@sqlite_only
 def test_openapi_documents_the_alert_endpoints(sqlite_app) -> None:
     doc = get(sqlite_app, "/api/openapi.json").json()
     for path, statuses in (("/api/alerts/webhooks", {"200", "400", "422", "503"}),
