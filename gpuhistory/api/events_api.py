@@ -111,7 +111,7 @@ def _cursor(query: StreamQuery) -> int:
 
 
 @bp.get("/events/stream", responses={200: {"content": {"text/event-stream": {
-    "schema": {"type": "string"}}}}, **errors(400, 422, 429)})
+    "schema": {"type": "string"}}}}, **errors(400, 403, 422, 429)})
 def stream_events(query: StreamQuery) -> View:
     """Server-Sent Events: ``id``, ``event`` (the kind) and ``data`` (the event as JSON).
 
