@@ -22,7 +22,6 @@ from types import FrameType
 from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
-from waitress import wasyncore
 
 from gpuhistory.alerts.deliverer import WebhookDeliverer
 from gpuhistory.analytics.incidents import IncidentDetector
@@ -42,6 +41,7 @@ from gpuhistory.sampling.select import select_backend
 from gpuhistory.storage.engine import make_engine, upgrade
 from gpuhistory.storage.log import LogStore
 from gpuhistory.wsgi.server import HttpServer
+from gpuhistory.wsgi.server import stop_waitress as stop_waitress  # tests, benchmarks
 from gpuhistory.wsgi.settings import ConnectionLimits
 
 log = logging.getLogger(__name__)
@@ -82,20 +82,6 @@ class ServeSettings:
             max_connections=self.max_connections,
             max_client_connections=self.max_client_connections,
             read_timeout=self.read_timeout, idle_timeout=self.idle_timeout)
-
-
-def stop_waitress(server: Any) -> None:
-    """Stop a plain waitress server (tests, benchmarks) running in another thread: its
-    sockets are closed from inside its own loop (through its trigger), so the loop never
-    selects on a closed descriptor. ``serve`` runs an ``HttpServer`` (``stop()``)."""
-    def close_all() -> None:
-        wasyncore.close_all(server._map)
-
-    try:
-        server.trigger.pull_trigger(close_all)
-    except OSError:  # the loop is already gone
-        close_all()
-    server.task_dispatcher.shutdown()
 
 
 def is_loopback(address: str) -> bool:

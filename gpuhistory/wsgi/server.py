@@ -75,3 +75,17 @@ class HttpServer:
 
     def _close_all(self) -> None:
         wasyncore.close_all(self._map)
+
+
+def stop_waitress(server: Any) -> None:
+    """Stop a plain waitress server (tests, benchmarks) running in another thread: its
+    sockets are closed from inside its own loop (through its trigger), so the loop never
+    selects on a closed descriptor. ``serve`` runs an ``HttpServer`` (``stop()``)."""
+    def close_all() -> None:
+        wasyncore.close_all(server._map)
+
+    try:
+        server.trigger.pull_trigger(close_all)
+    except OSError:  # the loop is already gone
+        close_all()
+    server.task_dispatcher.shutdown()
