@@ -188,6 +188,18 @@ def test_110_trickling_half_open_connections_leave_healthz_answering_within_3s(
             sock.close()
 
 
+def test_110_silent_connections_leave_healthz_answering_within_3s(served: Served) -> None:
+    """110 connections from one client that send nothing at all: the oldest give way past
+    the client's limit, and /healthz is answered within 3 s."""
+    socks = [connect(served) for _ in range(110)]
+    try:
+        assert all(is_closed(sock, 3) for sock in socks[:110 - MAX_CLIENT_CONNECTIONS])
+        assert healthz_seconds(served) < 3
+    finally:
+        for sock in socks:
+            sock.close()
+
+
 def test_trickling_from_many_addresses_past_the_total_limit_leaves_healthz_answering(
         served: Served) -> None:
     """Three addresses each under their own limit but over the total together: the
