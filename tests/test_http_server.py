@@ -3,6 +3,8 @@ which head is ambiguous to frame, and which connection gives way over a limit.""
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import select
 import socket
 import threading
@@ -15,6 +17,7 @@ import pytest
 from gpuhistory.wsgi.framing import framing_problem
 from gpuhistory.wsgi.server import HttpServer
 from gpuhistory.wsgi.settings import ConnectionLimits
+from tests.conftest import REPO
 
 LINE = b"POST / HTTP/1.1\r\nHost: localhost\r\n"
 
@@ -55,6 +58,16 @@ def test_limits_are_validated() -> None:
                 {"read_timeout": 0}, {"idle_timeout": 0}):
         with pytest.raises(ValueError):
             ConnectionLimits(**bad)
+
+
+def test_every_connection_setting_is_documented_with_its_default() -> None:
+    """docs/configuration.md has a row per setting: its flag, its variable, its default."""
+    text = (REPO / "docs" / "configuration.md").read_text()
+    for field in dataclasses.fields(ConnectionLimits):
+        flag, variable = "--" + field.name.replace("_", "-"), "GPUHISTORY_" + field.name.upper()
+        row = re.search(rf"^\| `{flag}` \| `{variable}` \| ([^|]+) \|", text, re.M)
+        assert row, f"{flag} missing from docs/configuration.md"
+        assert row.group(1).strip() == str(field.default), flag
 
 
 class Gate:

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 class ConnectionLimits:
     """Bounds on the connections one HTTP server holds (defaults: docs/configuration.md)."""
 
-    max_connections: int = 256
-    max_client_connections: int = 64  # 0: no per-client limit (e.g. behind one proxy)
+    max_connections: int = 512
+    max_client_connections: int = 128  # 0: no per-client limit (e.g. behind one proxy)
     read_timeout: int = 10  # seconds from a request's first byte to its last
     idle_timeout: int = 60  # seconds without traffic between requests
 
