@@ -22,8 +22,6 @@ from types import FrameType
 from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
-from waitress import wasyncore
-from waitress.server import create_server
 
 from gpuhistory.alerts.deliverer import WebhookDeliverer
 from gpuhistory.analytics.incidents import IncidentDetector
@@ -42,6 +40,9 @@ from gpuhistory.sampling.sampler import Sampler
 from gpuhistory.sampling.select import select_backend
 from gpuhistory.storage.engine import make_engine, upgrade
 from gpuhistory.storage.log import LogStore
+from gpuhistory.wsgi.server import HttpServer
+from gpuhistory.wsgi.server import stop_waitress as stop_waitress  # tests, benchmarks
+from gpuhistory.wsgi.settings import ConnectionLimits
 
 log = logging.getLogger(__name__)
 
@@ -71,19 +72,16 @@ class ServeSettings:
     threads: int = 8
     config_file: str | None = None
     api_token: str | None = None
+    max_connections: int = ConnectionLimits.max_connections
+    max_client_connections: int = ConnectionLimits.max_client_connections
+    read_timeout: int = ConnectionLimits.read_timeout
+    idle_timeout: int = ConnectionLimits.idle_timeout
 
-
-def stop_waitress(server: Any) -> None:
-    """Stop a waitress server running in another thread: its sockets are closed from inside
-    its own loop (through its trigger), so the loop never selects on a closed descriptor."""
-    def close_all() -> None:
-        wasyncore.close_all(server._map)
-
-    try:
-        server.trigger.pull_trigger(close_all)
-    except OSError:  # the loop is already gone
-        close_all()
-    server.task_dispatcher.shutdown()
+    def connection_limits(self) -> ConnectionLimits:
+        return ConnectionLimits(
+            max_connections=self.max_connections,
+            max_client_connections=self.max_client_connections,
+            read_timeout=self.read_timeout, idle_timeout=self.idle_timeout)
 
 
 def is_loopback(address: str) -> bool:
@@ -133,7 +131,7 @@ class Service:
                 api_token=settings.api_token, max_streams=max(1, settings.threads // 2),
             )
             self.app = create_app(self.context)
-        self._server: Any = None
+        self._server: HttpServer | None = None
         self._stopping = threading.Event()
 
     def _build_sampler(self, settings: ServeSettings) -> None:
@@ -197,9 +195,8 @@ class Service:
         """Run until SIGTERM/SIGINT (or ``stop()``); then shut down cleanly."""
         s = self.settings
         if self.serves_http:
-            self._server = create_server(self.app, host=s.bind, port=s.port,
-                                         threads=s.threads, ident="gpuhistory",
-                                         clear_untrusted_proxy_headers=True)
+            self._server = HttpServer(self.app, s.bind, s.port, s.threads,
+                                      s.connection_limits())
         started: dict[str, object] = {"pid": os.getpid(), "role": self.role,
                                       "host": self.host}
         if self.backend is not None:
@@ -243,7 +240,7 @@ class Service:
 
     @property
     def port(self) -> int | None:
-        return None if self._server is None else self._server.effective_port
+        return None if self._server is None else self._server.port
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         if self._stopping.is_set():
@@ -253,7 +250,7 @@ class Service:
                  signal.Signals(signum).name)
         self._stopping.set()
         if self._server is not None:
-            raise SystemExit(0)  # waitress's loop catches it and stops its workers
+            raise SystemExit(0)  # the server's loop catches it and stops its workers
 
     def stop(self) -> None:
         """Stop from another thread (tests, embedding)."""
@@ -261,7 +258,7 @@ class Service:
             return
         self._stopping.set()
         if self._server is not None:
-            stop_waitress(self._server)
+            self._server.stop()
 
     def shutdown(self) -> None:
         if self.sampler is not None:

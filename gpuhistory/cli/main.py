@@ -23,7 +23,9 @@ from gpuhistory.cli.incidents import incidents
 from gpuhistory.cli.lease import lease
 from gpuhistory.cli.times import time_value
 from gpuhistory.clock import SystemClock
+from gpuhistory.wsgi.settings import ConnectionLimits
 
+LIMITS = ConnectionLimits()
 DB_HELP = "Database: a SQLite file path or a SQLAlchemy URL (default: the user's data dir)."
 
 
@@ -47,7 +49,8 @@ def cli(verbose: int) -> None:
 
 
 def _bind_options(fn: Any) -> Any:
-    """--host/--port/--threads: the HTTP server's (``serve`` and ``api``)."""
+    """--host/--port/--threads and the connection limits: the HTTP server's (``serve`` and
+    ``api``; docs/configuration.md#http-connections)."""
     for option in reversed([
         click.option("--host", "bind", default="127.0.0.1", show_default=True,
                      envvar="GPUHISTORY_HOST", show_envvar=True,
@@ -57,6 +60,22 @@ def _bind_options(fn: Any) -> Any:
         click.option("--threads", default=8, show_default=True, type=click.IntRange(1, 256),
                      envvar="GPUHISTORY_THREADS", show_envvar=True,
                      help="HTTP worker threads."),
+        click.option("--max-connections", default=LIMITS.max_connections,
+                     show_default=True, type=click.IntRange(1, 65536),
+                     envvar="GPUHISTORY_MAX_CONNECTIONS", show_envvar=True,
+                     help="Open HTTP connections, all clients together."),
+        click.option("--max-client-connections", default=LIMITS.max_client_connections,
+                     show_default=True, type=click.IntRange(0, 65536),
+                     envvar="GPUHISTORY_MAX_CLIENT_CONNECTIONS", show_envvar=True,
+                     help="Open HTTP connections per client address (0: no limit)."),
+        click.option("--read-timeout", default=LIMITS.read_timeout,
+                     show_default=True, type=click.IntRange(1, 3600),
+                     envvar="GPUHISTORY_READ_TIMEOUT", show_envvar=True,
+                     help="Seconds a request may take to arrive, from its first byte."),
+        click.option("--idle-timeout", default=LIMITS.idle_timeout,
+                     show_default=True, type=click.IntRange(1, 86400),
+                     envvar="GPUHISTORY_IDLE_TIMEOUT", show_envvar=True,
+                     help="Seconds an HTTP connection may wait between requests."),
     ]):
         fn = option(fn)
     return fn
