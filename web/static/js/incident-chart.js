@@ -1,13 +1,13 @@
 // The post-mortem's charts, drawn from a post-mortem document and the history API's buckets
 // over its window: the timeline (temperature min/mean/max, thresholds, the card's slowdown
-// point, power; the incident shaded, transitions marked) and the bands below it (hardware
-// reasons and leases). The dashboard's incident page and the downloadable report
+// point, power; the incident shaded, transitions marked), the memory used under it, and the
+// bands below (hardware reasons and leases). The dashboard's incident page and the downloadable report
 // (gpuhistory/report) both draw them with this module.
 
 import uPlot from "./uplot.js";
 import {
-  COLORS, columns, linesPlugin, makeChart, markersPlugin, shadePlugin, STATE_COLORS,
-  temperatureSeries, timeAxis, valueAxis,
+  COLORS, columns, legendTime, linesPlugin, makeChart, markersPlugin, shadePlugin,
+  STATE_COLORS, temperatureSeries, timeAxis, valueAxis,
 } from "./charts.js";
 import {h, replace} from "./dom.js";
 import {num, parseTime, reasonLabel} from "./format.js";
@@ -56,8 +56,35 @@ function rowLabels(rows) {
   }]}};
 }
 
-/** Draw the timeline into mainEl and the bands into bandEl; returns the charts. */
-export function charts(doc, history, mainEl, bandEl) {
+/** Memory used (the largest of each bucket) against the card's total, on the same times. */
+function memoryChart(el, doc, history, {since, start, end, key}) {
+  const half = history.bucket_seconds / 2;
+  const data = columns(history.buckets, (b) => parseTime(b.timestamp) / 1000 + half,
+                       [(b) => b.memory_used_max_mb], Math.max(60, history.bucket_seconds * 2.5));
+  const total = doc.memory.total_mb;
+  const top = Math.max(total ?? 0, ...data[1].filter((v) => v !== null), 1);
+  return makeChart(el, {
+    height: 150,
+    series: [{value: legendTime},
+             {label: "Memory used (max) MiB", scale: "mib", stroke: COLORS.memory, width: 1.5,
+              fill: "rgba(29, 78, 216, 0.08)", points: {show: false}}],
+    axes: [{...timeAxis(since * 1000), label: null, labelSize: 0},
+           {...valueAxis("mib", "MiB", 3), size: AXIS_SIZE},
+           {scale: "mib", side: 1, size: AXIS_SIZE, label: "", labelSize: 18, values: () => [],
+            grid: {show: false}, ticks: {show: false}}],
+    scales: {x: {time: true}, mib: {range: [0, top * 1.05]}},
+    cursor: {sync: {key}, drag: {x: false, y: false}},
+    plugins: [
+      shadePlugin(() => [{from: start, to: end, fill: "rgba(220, 38, 38, 0.10)"}]),
+      linesPlugin(() => (total ? [{value: total, label: `total ${num(total)} MiB`,
+                                   color: "#1e3a8a"}] : []), "mib"),
+    ],
+  }, data);
+}
+
+/** Draw the timeline into mainEl, the memory used into memoryEl (when given) and the bands
+ *  into bandEl; returns the charts. */
+export function charts(doc, history, mainEl, bandEl, memoryEl = null) {
   const half = history.bucket_seconds / 2;
   const buckets = history.buckets;
   const xs = buckets.map((b) => parseTime(b.timestamp) / 1000 + half);
@@ -85,6 +112,7 @@ export function charts(doc, history, mainEl, bandEl) {
   const low = Math.min(...temps, th.temp_throttle - 10);
   const high = Math.max(...temps, th.temp_critical, slowdown ?? 0);
   let band = null;
+  let memory = null;
   const main = makeChart(mainEl, {
     height: 340,
     series: [
@@ -103,7 +131,10 @@ export function charts(doc, history, mainEl, bandEl) {
     },
     cursor: {sync: {key: sync.key}},
     hooks: {setScale: [(u, key) => {
-      if (key === "x" && band) band.setScale("x", {min: u.scales.x.min, max: u.scales.x.max});
+      if (key !== "x") return;
+      for (const follower of [memory, band]) {
+        follower?.setScale("x", {min: u.scales.x.min, max: u.scales.x.max});
+      }
     }]},
     plugins: [
       shadePlugin(() => [{from: start, to: end, fill: "rgba(220, 38, 38, 0.10)"}]),
@@ -112,6 +143,11 @@ export function charts(doc, history, mainEl, bandEl) {
     ],
   }, data);
   main.setScale("x", {min: since, max: until});
+  if (memoryEl) {
+    memory = memoryChart(memoryEl, doc, history, {since, start, end, key: sync.key});
+    memory.setScale("x", {min: main.scales.x.min, max: main.scales.x.max});
+    memoryEl.dataset.points = String(xs.length);
+  }
   const rows = bandRows(doc, buckets, xs);
   if (rows.length) {
     band = makeChart(bandEl, {
@@ -136,5 +172,5 @@ export function charts(doc, history, mainEl, bandEl) {
     replace(bandEl, h("p", {class: "empty"}, "No hardware reasons and no leases in this window."));
   }
   mainEl.dataset.points = String(xs.length);
-  return [main, band];
+  return [main, memory, band];
 }

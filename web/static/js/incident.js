@@ -1,6 +1,6 @@
 // The post-mortem of one incident: a summary written from the data, the timeline from the
 // context before to the context after (temperature, thresholds, the card's slowdown point,
-// power; hardware reasons and leases as bands), the facts, and downloads.
+// power; memory; hardware reasons and leases as bands), the facts, and downloads.
 
 import {getJSON} from "./api.js";
 import {charts} from "./incident-chart.js";
@@ -136,6 +136,8 @@ export function mount(root, params) {
     if (cancelled) return;
     const mainEl = h("div", {class: "chart", id: "incident-timeline", role: "img",
                              "aria-label": `Timeline of incident ${id}: temperature and power`});
+    const memoryEl = h("div", {class: "chart memory", id: "incident-memory", role: "img",
+                               "aria-label": "Memory used over the same time"});
     const bandEl = h("div", {class: "chart band", id: "incident-bands", role: "img",
                              "aria-label": "Hardware reasons and leases over the same time"});
     replace(root,
@@ -153,10 +155,10 @@ export function mount(root, params) {
       h("p", {class: "hint"}, "The incident is shaded. Lines: temp_throttle, temp_critical and ",
         "the card's own slowdown temperature. Marks on the time axis: state transitions. ",
         "Drag to zoom, double-click to zoom out."),
-      mainEl, bandEl,
+      mainEl, memoryEl, bandEl,
       facts(doc, history),
       details(doc));
-    built = charts(doc, history, mainEl, bandEl);
+    built = charts(doc, history, mainEl, bandEl, memoryEl);
   }).catch((error) => {
     if (cancelled) return;
     replace(root, h("h1", {}, `Incident #${id}`),
