@@ -182,7 +182,7 @@ def test_history_chart_draws_buckets_thresholds_and_marks(app, page: Page) -> No
 
 def test_incident_list_and_postmortem(app, page: Page) -> None:
     """GPU 1's overheat is listed; its page has the summary written from the data (in local
-    time), the timeline chart, the memory chart and the bands chart, and JSON and CSV downloads that work."""
+    time), the timeline, memory and bands charts, and JSON and CSV downloads that work."""
     requests.post(f"{app.url}/api/gpu/memory/allocate", json={
         "allocation_id": "train-42", "memory_mb": 20480, "gpu_id": 1, "owner": "alice",
         "ttl_seconds": 600}, timeout=5).raise_for_status()

@@ -56,28 +56,33 @@ function rowLabels(rows) {
   }]}};
 }
 
-/** Memory used (the largest of each bucket) against the card's total, on the same times. */
+/** Memory used (the largest of each bucket) against the card's total, on the same times;
+ *  in GiB, so the axis stays as narrow as the others. */
 function memoryChart(el, doc, history, {since, start, end, key}) {
   const half = history.bucket_seconds / 2;
+  const gib = (mib) => (mib === null || mib === undefined ? null : mib / 1024);
   const data = columns(history.buckets, (b) => parseTime(b.timestamp) / 1000 + half,
-                       [(b) => b.memory_used_max_mb], Math.max(60, history.bucket_seconds * 2.5));
-  const total = doc.memory.total_mb;
+                       [(b) => gib(b.memory_used_max_mb)],
+                       Math.max(60, history.bucket_seconds * 2.5));
+  const total = gib(doc.memory.total_mb);
   const top = Math.max(total ?? 0, ...data[1].filter((v) => v !== null), 1);
   return makeChart(el, {
     height: 150,
     series: [{value: legendTime},
-             {label: "Memory used (max) MiB", scale: "mib", stroke: COLORS.memory, width: 1.5,
-              fill: "rgba(29, 78, 216, 0.08)", points: {show: false}}],
+             {label: "Memory used (max) GiB", scale: "gib", stroke: COLORS.memory, width: 1.5,
+              fill: "rgba(29, 78, 216, 0.08)", points: {show: false},
+              value: (u, v) => (v === null ? "—" : num(v, 1))}],
     axes: [{...timeAxis(since * 1000), label: null, labelSize: 0},
-           {...valueAxis("mib", "MiB", 3), size: AXIS_SIZE},
-           {scale: "mib", side: 1, size: AXIS_SIZE, label: "", labelSize: 18, values: () => [],
+           {...valueAxis("gib", "GiB", 3), size: AXIS_SIZE},
+           {scale: "gib", side: 1, size: AXIS_SIZE, label: "", labelSize: 18, values: () => [],
             grid: {show: false}, ticks: {show: false}}],
-    scales: {x: {time: true}, mib: {range: [0, top * 1.05]}},
+    scales: {x: {time: true}, gib: {range: [0, top * 1.08]}},
     cursor: {sync: {key}, drag: {x: false, y: false}},
     plugins: [
       shadePlugin(() => [{from: start, to: end, fill: "rgba(220, 38, 38, 0.10)"}]),
-      linesPlugin(() => (total ? [{value: total, label: `total ${num(total)} MiB`,
-                                   color: "#1e3a8a"}] : []), "mib"),
+      linesPlugin(() => (total ? [{value: total, color: "#1e3a8a",
+                                   label: `total ${num(doc.memory.total_mb)} MiB`}] : []),
+                  "gib"),
     ],
   }, data);
 }
