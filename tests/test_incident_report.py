@@ -292,11 +292,24 @@ def test_one_hour_incident_stays_under_500_kib(engine: sa.Engine, db_url: str,
     assert out.stat().st_size < 500 * 1024
 
 
-def test_api_report_download_and_cli_url(app, tmp_path: Path) -> None:
+def test_without_the_chart_library_the_cli_says_how_to_install_it(
+        engine: sa.Engine, db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No uPlot files: the CLI fails (exit 1) naming the set-up command and writes nothing."""
+    from gpuhistory.api import dashboard
+
+    want = import_with_lease(engine)
+    monkeypatch.setattr(dashboard, "WEB_ROOT", tmp_path / "empty-web")
+    result = cli_report(db_url, want["id"], "-o", str(tmp_path / "none.html"))
+    assert result.exit_code == 1 and "npm ci --prefix web" in result.output
+    assert not (tmp_path / "none.html").exists()
+
+
+def test_api_report_download_and_cli_url(app, tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """GET .../report.html is a download (attachment, text/html) whose header policy is the
     file's own plus frame-ancestors, the other security headers kept; `report --url` writes
     the same report; unknown ids are 404 in the error shape (exit 3 for the CLI), bad
-    arguments 4xx."""
+    arguments 4xx; without the chart library, 503 with the set-up command."""
     allocate = requests.post(f"{app.url}/api/gpu/memory/allocate", json={
         "allocation_id": "train-42", "memory_mb": 20480, "gpu_id": 1, "owner": "alice",
         "ttl_seconds": 600}, timeout=5)
@@ -344,6 +357,14 @@ def test_api_report_download_and_cli_url(app, tmp_path: Path) -> None:
     spec = requests.get(f"{app.url}/api/openapi.json", timeout=5).json()
     assert "text/html" in spec["paths"]["/api/gpu/incidents/{incident_id}/report.html"][
         "get"]["responses"]["200"]["content"]
+    from gpuhistory.api import dashboard
+
+    monkeypatch.setattr(dashboard, "WEB_ROOT", tmp_path / "empty-web")
+    unavailable = requests.get(f"{app.url}/api/gpu/incidents/{incident['id']}/report.html",
+                               timeout=5)
+    assert unavailable.status_code == 503
+    assert unavailable.json()["error"]["code"] == "dashboard_not_installed"
+    assert "npm ci --prefix web" in unavailable.json()["error"]["message"]
 
 
 # -- the module linker -------------------------------------------------------------------------
