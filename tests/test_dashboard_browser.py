@@ -182,7 +182,8 @@ def test_history_chart_draws_buckets_thresholds_and_marks(app, page: Page) -> No
 
 def test_incident_list_and_postmortem(app, page: Page) -> None:
     """GPU 1's overheat is listed; its page has the summary written from the data (in local
-    time), the timeline chart and the bands chart, and JSON and CSV downloads that work."""
+    time), the timeline, memory and bands charts, and the report, JSON and CSV downloads
+    that work."""
     requests.post(f"{app.url}/api/gpu/memory/allocate", json={
         "allocation_id": "train-42", "memory_mb": 20480, "gpu_id": 1, "owner": "alice",
         "ttl_seconds": 600}, timeout=5).raise_for_status()
@@ -207,6 +208,9 @@ def test_incident_list_and_postmortem(app, page: Page) -> None:
     expect(timeline).to_have_attribute("data-points", re.compile(r"^[1-9]\d+$"))
     assert page.drawn_pixels("#incident-timeline") > 200
     assert page.drawn_pixels(".chart.band", (14, 116, 144)) > 50  # the lease's band
+    expect(page.tab.locator("#incident-memory")).to_have_attribute(
+        "data-points", timeline.get_attribute("data-points"))
+    assert page.drawn_pixels("#incident-memory", (29, 78, 216)) > 50  # memory used
     json_link = page.tab.get_by_role("link", name="post-mortem (JSON)")
     csv_link = page.tab.get_by_role("link", name="every sample (CSV)")
     doc = page.tab.request.get(f"{app.url}{json_link.get_attribute('href')}").json()
@@ -214,6 +218,12 @@ def test_incident_list_and_postmortem(app, page: Page) -> None:
     csv = page.tab.request.get(f"{app.url}{csv_link.get_attribute('href')}")
     assert csv.ok and csv.headers["content-type"].startswith("text/csv")
     assert csv.text().splitlines()[0].startswith("gpu_id,")
+    report_button = page.tab.get_by_role("link", name="Download report")
+    assert report_button.get_attribute("download") == f"incident-{doc['id']}.html"
+    report = page.tab.request.get(f"{app.url}{report_button.get_attribute('href')}")
+    assert report.ok and report.headers["content-type"].startswith("text/html")
+    assert report.headers["content-disposition"].startswith("attachment")
+    assert f"Incident #{doc['id']}" in report.text()
     page.screenshot("incident")
     assert page.errors == []
 
