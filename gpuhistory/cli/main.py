@@ -99,7 +99,7 @@ def _run_service(role: str, **options: Any) -> None:
     """Check the bind/token rules, build the role's ``Service`` and run it."""
     from gpuhistory.config.layers import ConfigFileError
     from gpuhistory.sampling.backend import BackendUnavailable
-    from gpuhistory.service import ServeSettings, Service, is_loopback
+    from gpuhistory.service import EXIT_UNSAVED, ServeSettings, Service, is_loopback
 
     logging.getLogger("gpuhistory").setLevel(logging.INFO)
     token = os.environ.get("GPUHISTORY_TOKEN") or None
@@ -123,6 +123,11 @@ def _run_service(role: str, **options: Any) -> None:
         click.secho(f"NOTE: simulated GPUs (backend sim, trace {service.backend.trace.name}); "
                     "answers say \"backend\": \"sim\".", fg="yellow", err=True)
     service.run()
+    if service.unsaved:
+        logging.getLogger("gpuhistory").error(
+            "stopped, but the database refused the final writes (%s): exit status %d",
+            ", ".join(service.unsaved), EXIT_UNSAVED)
+        sys.exit(EXIT_UNSAVED)
 
 
 @cli.command()
