@@ -6,6 +6,9 @@ drift, as in /work/shared/traces/h200_nvidia_smi.csv) turned into local time by 
 own rules, one row per GPU. So the autumn logs step back by an hour in the middle, and the
 spring logs skip one. The tests check that every stored UTC time is exactly the instant the
 row was written, and that what the rows cannot place is refused, never guessed.
+
+``tests/data/nvidia_smi_dst/`` holds genuine logs of each change: nvidia-smi on an H200,
+its wall clock shifted to just before the change (``capture.sh`` there says how).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from tests.test_import_trace import snapshot
 pytestmark = pytest.mark.postgres
 
 HOST = "dsthost"
+REAL = Path(__file__).parent / "data" / "nvidia_smi_dst"
 BERLIN = ZoneInfo("Europe/Berlin")
 NEW_YORK = ZoneInfo("America/New_York")
 QUERY = ("timestamp, index, uuid, name, temperature.gpu, temperature.memory, memory.used [MiB], "
@@ -268,3 +272,45 @@ def test_an_unknown_zone_is_a_usage_error(tmp_path: Path, bad: str) -> None:
                                     str(tmp_path / "z.db"), "--timezone", bad])
     assert done.exit_code == 2 and "--timezone" in done.output
     assert not (tmp_path / "z.db").exists()
+
+
+# -- genuine nvidia-smi output ---------------------------------------------------------------
+@pytest.mark.parametrize(("name", "zone", "start_s", "local"), [
+    ("berlin_autumn", BERLIN, 1792889980, ("02:59:59", "02:00:00")),
+    ("new_york_autumn", NEW_YORK, 1793512780, ("01:59:59", "01:00:00")),
+    ("berlin_spring", BERLIN, 1774745980, ("01:59:59", "03:00:00")),
+    ("new_york_spring", NEW_YORK, 1772953180, ("01:59:59", "03:00:00")),
+])
+def test_real_nvidia_smi_log_through_the_change_imports_at_its_true_instants(
+        engine: sa.Engine, name: str, zone: ZoneInfo, start_s: int,
+        local: tuple[str, str]) -> None:
+    """nvidia-smi's own output through each change (42 rows, one second apart, the local
+    clock stepping back or forward an hour in the middle): imported with the zone's name,
+    the first row is at the instant the capture started and every following one about a
+    second later — no hour lost, none doubled."""
+    path = REAL / f"{name}.csv"
+    texts = local_texts(path.read_text())
+    changes = [n for n, (a, b) in enumerate(pairwise(texts))
+               if f" {local[0]}." in a and f" {local[1]}." in b]
+    assert len(changes) == 1 and 5 < changes[0] < 35  # the change is well inside the log
+    import_file(engine, path, host=HOST, tz=zone)
+    times = [ts for _, ts in stored(engine)]
+    assert len(times) == len(texts) == 42
+    assert start_s * 1000 <= times[0] < (start_s + 2) * 1000
+    assert all(900 < b - a < 1100 for a, b in pairwise(times)), times
+
+
+def test_real_log_of_only_the_second_pass_is_refused_then_placed_by_its_offset(
+        engine: sa.Engine, tmp_path: Path) -> None:
+    """The genuine Berlin log cut to the rows after the clocks went back (02:00:00 CET
+    on): refused with the offsets; with ``+01:00`` (CET) its rows land at exactly the UTC
+    instants the whole log gives them."""
+    lines = (REAL / "berlin_autumn.csv").read_text().splitlines()
+    step = next(n for n in range(2, len(lines)) if " 02:00:00." in lines[n])
+    second = write(tmp_path, "\n".join([lines[0], *lines[step:]]) + "\n", "second.csv")
+    with pytest.raises(FormatError, match=r"use --timezone \+01:00 or \+02:00") as info:
+        import_file(engine, second, host=HOST, tz=BERLIN)
+    assert info.value.line == 2
+    whole = [r.ts_ms for r in read_nvidia_smi(REAL / "berlin_autumn.csv", BERLIN)]
+    import_file(engine, second, host=HOST, tz=parse_zone("+01:00"))
+    assert [ts for _, ts in stored(engine)] == whole[step - 1:]
