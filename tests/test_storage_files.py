@@ -24,7 +24,10 @@ from pathlib import Path
 
 import pytest
 import requests
+import sqlalchemy as sa
 
+from gpuhistory.storage.engine import make_engine, unavailable_reason, upgrade
+from gpuhistory.storage.file_guard import FileGuard
 from tests.test_serve import free_port, gpuhistory, wait_ready
 
 pytestmark = pytest.mark.slow
@@ -243,3 +246,36 @@ def test_full_disk_sigterm_exited_1_with_a_traceback_now_75_and_one_line_each(
     filler.unlink()
     assert leases_after_restart(db) == set(granted)
     assert integrity_ok(db)
+
+
+def test_a_deleted_database_file_is_never_recreated_and_reads_go_on(tmp_path: Path) -> None:
+    """In process: once the database file is deleted, a connection already open still
+    reads, its writes are refused (rolled back, ``file_lost``), and no new connection is
+    opened — one would create an empty database at the path."""
+    db = tmp_path / "gone.db"
+    engine = make_engine(db)
+    upgrade(engine)
+    guard = FileGuard.attach(engine)
+    assert guard is not None and guard.check() is None
+    try:
+        with engine.connect() as kept:
+            db.unlink()
+            assert kept.execute(sa.text("SELECT count(*) FROM gpus")).scalar() == 0
+            kept.commit()  # a transaction that wrote nothing commits as usual
+            with pytest.raises(sa.exc.OperationalError) as refused:
+                kept.execute(sa.text("INSERT INTO gpus (host, gpu_index, uuid, backend, "
+                                     "first_seen_ms, last_seen_ms) VALUES ('h', 0, 'u', "
+                                     "'sim', 0, 0)"))
+                kept.commit()
+            assert unavailable_reason(refused.value) == "file_lost"
+            kept.rollback()
+            assert kept.execute(sa.text("SELECT count(*) FROM gpus")).scalar() == 0
+            kept.rollback()
+            with pytest.raises(sa.exc.OperationalError) as no_new, engine.connect() as fresh:
+                fresh.execute(sa.text("SELECT 1"))
+            assert unavailable_reason(no_new.value) == "file_lost"
+        assert not db.exists()
+        assert "database file" in (guard.check() or "") and guard.database_lost
+    finally:
+        engine.dispose()
+        guard.close()

@@ -93,7 +93,7 @@ class FileGuard:
             if now == expected:
                 continue
             how = "deleted" if now is None else "replaced by another file"
-            self._lost(f"the database's {what} {path} was {how} under the running service; "
+            self._lost(f"the {what} {path} was {how} under the running service; "
                        "writes are refused until it is restarted", what == "database file")
             break
         return self.problem
