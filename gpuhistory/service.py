@@ -7,7 +7,12 @@
   number may serve one database; runtime config changes reach the sampler as events.
 
 SIGTERM or SIGINT stops the scheduler (the tick in flight finishes and is committed), logs
-``monitoring_stopped`` and ``service_stopped``, then closes the HTTP server.
+``monitoring_stopped`` and ``service_stopped``, then closes the HTTP server. When the
+database refuses those last writes (disk full, files lost), each refusal is logged as one
+error line and ``unsaved`` says so: the CLI then exits with EXIT_UNSAVED.
+
+On SQLite a FileGuard (storage/file_guard.py) watches the database and WAL files: once one
+is deleted or replaced, writes are refused and /healthz says why.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
+import sqlalchemy as sa
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from gpuhistory.alerts.deliverer import WebhookDeliverer
@@ -38,7 +44,8 @@ from gpuhistory.sampling.control import should_monitor
 from gpuhistory.sampling.pipeline import Pipeline
 from gpuhistory.sampling.sampler import Sampler
 from gpuhistory.sampling.select import select_backend
-from gpuhistory.storage.engine import make_engine, upgrade
+from gpuhistory.storage.engine import make_engine, unavailable_reason, upgrade
+from gpuhistory.storage.file_guard import FileGuard
 from gpuhistory.storage.log import LogStore
 from gpuhistory.wsgi.server import HttpServer
 from gpuhistory.wsgi.server import stop_waitress as stop_waitress  # tests, benchmarks
@@ -57,6 +64,7 @@ RETENTION_JOB_ID = "gpuhistory.retention"
 RETENTION_EVERY_SECONDS = 3600
 
 ROLES = ("both", "sampler", "api")
+EXIT_UNSAVED = 75  # stopped, but the database refused the final writes (EX_TEMPFAIL)
 
 
 @dataclass(frozen=True)
@@ -111,6 +119,8 @@ class Service:
                              overrides={"monitor_interval": settings.interval})
         self.engine = make_engine(settings.db)
         upgrade(self.engine)
+        self.files = FileGuard.attach(self.engine)
+        self.unsaved: list[str] = []  # what shutdown could not write (see EXIT_UNSAVED)
         self.config = ConfigStore(self.engine, static, self.clock)
         self.host = settings.host_name or machine_name()
         self.store = LogStore(self.engine, self.host)
@@ -129,6 +139,7 @@ class Service:
                 engine=self.engine, host=self.host, clock=self.clock, config=self.config,
                 sampler=self.sampler, config_store=self.config, leases=self.leases,
                 api_token=settings.api_token, max_streams=max(1, settings.threads // 2),
+                files=self.files,
             )
             self.app = create_app(self.context)
         self._server: HttpServer | None = None
@@ -261,16 +272,25 @@ class Service:
             self._server.stop()
 
     def shutdown(self) -> None:
+        """Stop everything; a database refusing writes keeps nothing from shutting down."""
         if self.sampler is not None:
             self.sampler.stop(reason="service stopping")
+            self.unsaved += self.sampler.unsaved
         if self.scheduler is not None and self.scheduler.running:
             self.scheduler.shutdown(wait=True)
         if self.alerts is not None:
             self.alerts.close()
-        try:  # a database refusing writes must not keep the rest from shutting down
+        try:
             self._event(EventKind.SERVICE_STOPPED, pid=os.getpid(), role=self.role)
+        except (sa.exc.OperationalError, sa.exc.TimeoutError) as exc:
+            log.error("could not log service_stopped: the database refuses writes (%s)",
+                      unavailable_reason(exc))
+            self.unsaved.append("service_stopped")
         except Exception:
             log.exception("could not log service_stopped")
+            self.unsaved.append("service_stopped")
         if self.backend is not None:
             self.backend.close()
         self.engine.dispose()
+        if self.files is not None:
+            self.files.close()

@@ -118,7 +118,7 @@ def _run_service(role: str, **options: Any) -> None:
     """Check the bind/token rules, build the role's ``Service`` and run it."""
     from gpuhistory.config.layers import ConfigFileError
     from gpuhistory.sampling.backend import BackendUnavailable
-    from gpuhistory.service import ServeSettings, Service, is_loopback
+    from gpuhistory.service import EXIT_UNSAVED, ServeSettings, Service, is_loopback
 
     logging.getLogger("gpuhistory").setLevel(logging.INFO)
     token = os.environ.get("GPUHISTORY_TOKEN") or None
@@ -142,6 +142,11 @@ def _run_service(role: str, **options: Any) -> None:
         click.secho(f"NOTE: simulated GPUs (backend sim, trace {service.backend.trace.name}); "
                     "answers say \"backend\": \"sim\".", fg="yellow", err=True)
     service.run()
+    if service.unsaved:
+        logging.getLogger("gpuhistory").error(
+            "stopped, but the database refused the final writes (%s): exit status %d",
+            ", ".join(service.unsaved), EXIT_UNSAVED)
+        sys.exit(EXIT_UNSAVED)
 
 
 @cli.command()
@@ -222,22 +227,23 @@ def db_current(db: str | None) -> None:
 @click.option("--host-name", envvar="GPUHISTORY_HOST_NAME", show_envvar=True,
               help="Host the imported GPUs belong to (default: this machine).")
 @click.option("--timezone", "tz_name", default=None,
-              help="Zone of nvidia-smi's local timestamps, e.g. UTC (default: this machine's).")
+              help="Zone of nvidia-smi's local timestamps: a name (Europe/Berlin, UTC) or a "
+                   "fixed offset (+01:00); default: this machine's.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def import_cmd(db: str | None, file: str, fmt: str, start: int | None, host_name: str | None,
                tz_name: str | None, as_json: bool) -> None:
     """Run a trace or an nvidia-smi CSV log through the classification pipeline."""
-    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
     from gpuhistory.context import machine_name
     from gpuhistory.formats.errors import FormatError
+    from gpuhistory.formats.local_time import parse_zone
     from gpuhistory.importer import import_file
     from gpuhistory.storage.engine import make_engine, upgrade
 
     try:
-        tz = None if tz_name is None else ZoneInfo(tz_name)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise click.BadParameter(f"unknown time zone {tz_name!r}", param_hint="--timezone") \
+        tz = None if tz_name is None else parse_zone(tz_name)
+    except ValueError as exc:
+        raise click.BadParameter(f"{exc}: use a zone name such as Europe/Berlin or UTC, or "
+                                 "a fixed offset such as +01:00", param_hint="--timezone") \
             from None
     from gpuhistory.importer import detect_format
 

@@ -76,9 +76,12 @@ def _sqlite_on_error(context: sa.engine.ExceptionContext) -> None:
 
 
 def unavailable_reason(exc: BaseException) -> str:
-    """Why the database refused: ``locked``, ``full``, ``read_only``, ``io_error`` or
+    """Why the database refused: ``locked``, ``full``, ``read_only``, ``io_error``,
+    ``file_lost`` (its file was deleted or replaced: storage/file_guard.py) or
     ``unavailable`` (anything else: the server is down, the pool is exhausted, ...)."""
     text = str(getattr(exc, "orig", None) or exc).lower()
+    if "deleted or replaced under the running service" in text:
+        return "file_lost"
     if "locked" in text or "busy" in text:
         return "locked"
     if "disk is full" in text or "database or disk is full" in text:
