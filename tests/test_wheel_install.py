@@ -5,6 +5,7 @@ the installed files alone."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -96,8 +97,9 @@ def test_the_installed_wheel_migrates_imports_and_serves_the_dashboard(tmp_path:
     trace = installed.parent / "data" / "traces" / "h100_burn.csv"
     run([gpuhistory, "import", str(trace), "--db", db, "--start", "2026-11-26T03:00:00Z",
          "--host-name", "wheelhost"], elsewhere, env)
-    status = run([gpuhistory, "status", "--db", db, "--host", "wheelhost"], elsewhere, env)
-    assert "wheelhost" in status or "GPU" in status
+    status = json.loads(run([gpuhistory, "status", "--db", db, "--host", "wheelhost",
+                             "--json"], elsewhere, env))
+    assert status["host"] == "wheelhost" and status["count"] >= 1
 
     port = free_port()
     serve = subprocess.Popen(
