@@ -3,7 +3,7 @@ against the real server replaying fleet4_derived.csv with a fake clock.
 
 What each test proves is in its docstring. Screenshots of every page at 1280x800 (and the
 fleet in a narrow window) are written to build/screenshots/ and the folder is printed at the
-end of the run. Without Chromium (or without the chart library, ``npm ci --prefix web``)
+end of the run. Without Chromium (or without the shipped chart library, web/vendor/uplot/)
 these tests skip with the reason — unless GPUHISTORY_REQUIRE_BROWSER=1 (CI), when they fail.
 """
 
@@ -23,7 +23,7 @@ import requests
 from playwright.sync_api import expect, sync_playwright
 
 from gpuhistory.analytics.incidents import IncidentDetector
-from gpuhistory.api.dashboard import VENDOR, WEB_ROOT
+from gpuhistory.assets import VENDOR, vendor_file
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.browser
@@ -42,9 +42,9 @@ TEMPERATURE_RGB = (194, 65, 12)  # COLORS.temperature in web/static/js/charts.js
 def _unavailable_reason() -> str | None:
     if not Path(CHROMIUM).exists() and shutil.which("chromium") is None:
         return f"Chromium is not installed ({CHROMIUM}): apt-get install chromium"
-    missing = [name for name, path in VENDOR.items() if not (WEB_ROOT / path).is_file()]
+    missing = [name for name in VENDOR if not vendor_file(name).is_file()]
     if missing:
-        return f"the dashboard's library is not installed ({missing}): npm ci --prefix web"
+        return f"the dashboard's library is missing ({missing}): git checkout web/vendor"
     return None
 
 

@@ -22,10 +22,10 @@ import requests
 import sqlalchemy as sa
 from click.testing import CliRunner
 
-from gpuhistory import __version__
+from gpuhistory import __version__, assets
 from gpuhistory.analytics.incidents import IncidentDetector
 from gpuhistory.analytics.postmortem import format_duration
-from gpuhistory.api.dashboard import SECURITY_HEADERS, VENDOR, WEB_ROOT
+from gpuhistory.api.dashboard import SECURITY_HEADERS
 from gpuhistory.cli.main import cli
 from gpuhistory.clock import FakeClock, iso_utc
 from gpuhistory.domain.config import DEFAULT_CONFIG
@@ -46,9 +46,7 @@ from tests.test_incidents import (
     write_trace,
 )
 
-pytestmark = [pytest.mark.postgres, pytest.mark.skipif(
-    not all((WEB_ROOT / p).is_file() for p in VENDOR.values()),
-    reason="the chart library is not installed: npm ci --prefix web")]
+pytestmark = pytest.mark.postgres
 
 LEASE_GRANTED_MS = START_MS + 130_000  # inside GPU 1's second overheat (121.5 s to 200.2 s)
 SECTIONS = ("summary", "card", "timeline", "reasons", "throttle", "transitions", "processes",
@@ -294,13 +292,11 @@ def test_one_hour_incident_stays_under_500_kib(engine: sa.Engine, db_url: str,
 
 def test_without_the_chart_library_the_cli_says_how_to_install_it(
         engine: sa.Engine, db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """No uPlot files: the CLI fails (exit 1) naming the set-up command and writes nothing."""
-    from gpuhistory.api import dashboard
-
+    """No uPlot files: the CLI fails (exit 1) saying to reinstall and writes nothing."""
     want = import_with_lease(engine)
-    monkeypatch.setattr(dashboard, "WEB_ROOT", tmp_path / "empty-web")
+    monkeypatch.setattr(assets, "web_root", lambda: tmp_path / "empty-web")
     result = cli_report(db_url, want["id"], "-o", str(tmp_path / "none.html"))
-    assert result.exit_code == 1 and "npm ci --prefix web" in result.output
+    assert result.exit_code == 1 and "reinstall gpuhistory" in result.output
     assert not (tmp_path / "none.html").exists()
 
 
@@ -309,7 +305,7 @@ def test_api_report_download_and_cli_url(app, tmp_path: Path,
     """GET .../report.html is a download (attachment, text/html) whose header policy is the
     file's own plus frame-ancestors, the other security headers kept; `report --url` writes
     the same report; unknown ids are 404 in the error shape (exit 3 for the CLI), bad
-    arguments 4xx; without the chart library, 503 with the set-up command."""
+    arguments 4xx; without the chart library, 503 saying to reinstall."""
     allocate = requests.post(f"{app.url}/api/gpu/memory/allocate", json={
         "allocation_id": "train-42", "memory_mb": 20480, "gpu_id": 1, "owner": "alice",
         "ttl_seconds": 600}, timeout=5)
@@ -357,14 +353,12 @@ def test_api_report_download_and_cli_url(app, tmp_path: Path,
     spec = requests.get(f"{app.url}/api/openapi.json", timeout=5).json()
     assert "text/html" in spec["paths"]["/api/gpu/incidents/{incident_id}/report.html"][
         "get"]["responses"]["200"]["content"]
-    from gpuhistory.api import dashboard
-
-    monkeypatch.setattr(dashboard, "WEB_ROOT", tmp_path / "empty-web")
+    monkeypatch.setattr(assets, "web_root", lambda: tmp_path / "empty-web")
     unavailable = requests.get(f"{app.url}/api/gpu/incidents/{incident['id']}/report.html",
                                timeout=5)
     assert unavailable.status_code == 503
     assert unavailable.json()["error"]["code"] == "dashboard_not_installed"
-    assert "npm ci --prefix web" in unavailable.json()["error"]["message"]
+    assert "reinstall gpuhistory" in unavailable.json()["error"]["message"]
 
 
 # -- the module linker -------------------------------------------------------------------------

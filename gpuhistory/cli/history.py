@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 
+from gpuhistory.cli.database import require_existing
 from gpuhistory.cli.hosts import host_option, local_host, server_host
 from gpuhistory.cli.times import time_value
 from gpuhistory.clock import SystemClock
@@ -96,6 +97,7 @@ def _from_db(db: str | None, host_name: str | None, gpu_id: int, since: int | No
     from gpuhistory.storage.queries import latest_samples
 
     host = local_host(host_name, fleet=False)
+    require_existing(db)
     engine = make_engine(db)
     upgrade(engine)
     if until is None:

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import click
 
+from gpuhistory.cli.database import require_existing
 from gpuhistory.cli.hosts import host_option, local_host, server_host
 from gpuhistory.cli.times import time_value
 from gpuhistory.clock import SystemClock
@@ -66,6 +67,7 @@ class _Local:
         from gpuhistory.config.store import ConfigStore
         from gpuhistory.storage.engine import make_engine, upgrade
 
+        require_existing(db)
         self.engine = make_engine(db)
         click.get_current_context().call_on_close(self.engine.dispose)
         upgrade(self.engine)

@@ -17,6 +17,7 @@ import sqlalchemy as sa
 
 from gpuhistory import __version__
 from gpuhistory.cli import output
+from gpuhistory.cli.database import require_existing
 from gpuhistory.cli.history import history
 from gpuhistory.cli.hosts import ALL_HOSTS, host_option, local_host, server_host
 from gpuhistory.cli.incidents import incidents
@@ -290,6 +291,7 @@ def status(ctx: click.Context, db: str | None, gpu_id: int | None, at: int | Non
     from gpuhistory.storage.queries import latest_samples
 
     host = local_host(host_name)
+    require_existing(db)
     engine = make_engine(db)
     click.get_current_context().call_on_close(engine.dispose)
     upgrade(engine)

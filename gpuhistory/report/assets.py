@@ -50,24 +50,25 @@ def _dashboard_asset(relative_path: str) -> str:
     """The text of a dashboard file, named as the app serves it under ``/ui/``:
     ``js/charts.js``, ``vendor/uPlot.iife.min.js``.
 
-    The one place that knows where those files live (no Flask app is needed: the CLI reads
-    the database without one).
+    Found through :mod:`gpuhistory.assets`, the one place that knows where the shipped files
+    live (in a checkout and in an installed wheel alike; no Flask app is needed: the CLI
+    reads the database without one).
     """
-    from gpuhistory.api import dashboard
+    from gpuhistory import assets
 
-    if relative_path.startswith("vendor/"):
-        name = relative_path.removeprefix("vendor/")
-        if name not in dashboard.VENDOR:
-            raise AssetMissing(f"no dashboard library file {name!r}")
-        path = dashboard.WEB_ROOT / dashboard.VENDOR[name]
-    else:
-        path = dashboard.WEB_ROOT / "static" / relative_path
     try:
+        if relative_path.startswith("vendor/"):
+            name = relative_path.removeprefix("vendor/")
+            if name not in assets.VENDOR:
+                raise AssetMissing(f"no dashboard library file {name!r}")
+            path = assets.vendor_file(name)
+        else:
+            path = assets.dashboard_file(f"static/{relative_path}")
         return path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise AssetMissing(
-            f"the dashboard file {relative_path} is not installed ({path}): run the set-up "
-            f"command, {dashboard.SETUP_COMMAND}") from None
+            f"the dashboard file {relative_path} is missing from the installed package: "
+            "reinstall gpuhistory (in a checkout: git checkout web/)") from None
 
 
 def inline_safe(text: str, what: str) -> str:

@@ -25,8 +25,8 @@ from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-MIGRATIONS_DIR = REPO_ROOT / "migrations"
+from gpuhistory.assets import migrations_dir
+
 BUSY_TIMEOUT_MS = 5000
 MIGRATION_LOCK_KEY = 0x67707568  # "gpuh": the advisory lock of migrations/env.py
 
@@ -118,7 +118,7 @@ def make_engine(db: str | os.PathLike[str] | None,
 
 def _alembic_config(connection: sa.Connection | None = None) -> AlembicConfig:
     cfg = AlembicConfig()
-    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("script_location", str(migrations_dir()))
     if connection is not None:
         cfg.attributes["connection"] = connection
     return cfg
