@@ -174,6 +174,8 @@ class WebhookDeliverer:
         now = self.clock.now_ms()
         if state.next_attempt_ms is not None and now < state.next_attempt_ms:
             return run
+        if state.pending_event_id is None and self._resend_due(hook, now):
+            self._resend(hook, state.cursor, run)  # what is active before the new events
         upto = self.horizon.safe_id(state.cursor)
         rows: Sequence[sa.Row[Any]] = []
         if upto > state.cursor:
@@ -197,8 +199,6 @@ class WebhookDeliverer:
                 break
         if finished and len(rows) < self.batch_events and upto > state.cursor:
             state = self.store.advance(state, upto, now) or state
-        if finished and state.pending_event_id is None and self._resend_due(hook, now):
-            self._resend(hook, state.cursor, run)
         run.cursor, run.next_attempt_ms = state.cursor, state.next_attempt_ms
         return run
 
