@@ -78,6 +78,9 @@ def test_alert_fires_with_labels_and_annotations_then_resolves(log: Log, receive
     assert resolved["startsAt"] == firing["startsAt"]
     assert resolved["endsAt"] == iso_utc(clock.now_ms())
     assert [r.status for r in delivery_log(log.engine, "am")] == ["delivered", "delivered"]
+    row = state(log.engine, "am")
+    assert row.settings["format"] == "alertmanager" and row.signed is False
+    assert row.kinds == [*ALERT_KINDS, "resume", "gpu_found"]  # what it reads, for the lag
 
 
 def test_a_resolve_with_no_alert_active_sends_nothing(log: Log, receiver, deliverers) -> None:
@@ -264,6 +267,7 @@ def test_chat_messages_are_one_readable_text_line(sim_app, receiver, deliverers)
         assert line.endswith("?range=1h") or "/#/incidents/" in line
         assert request.headers["X-Gpuhistory-Event"] in ("overheat", "critical")
     assert re.match(r"gpuhistory: GPU \d+ \(.+\) on \S+ \w+ · ", documented["text"])
+    assert {r.status for r in delivery_log(sim_app.engine, "chat")} == {"delivered"}
 
 
 def test_chat_for_an_event_without_a_gpu_names_the_host(log: Log, receiver,
