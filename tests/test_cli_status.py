@@ -40,6 +40,9 @@ def _env(**extra: str) -> dict[str, str]:
     return {**env, "TERM": "xterm-256color", "COLUMNS": "200", "LINES": "40", **extra}
 
 
+IMPORTED_AT_MS: list[int] = []  # when the module's database was made (its "now")
+
+
 @pytest.fixture(scope="module")
 def db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The bundled 4-GPU trace imported to start 10 min ago, with two processes on GPU 2 (one
@@ -52,6 +55,7 @@ def db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     with engine.begin() as conn:
         row = {r.gpu_index: r.id for r in conn.execute(sa.select(gpus.c.id, gpus.c.gpu_index))}
         now = time.time_ns() // 1_000_000  # the trace covers about -10 min .. -5.7 min
+        IMPORTED_AT_MS.append(now)
         conn.execute(gpu_processes.insert(), [
             {"gpu_id": row[2], "pid": 4242, "name": "python", "used_memory_mib": 38_000,
              "first_seen_ms": now - 300_000, "last_seen_ms": now, "ended_ms": None},
@@ -142,7 +146,9 @@ def test_processes_under_each_gpu(db: Path) -> None:
     assert "old-job" not in "\n".join(out)
     gpu0 = next(i for i, line in enumerate(out) if re.match(r"0\s", line))
     assert re.search(r"└ 13 nvtop\s+.*-", out[gpu0 + 1])
-    then = run_piped(db, "-p", "--at", "-9m").stdout  # old-job ran from -10 to -8 min
+    # old-job ran from -10 to -8 min of the import: ask about -9 min of it, relative to now
+    ago_s = 540 + (time.time_ns() // 1_000_000 - IMPORTED_AT_MS[0]) // 1000
+    then = run_piped(db, "-p", "--at", f"-{ago_s}s").stdout
     assert "old-job" in then and "4242" not in then
     doc = json.loads(run_piped(db, "-p", "--json").stdout)
     by_gpu = {g["gpu_id"]: g["processes"] for g in doc["gpus"]}
