@@ -156,15 +156,21 @@ def test_processes_under_each_gpu(db: Path) -> None:
 
 
 def test_a_user_column_only_when_the_log_has_users() -> None:
-    """A process's user is shown when recorded, and nothing stands for it when not."""
+    """A USER column appears when the log names a process's user ("-" for one it does not),
+    and not at all when it names none."""
     doc = {"gpu_id": 0, "name": "H100", "host": "h", "state": "NORMAL", "backend": "nvml",
            "metrics": {}, "sample_age_seconds": 531.084,
            "throttling": {"speed_multiplier": 1.0}}
-    text = render_text(status_table([doc], {("h", 0): [
+    with_users = render_text(status_table([doc], {("h", 0): [
         {"pid": 1, "name": "train", "used_memory_mb": 10, "user": "alice"},
-        {"pid": 2, "name": "infer", "used_memory_mb": 5}]}))
-    assert "└ 1 train (alice)" in text and re.search(r"└ 2 infer\s", text)
-    assert "8 min 51 s" in text  # the sample's age, for people
+        {"pid": 2, "name": "infer", "used_memory_mb": 5}]})).splitlines()
+    assert with_users[0].split()[:4] == ["GPU", "NAME", "USER", "STATE"]
+    assert with_users[2].split()[:4] == ["└", "1", "train", "alice"]
+    assert with_users[3].split()[:4] == ["└", "2", "infer", "-"]
+    without = render_text(status_table([doc], {("h", 0): [
+        {"pid": 2, "name": "infer", "used_memory_mb": 5}]})).splitlines()
+    assert "USER" not in without[0] and without[0].split()[:3] == ["GPU", "NAME", "STATE"]
+    assert "8 min 51 s" in without[1]  # the sample's age, for people
 
 
 def test_watch_refuses_json_and_at(db: Path) -> None:

@@ -35,45 +35,38 @@ def _cell(value: Any, unit: str = "") -> str:
     return "-" if value is None else f"{value}{unit}"
 
 
-def _process_line(p: dict[str, Any]) -> Text:
-    """``└ 4242 python (alice)``: pid, name and, when recorded, the user."""
-    line = Text(f"└ {p['pid']} {p.get('name') or '?'}")
-    if p.get("user"):
-        line.append(f" ({p['user']})", style="bold")
-    return line
-
-
 def status_table(docs: list[dict[str, Any]],
                  processes: dict[tuple[str | None, int], list[dict[str, Any]]] | None = None
                  ) -> Table:
     """One row per GPU (a HOST column first when the GPUs are on several hosts); with
-    ``processes``, the GPU's running processes under it (pid, name, user, MiB)."""
+    ``processes``, the GPU's running processes under it (``└ pid name`` and MiB), and a
+    USER column when the log says who ran any of them."""
     fleet = len({d.get("host") for d in docs}) > 1
+    users = any(p.get("user") for ps in (processes or {}).values() for p in ps)
     table = Table(box=None, show_edge=False, pad_edge=False, header_style="bold",
                   padding=(0, 2, 0, 0))
-    for header in ["HOST"] * fleet + ["GPU", "NAME", "STATE", "ADVICE", "TEMP", "MEMORY",
-                                      "LOAD", "POWER", "REASONS", "AGE", "BACKEND"]:
+    for header in ["HOST"] * fleet + ["GPU", "NAME"] + ["USER"] * users + [
+            "STATE", "ADVICE", "TEMP", "MEMORY", "LOAD", "POWER", "REASONS", "AGE",
+            "BACKEND"]:
         table.add_column(header, no_wrap=True)
     for d in docs:
         m = d.get("metrics") or {}
         mem = (f"{m['memory_used_mb']}/{m['memory_total_mb']} MiB"
                if m.get("memory_used_mb") is not None else "-")
-        t = d["throttling"]
         style = STATE_STYLES.get(d["state"], "")
-        multiplier = t["speed_multiplier"]
+        multiplier = d["throttling"]["speed_multiplier"]
         table.add_row(*[d.get("host") or "-"] * fleet,
-                      str(d["gpu_id"]), (d.get("name") or "-")[:32],
+                      str(d["gpu_id"]), (d.get("name") or "-")[:32], *[""] * users,
                       Text(d["state"], style=style),
                       Text(f"x{multiplier}", style="" if multiplier == 1 else style),
                       Text(_cell(m.get("temperature_celsius"), " C"), style=style), mem,
                       _cell(m.get("load_percent"), " %"), _cell(m.get("power_watts"), " W"),
                       ",".join(m.get("clock_event_reasons") or []) or "-",
                       duration(d.get("sample_age_seconds")), d["backend"])
-        if processes is None:
-            continue
-        for p in processes.get((d.get("host"), d["gpu_id"]), []):
+        for p in (processes or {}).get((d.get("host"), d["gpu_id"]), []):
             used = p.get("used_memory_mb")
-            table.add_row(*[""] * fleet, "", _process_line(p), "", "", "",
+            table.add_row(*[""] * fleet, "", f"└ {p['pid']} {p.get('name') or '?'}",
+                          *[p.get("user") or "-"] * users, "", "", "",
                           "-" if used is None else f"{used} MiB", "", "", "", "", "",
                           style="dim")
     return table
