@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -241,6 +242,7 @@ def import_cmd(db: str | None, file: str, fmt: str, start: int | None, host_name
     click.echo(json.dumps(summary, indent=2) if as_json else output.render_summary(summary))
 
 
+# What one look at the GPUs gives: the host asked about, the status documents, the processes.
 Frame = tuple[str | None, list[dict[str, Any]], dict[tuple[str, int], list[dict[str, Any]]] | None]
 
 
@@ -290,7 +292,7 @@ def status(ctx: click.Context, db: str | None, gpu_id: int | None, at: int | Non
 
 
 def _db_frames(db: str | None, gpu_id: int | None, at: int | None, host_name: str | None,
-               show_processes: bool) -> Any:
+               show_processes: bool) -> Callable[[], Frame]:
     """A function that reads the status documents (and processes) from the database."""
     from gpuhistory.cli.processes import running_processes
     from gpuhistory.config.layers import load_static
@@ -321,7 +323,7 @@ def _db_frames(db: str | None, gpu_id: int | None, at: int | None, host_name: st
 
 
 def _server_frames(url: str, gpu_id: int | None, at_ms: int | None, host: str | None,
-                   show_processes: bool) -> Any:
+                   show_processes: bool) -> Callable[[], Frame]:
     """A function that asks the server's API for the status documents (exit 3/6 as
     lease). The API serves no processes: with -p, a note says so."""
     from gpuhistory.cli.lease import fail
