@@ -23,6 +23,7 @@ import click
 
 from gpuhistory.cli.database import require_existing
 from gpuhistory.cli.hosts import host_option, local_host, server_host
+from gpuhistory.cli.humanize import duration
 from gpuhistory.cli.times import time_value
 from gpuhistory.clock import SystemClock
 
@@ -348,7 +349,7 @@ def render_postmortem(doc: dict[str, Any]) -> str:
         f"  duration     {format_duration(doc['duration_seconds'])}",
         f"  peak         {doc['peak_temperature_celsius']} C at {doc['peak_at']}",
         f"  mean         {doc['mean_temperature_celsius']} C over {doc['sample_count']} samples",
-        f"  severity     {doc['severity']} ({doc['above_critical_seconds']} s above "
+        f"  severity     {doc['severity']} ({duration(doc['above_critical_seconds'])} above "
         f"{doc['thresholds']['temp_critical']} C)",
         f"  peak power   {doc['peak_power_watts']} W",
         f"  memory       max {memory['max_used_mb']} MiB, avg {memory['avg_used_mb']} MiB "
@@ -360,12 +361,12 @@ def render_postmortem(doc: dict[str, Any]) -> str:
     lines.append("")
     lines.append("Clock-event reasons:" if doc["clock_event_reasons_seen"]
                  else "Clock-event reasons: none reported")
-    lines += [f"  {r['name']}: {r['samples']} samples, {r['seconds']} s"
+    lines += [f"  {r['name']}: {r['samples']} samples, {duration(r['seconds'])}"
               for r in doc["clock_event_reasons_seen"]]
     throttle = doc.get("throttle_time_seconds")
     if throttle:
         lines.append("Hardware throttle time: " + ", ".join(
-            f"{k} {v} s" for k, v in throttle.items() if v is not None))
+            f"{k} {duration(v)}" for k, v in throttle.items() if v is not None))
     lines.append(f"Transitions ({len(doc['transitions'])}):")
     lines += [f"  {t['timestamp']}  {t['from']} -> {t['to']} ({t['cause']}, "
               f"{t['temperature_celsius']} C)" for t in doc["transitions"]]
