@@ -64,12 +64,12 @@ def test_bad_relative_times_are_refused(text) -> None:
         parse_cli_time(text, NOW)
 
 
-def test_relative_times_work_on_the_command_line(tmp_path) -> None:
-    """--since -1h --until now is accepted where an ISO time is (history of a GPU the empty
-    database does not have: exit 3, not a usage error)."""
+def test_relative_times_work_on_the_command_line(engine, db_url: str) -> None:
+    """--since -1h --until now is accepted where an ISO time is (history of a GPU the empty,
+    migrated database does not have: exit 3, not a usage error)."""
     result = CliRunner().invoke(cli, ["history", "--since", "-1h", "--until", "now", "--db",
-                                      str(tmp_path / "x.db")])
+                                      db_url])
     assert result.exit_code == 3, result.output
     backwards = CliRunner().invoke(cli, ["history", "--since", "now", "--until", "-1h", "--db",
-                                         str(tmp_path / "x.db")])
+                                         db_url])
     assert backwards.exit_code == 2 and "--since must not be after --until" in backwards.output
