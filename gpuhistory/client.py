@@ -178,17 +178,17 @@ class Client:
         return status, raw
 
     def _get(self, path: str, **params: Any) -> dict[str, Any]:
-        return self.request("GET", path, params)  # type: ignore[no-any-return]
+        return self.request("GET", path, params)
 
     def _post(self, path: str, **body: Any) -> dict[str, Any]:
         """POST a JSON body; None fields are left out (the server's defaults apply)."""
         body = {k: v for k, v in body.items() if v is not None}
-        return self.request("POST", path, body=body)  # type: ignore[no-any-return]
+        return self.request("POST", path, body=body)
 
     # -- status and metrics ------------------------------------------------------------
     def health(self) -> dict[str, Any]:
         """``/healthz``: ``status`` ok, degraded or down (a 503 is returned, not raised)."""
-        return self.request("GET", "/healthz", ok=(503,))  # type: ignore[no-any-return]
+        return self.request("GET", "/healthz", ok=(503,))
 
     def status(self, gpu_id: int = 0, at: TimeArg = None) -> dict[str, Any]:
         """One GPU's state, reading, throttle advice and lease capacity (``at`` a past time)."""
@@ -247,7 +247,7 @@ class Client:
         doc = self._get("/api/gpu/incidents", gpu_id=gpu_id, since=time_param(since),
                         until=time_param(until), severity=severity, limit=limit,
                         host=host or self.host)
-        return doc["incidents"]  # type: ignore[no-any-return]
+        return doc["incidents"]
 
     def incident(self, incident_id: int, max_samples: int | None = None) -> dict[str, Any]:
         """The post-mortem of one incident (404 ``incident_not_found``): ``summary``, peak,
@@ -273,7 +273,7 @@ class Client:
         ``host="*"``: every host)."""
         doc = self._get("/api/gpu/memory/leases", gpu_id=gpu_id, owner=owner, status=status,
                         limit=limit, host=host or self.host)
-        return doc["leases"]  # type: ignore[no-any-return]
+        return doc["leases"]
 
     def allocate(self, allocation_id: str, memory_mb: int, gpu_id: int = 0,
                  ttl_seconds: float | None = None, owner: str | None = None) -> dict[str, Any]:
@@ -328,7 +328,7 @@ class Client:
         """
         # None is meaningful here (clear a runtime change), so it is sent as null.
         body = {**(changes or {}), **more}
-        return self.request("PUT", "/api/gpu/config", body=body)  # type: ignore[no-any-return]
+        return self.request("PUT", "/api/gpu/config", body=body)
 
     def start_monitoring(self) -> dict[str, Any]:
         """Start sampling (idempotent); ``{"monitoring": true, ...}``."""

@@ -64,7 +64,7 @@ def select_events(kinds: Sequence[str], gpu_refs: Sequence[int | str] | None, ho
 
 
 def count_events(kinds: Sequence[str], gpu_refs: Sequence[int | str] | None, host: str,
-                 after_id: int, cap: int) -> sa.Select[Any]:
+                 after_id: int, cap: int) -> sa.Select[int, Any]:
     """How many of the webhook's events come after ``after_id`` (counted up to ``cap``),
     and the time of the oldest."""
     page = (

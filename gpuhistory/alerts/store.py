@@ -15,6 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from gpuhistory.alerts.config import WebhookConfig
+from gpuhistory.storage.engine import inserted_id
 from gpuhistory.storage.schema import events, webhook_deliveries, webhooks
 
 _W = webhooks.c
@@ -90,7 +91,7 @@ class DeliveryStore:
                         host=self.host, name=name, active=True, cursor_event_id=end,
                         attempts=0, created_ms=now_ms, updated_ms=now_ms, version=1,
                         **definition))
-                    ids[name] = int(result.inserted_primary_key[0])
+                    ids[name] = inserted_id(result)
                     continue
                 ids[name] = row.id
                 if not row.active or any(getattr(row, k) != v for k, v in definition.items()):

@@ -187,7 +187,7 @@ class RetentionJob:
                     params = {"gpu": gpu_id, "lo": lo, "hi": hi}
                     upper = conn.execute(seek, {**params, "offset": self.batch_rows - 1}).scalar()
                     last_batch = upper is None
-                    if last_batch:
+                    if upper is None:
                         upper = hi - 1
                     count = conn.execute(delete, {**params, "upper": upper}).rowcount
             if count:

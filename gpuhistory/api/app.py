@@ -50,7 +50,7 @@ def create_app(context: ServiceContext) -> OpenAPI:
     )
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.json = StrictJSONProvider(app)
-    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.json.sort_keys = False
     app.extensions["gpuhistory"] = context
     register_error_handlers(app)
     install_auth(app)
@@ -60,7 +60,7 @@ def create_app(context: ServiceContext) -> OpenAPI:
     app.register_blueprint(dashboard.bp)  # the dashboard: static files, not in the OpenAPI doc
 
     @app.get("/api/openapi.json", doc_ui=False)
-    def openapi_document():  # type: ignore[no-untyped-def]
+    def openapi_document():
         """The OpenAPI 3.1 document describing every endpoint, request and response."""
         return jsonify(app.api_doc)
 

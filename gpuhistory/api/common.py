@@ -18,7 +18,7 @@ View = Response | tuple[Response, int]  # what a view returns (resolvable by get
 
 
 def ctx() -> ServiceContext:
-    return current_app.extensions["gpuhistory"]  # type: ignore[no-any-return]
+    return current_app.extensions["gpuhistory"]
 
 
 def config_at(ts_ms: int, live: bool) -> Config:

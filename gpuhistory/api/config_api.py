@@ -46,7 +46,7 @@ def get_config() -> View:
 
 @bp.put("/config", responses={200: ConfigDoc, **errors(400, 401, 403, 409, 413, 422)},
         security=[{"bearer": []}])
-def put_config(body: ConfigPatch) -> View:  # type: ignore[valid-type]
+def put_config(body: ConfigPatch) -> View:
     """Change keys at runtime (``{"temp_throttle": 80}``); ``null`` removes a runtime change.
 
     Unknown keys or wrong types: 400; values out of range or thresholds not increasing: 422

@@ -9,7 +9,7 @@ hertz, ratios 0 to 1), ``_total`` on counters only. See docs/prometheus.md.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -191,8 +191,8 @@ class GpuHistoryCollector(Collector):
         yield from families.values()
 
     # -- counters from the log -----------------------------------------------------------
-    def _counters(self, entries: list[LatestSample], moved: list[Any], overheated: list[Any],
-                  lease_events: list[Any]) -> Iterator[Metric]:
+    def _counters(self, entries: list[LatestSample], moved: Sequence[Any],
+                  overheated: Sequence[Any], lease_events: Sequence[Any]) -> Iterator[Metric]:
         indices = sorted({e.gpu.index for e in entries}
                          | {row[0] for row in moved} | {row[0] for row in overheated})
         counts = {(i, s.name): 0 for i in indices for s in GPUState}

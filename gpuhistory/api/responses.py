@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from flask_openapi3.types import ResponseDict
 from pydantic import BaseModel, Field, RootModel
 
 from gpuhistory.api.schemas import ErrorBody
@@ -288,6 +289,6 @@ class IncidentReport(Incident):
     samples: list[Metrics]
 
 
-def errors(*statuses: int) -> dict[int, type[BaseModel]]:
+def errors(*statuses: int) -> ResponseDict:
     """The error responses an endpoint documents (always with the one error shape)."""
     return {status: ErrorBody for status in (*statuses, 503)}

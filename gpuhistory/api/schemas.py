@@ -6,7 +6,7 @@ Field names follow DESIGN §5 and stay the same in the API, the CLI's ``--json``
 from __future__ import annotations
 
 import copy
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias
 
 from pydantic import (
     AfterValidator,
@@ -215,4 +215,7 @@ def _config_patch_model() -> type[BaseModel]:
                         **fields)
 
 
-ConfigPatch = _config_patch_model()
+if TYPE_CHECKING:  # built at run time from Config's fields: to the checker, a model
+    ConfigPatch: TypeAlias = BaseModel
+else:
+    ConfigPatch = _config_patch_model()

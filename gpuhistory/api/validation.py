@@ -11,6 +11,7 @@ from typing import Any
 from flask import Response, jsonify, request
 from flask.json.provider import DefaultJSONProvider
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 MALFORMED = {"missing", "extra_forbidden", "json_invalid", "model_type", "dict_type",
              "model_attributes_type", "string_unicode"}
@@ -36,7 +37,7 @@ class StrictJSONProvider(DefaultJSONProvider):
             raise ValueError("JSON nested too deeply") from None
 
 
-def _is_malformed(error: dict[str, Any]) -> bool:
+def _is_malformed(error: ErrorDetails) -> bool:
     kind = error.get("type", "")
     return kind in MALFORMED or kind.endswith(("_type", "_parsing"))
 

@@ -83,7 +83,7 @@ def _from_server(url: str, host: str | None, gpu_id: int, since: int | None,
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--url") from None
     try:
-        return client.request("GET", "/api/gpu/metrics/history", {  # type: ignore[no-any-return]
+        return client.request("GET", "/api/gpu/metrics/history", {
             "gpu_id": gpu_id, "host": host, "since": None if since is None else since / 1000,
             "until": None if until is None else until / 1000, "resolution": resolution,
             "points": points})

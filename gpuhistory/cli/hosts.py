@@ -22,7 +22,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 def host_option(fleet: bool = True) -> Callable[[F], F]:
     """``--host``/``--host-name`` as ``host_name``; ``fleet``: ``*`` (every host) allowed."""
     every = ", or * for every host" if fleet else ""
-    return click.option(  # type: ignore[return-value]
+    return click.option(
         "--host", "--host-name", "host_name", envvar="GPUHISTORY_HOST_NAME", show_envvar=True,
         help=f"Whose GPUs: a host name{every} (default: this machine; with --url: the "
              "server's host).")

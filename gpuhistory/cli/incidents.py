@@ -46,7 +46,7 @@ def source_options(fn: F) -> F:
     fn = host_option()(fn)
     return click.option("--db", envvar="GPUHISTORY_DB", show_envvar=True,
                         help="Database: a SQLite file path or a SQLAlchemy URL "
-                             "(default: the user's data dir).")(fn)  # type: ignore[return-value]
+                             "(default: the user's data dir).")(fn)
 
 
 def _source(ctx: click.Context, db: str | None, host_name: str | None, url: str | None,
@@ -181,7 +181,7 @@ def _from_server(url: str, host: str | None, incident_id: int,
     from gpuhistory.client import ApiError
 
     try:
-        return _client(url).request(  # type: ignore[no-any-return]
+        return _client(url).request(
             "GET", f"/api/gpu/incidents/{incident_id}",
             {"max_samples": max_samples, "host": host})
     except ApiError as exc:

@@ -49,7 +49,7 @@ def fail(error: ApiError) -> NoReturn:
 def url_option(fn: F) -> F:
     return click.option("--url", default=DEFAULT_URL, show_default=True,
                         envvar="GPUHISTORY_URL", show_envvar=True,
-                        help="The gpuhistory server's base URL.")(fn)  # type: ignore[return-value]
+                        help="The gpuhistory server's base URL.")(fn)
 
 
 def server_options(fn: F) -> F:
@@ -61,14 +61,14 @@ def server_options(fn: F) -> F:
 
 def json_option(fn: F) -> F:
     return click.option("--json", "as_json", is_flag=True,
-                        help="Print the API's JSON document.")(fn)  # type: ignore[return-value]
+                        help="Print the API's JSON document.")(fn)
 
 
 def lease_token_option(fn: F) -> F:
     return click.option("--token", "lease_token", envvar="GPUHISTORY_LEASE_TOKEN",
                         show_envvar=True,
                         help="The lease token printed by acquire (not needed with the "
-                             "server's --api-token).")(fn)  # type: ignore[return-value]
+                             "server's --api-token).")(fn)
 
 
 def _client(url: str, api_token: str | None) -> Client:
@@ -81,13 +81,13 @@ def _client(url: str, api_token: str | None) -> Client:
 def host_option(fleet: bool = False) -> Callable[[F], F]:
     """``--host``: the host whose GPU or lease (leases are per host and GPU)."""
     every = "; * lists every host's" if fleet else ""
-    return click.option(  # type: ignore[return-value]
+    return click.option(
         "--host", "host", help=f"The host whose GPUs (default: the server's own host){every}.")
 
 
 def _post(client: Client, path: str, **body: Any) -> dict[str, Any]:
     """POST the fields that are set (``host`` and the rest, as the Client's methods do)."""
-    return client.request(  # type: ignore[no-any-return]
+    return client.request(
         "POST", path, body={k: v for k, v in body.items() if v is not None})
 
 

@@ -36,7 +36,7 @@ def _cell(value: Any, unit: str = "") -> str:
 
 
 def status_table(docs: list[dict[str, Any]],
-                 processes: dict[tuple[str | None, int], list[dict[str, Any]]] | None = None
+                 processes: dict[tuple[str, int], list[dict[str, Any]]] | None = None
                  ) -> Table:
     """One row per GPU (a HOST column first when the GPUs are on several hosts); with
     ``processes``, the GPU's running processes under it (``└ pid name`` and MiB), and a
@@ -63,7 +63,7 @@ def status_table(docs: list[dict[str, Any]],
                       _cell(m.get("load_percent"), " %"), _cell(m.get("power_watts"), " W"),
                       ",".join(m.get("clock_event_reasons") or []) or "-",
                       duration(d.get("sample_age_seconds")), d["backend"])
-        for p in (processes or {}).get((d.get("host"), d["gpu_id"]), []):
+        for p in (processes or {}).get((d.get("host", ""), d["gpu_id"]), []):
             used = p.get("used_memory_mb")
             table.add_row(*[""] * fleet, "", f"└ {p['pid']} {p.get('name') or '?'}",
                           *[p.get("user") or "-"] * users, "", "", "",

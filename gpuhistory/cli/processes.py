@@ -26,7 +26,7 @@ def running_processes(conn: sa.Connection, gpus: Iterable[tuple[int, str, int]],
     user = next((p[name] for name in USER_COLUMNS if name in p), None)
     alive = p.ended_ms.is_(None) if at_ms is None else sa.and_(
         p.first_seen_ms <= at_ms, sa.or_(p.ended_ms.is_(None), p.ended_ms >= at_ms))
-    columns = [p.gpu_id, p.pid, p.name, p.used_memory_mib]
+    columns: list[sa.ColumnElement[Any]] = [p.gpu_id, p.pid, p.name, p.used_memory_mib]
     if user is not None:
         columns.append(user.label("user"))
     query = (sa.select(*columns).where(p.gpu_id.in_(list(rows)), alive)

@@ -278,7 +278,7 @@ def _fast_reading(cells: list[str], header: _Header, uuids: dict[int, str]) -> R
         args[slot] = text if convert is None else convert(text)
     if args[1] is None:
         args[1] = uuids[index]
-    return new_smi_reading(*args)  # type: ignore[no-any-return]
+    return new_smi_reading(*args)
 
 
 def _reading(cells: list[str], header: _Header, path: str, line: int, stem: str) -> Reading:

@@ -104,7 +104,7 @@ def fast_constructor(cls: type, names: Sequence[str]) -> Callable[..., Any]:
     source = f"def construct({', '.join(names)}):\n    " + "\n    ".join(body) + \
         "\n    return _r\n"
     exec(source, namespace)
-    return namespace["construct"]  # type: ignore[no-any-return]
+    return namespace["construct"]
 
 
 new_reading = fast_constructor(Reading, _READING_ARGS)

@@ -27,7 +27,7 @@ import math
 import secrets
 import threading
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -53,6 +53,7 @@ from gpuhistory.leases.model import (
     lease_capacity_mb,
     seconds,
 )
+from gpuhistory.storage.engine import driver_connection, inserted_id
 from gpuhistory.storage.log import LogStore, TickRecord, event_row
 from gpuhistory.storage.queries import LatestSample, latest_samples
 from gpuhistory.storage.schema import gpus, leases
@@ -180,7 +181,7 @@ class LeaseManager:
                     "ttl_ms": ttl_ms, "granted_ms": now, "expires_ms": now + ttl_ms,
                     "released_ms": None, "release_reason": None,
                 }
-                lease_id = tx.conn.execute(_INSERT_LEASE, row).inserted_primary_key[0]
+                lease_id = inserted_id(tx.conn.execute(_INSERT_LEASE, row))
                 lease = Lease(
                     allocation_id=allocation_id, gpu_id=latest.gpu.index, host=self.host,
                     gpu_uuid=latest.gpu.uuid, memory_mb=memory_mb, owner=owner,
@@ -315,7 +316,7 @@ class LeaseManager:
         return self._capacity(latest, cfg, usage.leased, usage.active)
 
     def capacities(self, conn: sa.Connection,
-                   entries: list[LatestSample]) -> dict[int, Capacity]:
+                   entries: Sequence[LatestSample]) -> dict[int, Capacity]:
         """Capacity of several GPUs (by index) in one query, on the caller's connection."""
         if not entries:
             return {}
@@ -377,7 +378,7 @@ class LeaseManager:
             if lease is not None and lease.expires_ms <= now:
                 self._expire_overdue(tx, now, allocation_id=allocation_id)
                 lease = None
-            if lease is None:
+            if lease is None or row is None:
                 newest = self._newest(allocation_id, tx.conn)
                 # Commit the expiry just recorded (if any), then refuse.
                 failure = (LeaseNotFound(allocation_id) if newest is None
@@ -489,7 +490,7 @@ def _lease_select() -> sa.Select[Any]:
 
 
 # Statements built once (the hot path of a grant runs them under the write lock).
-_NOW = sa.bindparam("now")
+_NOW: sa.BindParameter[int] = sa.bindparam("now")
 _GPU_USAGE = sa.select(
     sa.func.coalesce(
         sa.func.sum(sa.case((_L.expires_ms > _NOW, _L.memory_mib), else_=0)), 0
@@ -548,7 +549,7 @@ def _set_synchronous(conn: sa.Connection, mode: str) -> None:
     if conn.invalidated or conn.closed:
         return
     try:
-        conn.connection.driver_connection.execute(f"PRAGMA synchronous = {mode}")
+        driver_connection(conn).execute(f"PRAGMA synchronous = {mode}")
     except Exception:
         if mode != "NORMAL":
             raise

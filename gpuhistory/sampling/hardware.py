@@ -130,12 +130,12 @@ class HardwareTracker:
                 row.pid, row.name, row.used_memory_mib, row.last_seen_ms, row.last_seen_ms)
         t = throttle_counters.c
         for gpu_id in ids:
-            row = conn.execute(
+            last = conn.execute(
                 sa.select(*(t[name] for name in COUNTER_NAMES))
                 .where(t.gpu_id == gpu_id).order_by(t.ts_ms.desc()).limit(1)
             ).first()
-            if row is not None:
-                self.counters[gpu_id] = tuple(row)
+            if last is not None:
+                self.counters[gpu_id] = tuple(last)
 
     # -- ticks -------------------------------------------------------------------------
     def diff(

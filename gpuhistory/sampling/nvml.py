@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import logging
 import threading
 from collections.abc import Callable
@@ -238,8 +239,9 @@ class NvmlBackend:
             pending: list[int] | None = None  # None: every GPU, once init has enumerated them
             while True:
                 try:
-                    if not self._call(lambda job, todo=pending, more=facts: self._read_job(
-                            job, todo, results, more, failure)):
+                    if not self._call(functools.partial(
+                            self._read_job, pending=pending, results=results, facts=facts,
+                            failure=failure)):
                         return [self._unavailable(gpu, self._init_error or "NVML not initialised")
                                 for gpu in self._gpus], [], None
                     break

@@ -48,7 +48,8 @@ def implausible(r: Reading) -> dict[str, Any] | None:
 
 def cleared(r: Reading, fields: dict[str, Any]) -> Reading:
     """``r`` with ``fields`` set to None: what the log stores."""
-    return replace(r, **dict.fromkeys(fields))
+    nulls: dict[str, Any] = dict.fromkeys(fields)
+    return replace(r, **nulls)
 
 
 def described(fields: dict[str, Any], total_mib: int | None) -> dict[str, Any]:

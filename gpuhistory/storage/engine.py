@@ -93,6 +93,22 @@ def unavailable_reason(exc: BaseException) -> str:
     return "unavailable"
 
 
+def inserted_id(result: sa.CursorResult[Any]) -> int:
+    """The primary key of the row a single-row INSERT added."""
+    key = result.inserted_primary_key
+    if key is None:  # SQLAlchemy raises for anything but an INSERT; typed as optional
+        raise sa.exc.InvalidRequestError("the statement inserted no row")
+    return int(key[0])
+
+
+def driver_connection(conn: sa.Connection) -> Any:
+    """The driver's own connection (sqlite3's, psycopg's) under ``conn``."""
+    driver = conn.connection.driver_connection
+    if driver is None:  # the pooled connection is already gone
+        raise sa.exc.InvalidRequestError("the connection has no driver connection")
+    return driver
+
+
 def make_engine(db: str | os.PathLike[str] | None,
                 busy_timeout_ms: int = BUSY_TIMEOUT_MS, **kwargs: Any) -> sa.Engine:
     """An engine for ``db`` with this project's per-connection settings applied.

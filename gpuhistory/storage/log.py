@@ -20,6 +20,7 @@ from sqlalchemy.dialects import sqlite
 from gpuhistory.domain.classify import Transition
 from gpuhistory.domain.events import EventDraft
 from gpuhistory.domain.reading import GpuIdentity, Reading
+from gpuhistory.storage.engine import driver_connection, inserted_id
 from gpuhistory.storage.schema import (
     events,
     gpu_processes,
@@ -129,7 +130,7 @@ def _copy_samples(conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
     a failure is raised as SQLAlchemy raises it (IntegrityError for a duplicate, ...)."""
     dbapi = conn.dialect.loaded_dbapi
     try:
-        with conn.connection.driver_connection.cursor() as cursor, \
+        with driver_connection(conn).cursor() as cursor, \
                 cursor.copy(_PG_COPY_SAMPLES) as copy:
             for row in map(_sample_values, rows):
                 copy.write_row(row)
@@ -179,10 +180,9 @@ class LogStore:
             if conn.execute(gpus.update().where(*mine).values(**values)).rowcount:
                 gpu_id = conn.execute(sa.select(gpus.c.id).where(*mine)).scalar_one()
             else:
-                gpu_id = conn.execute(
+                gpu_id = inserted_id(conn.execute(
                     gpus.insert().values(host=self.host, uuid=identity.uuid,
-                                         first_seen_ms=ts_ms, **values)
-                ).inserted_primary_key[0]
+                                         first_seen_ms=ts_ms, **values)))
         with self._lock:
             self._gpu_ids[identity.uuid] = gpu_id
             self._gpu_facts[gpu_id] = facts
@@ -229,7 +229,7 @@ class LogStore:
         if record.counters:
             conn.execute(throttle_counters.insert(), record.counters)
         insert = events.insert()  # one statement, compiled once and cached
-        return [conn.execute(insert, row).inserted_primary_key[0] for row in record.events]
+        return [inserted_id(conn.execute(insert, row)) for row in record.events]
 
     def _touch_last_seen(self, conn: sa.Connection, record: TickRecord) -> dict[int, int]:
         """Refresh ``gpus.last_seen_ms`` at most once a minute; returns what it wrote."""

@@ -106,12 +106,12 @@ def _last_change(gpu_id: Any, pairs: tuple[tuple[int, int], ...],
 @functools.cache
 def _latest_statement(one_gpu: bool, timed: bool, one_host: bool = True) -> sa.Select[Any]:
     """Built once per shape (and compiled once by SQLAlchemy's cache); values are bound."""
-    at = sa.bindparam("at") if timed else None
+    at: sa.BindParameter[int] | None = sa.bindparam("at") if timed else None
     s2 = samples.alias("newest")
-    newest_ts = sa.select(sa.func.max(s2.c.ts_ms)).where(s2.c.gpu_id == gpus.c.id)
+    newest = sa.select(sa.func.max(s2.c.ts_ms)).where(s2.c.gpu_id == gpus.c.id)
     if timed:
-        newest_ts = newest_ts.where(s2.c.ts_ms <= sa.bindparam("at"))
-    newest_ts = newest_ts.correlate(gpus).scalar_subquery()
+        newest = newest.where(s2.c.ts_ms <= sa.bindparam("at"))
+    newest_ts = newest.correlate(gpus).scalar_subquery()
     query = (
         sa.select(gpus, samples.c.ts_ms.label("sample_ts"), *[
             c for c in samples.c if c.name not in ("gpu_id", "ts_ms")],
@@ -192,8 +192,10 @@ MINUTE_MS = 60_000
 def _trend_statements() -> dict[str, sa.Select[Any]]:
     """The trend's statements, built once (values bound per call, compiled once)."""
     s, r = samples.c, samples_1m.c
-    gpu, since = sa.bindparam("gpu"), sa.bindparam("since")
-    lo, hi = sa.bindparam("lo"), sa.bindparam("hi")
+    gpu: sa.BindParameter[int] = sa.bindparam("gpu")
+    since: sa.BindParameter[int] = sa.bindparam("since")
+    lo: sa.BindParameter[int] = sa.bindparam("lo")
+    hi: sa.BindParameter[int] = sa.bindparam("hi")
     x = (s.ts_ms - since) / 60000.0
     y = s.temperature_c * 1.0
     # SEARCH samples USING PRIMARY KEY (gpu_id=? AND ts_ms>? AND ts_ms<?)

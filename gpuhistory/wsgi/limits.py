@@ -58,7 +58,7 @@ class GuardedChannel(HTTPChannel):
             return None
         partial = self.request
         if partial is not None:
-            return float(getattr(partial, "started", self.last_activity))
+            return float(getattr(partial, "started", float(self.last_activity)))
         return float(self.last_activity)
 
 
