@@ -61,10 +61,6 @@ class ImportResult:
     last_ts_ms: int | None
     seconds: float  # wall-clock time the import took
 
-    @property
-    def samples_per_second(self) -> float:
-        return self.samples / self.seconds if self.seconds > 0 else float("inf")
-
 
 class ImportConflictError(ValueError):
     """The log already holds samples the file would add; nothing was imported."""

@@ -54,7 +54,6 @@ log = logging.getLogger(__name__)
 
 MIN_GAP_MS = 60_000  # a data gap: no temperature for this long (or 3 sampling intervals)
 CHUNK_SAMPLES = 200_000  # samples scanned per transaction when catching up on a long log
-SEVERITIES = ("overheat", "severe")
 FAR_PAST_MS = -(2**62)
 FAR_FUTURE_MS = 2**62
 

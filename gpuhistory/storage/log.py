@@ -51,17 +51,6 @@ _UPDATE_RUNNING_PROCESS = gpu_processes.update().where(
 
 
 @dataclass(slots=True)
-class StoredEvent:
-    """An event as the log holds it: with its id and the GPU's index on its host."""
-
-    id: int
-    ts_ms: int
-    kind: str
-    gpu_index: int | None
-    payload: dict[str, Any]
-
-
-@dataclass(slots=True)
 class TickRecord:
     """Everything one tick (or one imported batch) adds to the log."""
 
