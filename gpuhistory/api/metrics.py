@@ -68,7 +68,7 @@ def history(query: HistoryQuery) -> View:
 def temperature_trend(query: TrendQuery) -> View:
     """Min/max/avg/first/last, least-squares slope (°C/min), direction and ETA to a threshold."""
     c = ctx()
-    until: int = query.until if query.until is not None else c.clock.now_ms()  # type: ignore[assignment]
+    until: int = query.until if query.until is not None else c.clock.now_ms()
     since = until - round(query.duration_minutes * 60_000)
     config = c.config()
     with c.engine.connect() as conn:

@@ -37,10 +37,13 @@ def _to_ms(value: str) -> int:
     return ms
 
 
-TimeArg = Annotated[
-    Annotated[str, StringConstraints(max_length=64)], AfterValidator(_to_ms),
-    Field(description="ISO-8601 (naive means UTC) or epoch seconds",
-          examples=["2026-11-26T03:12:00Z", "1795716364"])]
+if TYPE_CHECKING:  # a string on the wire, epoch milliseconds once validated
+    TimeArg: TypeAlias = int
+else:
+    TimeArg = Annotated[
+        Annotated[str, StringConstraints(max_length=64)], AfterValidator(_to_ms),
+        Field(description="ISO-8601 (naive means UTC) or epoch seconds",
+              examples=["2026-11-26T03:12:00Z", "1795716364"])]
 GpuIndex = Annotated[int, Field(ge=0, le=MAX_GPU_INDEX, description="GPU index on this host")]
 AllocationId = Annotated[str, Field(
     pattern=ID_PATTERN, description="client-chosen id: letters, digits and ._:@/+- (1-128)")]

@@ -70,7 +70,7 @@ def _full_status(conn: sa.Connection, entries: list[LatestSample], now: int,
 def status(query: StatusQuery) -> View:
     """One GPU (``gpu_id``, default 0, on ``host``), now or ``at`` a past time."""
     c = ctx()
-    at: int | None = query.at  # type: ignore[assignment]  # validated to epoch ms
+    at: int | None = query.at
     with c.engine.connect() as conn:
         entry = one_gpu(conn, query.gpu_id, at, host=query.host)
         now = at if at is not None else c.clock.now_ms()
@@ -94,4 +94,4 @@ def all_status(at: int | None = None, host: str | None = None) -> dict[str, Any]
 def status_all(query: StatusAllQuery) -> View:
     """Every GPU on ``host`` (default: this server's host; ``*``: the whole fleet in the
     database, ordered by host and index), now or ``at`` a past time."""
-    return jsonify(all_status(query.at, query.host))  # type: ignore[arg-type]
+    return jsonify(all_status(query.at, query.host))

@@ -18,7 +18,7 @@ bp = APIBlueprint("throttle", __name__, url_prefix="/api/gpu", abp_tags=[Tag(nam
 def throttle_status(query: ThrottleQuery) -> View:
     """Speed multiplier, effective state, reason and cooldown left; ``at`` a past time."""
     c = ctx()
-    at: int | None = query.at  # type: ignore[assignment]
+    at: int | None = query.at
     when = at if at is not None else c.clock.now_ms()
     with c.engine.connect() as conn:
         entry = one_gpu(conn, query.gpu_id, at, host=query.host)

@@ -37,7 +37,8 @@ def level_with_hysteresis(
     raw = level(value, boundaries)
     if previous is None or raw >= previous:
         return raw
-    lowered = level(value, tuple(b - band for b in boundaries))  # type: ignore[arg-type]
+    low, mid, high = boundaries
+    lowered = level(value, (low - band, mid - band, high - band))
     return min(previous, lowered)
 
 

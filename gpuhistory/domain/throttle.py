@@ -46,11 +46,11 @@ def advise(
     remaining = 0.0
     if state is GPUState.UNAVAILABLE:
         reason = "GPU unavailable: do not schedule work on it"
-    elif effective != state and effective is GPUState.CRITICAL:
-        remaining = (critical_until - now_ms) / 1000  # type: ignore[operator]
+    elif effective != state and effective is GPUState.CRITICAL and critical_until is not None:
+        remaining = (critical_until - now_ms) / 1000
         reason = f"critical pause: {remaining:.0f} s left after leaving CRITICAL"
-    elif effective != state:
-        remaining = (throttled_until - now_ms) / 1000  # type: ignore[operator]
+    elif effective != state and throttled_until is not None:
+        remaining = (throttled_until - now_ms) / 1000
         reason = f"throttle cooldown: {remaining:.0f} s left after leaving THROTTLED"
     else:
         reason = {
