@@ -206,7 +206,7 @@ def _import_rows(
     config: Config,
 ) -> dict[str, Any]:
     existing = {row.id: row for row in conn.execute(sa.select(gpus).where(gpus.c.host == host))}
-    store = LogStore(_InTransaction(conn), host)  # type: ignore[arg-type]
+    store = LogStore(_InTransaction(conn), host)  # type: ignore[arg-type]  # stands in for Engine
     pipeline = Pipeline(store, backend_name=kind, config=lambda: config, fill_missing=False)
     record = TickRecord()
     gpu_ids: set[int] = set()
@@ -266,12 +266,12 @@ def _import_rows(
     if tick:
         run_tick()
     flush()
-    if not totals["samples"]:
+    if not totals["samples"] or earliest_ts is None:
         raise FormatError(name, 2, "no data rows after the header")
     _finish_gpus(conn, existing, gpu_ids)
     for gpu_id in sorted(gpu_ids):  # committed with the samples, or not at all
-        mark_dirty(conn, gpu_id, earliest_ts)  # type: ignore[arg-type]
-        mark_rollups_dirty(conn, gpu_id, earliest_ts)  # type: ignore[arg-type]
+        mark_dirty(conn, gpu_id, earliest_ts)
+        mark_rollups_dirty(conn, gpu_id, earliest_ts)
     return {**totals, "gpus": len(gpu_ids), "first_ts_ms": first_ts,
             "last_ts_ms": max(pipeline.last_ts.values(), default=None)}
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from flask import jsonify
 from flask_openapi3 import Info, OpenAPI
+from flask_openapi3.types import SecuritySchemesDict
 
 from gpuhistory import __version__
 from gpuhistory.api import (
@@ -34,7 +35,7 @@ MAX_BODY_BYTES = 64 * 1024
 BLUEPRINTS = (health, status, metrics, throttle, memory, monitoring, config_api, events_api,
               system, incidents, prometheus, alerts)
 
-SECURITY_SCHEMES = {"bearer": {"type": "http", "scheme": "bearer",
+SECURITY_SCHEMES: SecuritySchemesDict = {"bearer": {"type": "http", "scheme": "bearer",
                                "description": "GPUHISTORY_TOKEN, when one is configured"}}
 
 
@@ -43,7 +44,7 @@ def create_app(context: ServiceContext) -> OpenAPI:
         "gpuhistory",
         info=Info(title="gpuhistory", version=__version__,
                   description="A GPU monitoring service that remembers."),
-        security_schemes=SECURITY_SCHEMES,  # type: ignore[arg-type]
+        security_schemes=SECURITY_SCHEMES,
         validation_error_status=422,
         validation_error_callback=validation_error_response,
         doc_ui=False,

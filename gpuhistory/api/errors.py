@@ -46,7 +46,7 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response | tuple[Response, int]:
         if exc.response is not None:  # abort(response): already in the error shape
-            return exc.response  # type: ignore[return-value]
+            return exc.response  # type: ignore[return-value]  # werkzeug types the sans-IO base
         code = (exc.name or "error").lower().replace(" ", "_")
         message = {413: f"the request body is larger than {64 * 1024} bytes"}.get(
             exc.code or 0, exc.description or exc.name or "error")

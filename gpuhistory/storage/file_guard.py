@@ -37,7 +37,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from gpuhistory.storage.engine import BUSY_TIMEOUT_MS
+from gpuhistory.storage.engine import BUSY_TIMEOUT_MS, driver_connection
 
 log = logging.getLogger(__name__)
 
@@ -146,13 +146,13 @@ class FileGuard:
             f"database file {FILE_LOST}: {self.problem}"))
 
     def _on_begin(self, conn: sa.Connection) -> None:
-        conn.info[_CHANGES] = conn.connection.dbapi_connection.total_changes  # type: ignore[union-attr]
+        conn.info[_CHANGES] = driver_connection(conn).total_changes
 
     def _on_commit(self, conn: sa.Connection) -> None:
-        dbapi = conn.connection.dbapi_connection
-        changes = dbapi.total_changes  # type: ignore[union-attr]
+        dbapi = driver_connection(conn)
+        changes = dbapi.total_changes
         if changes != conn.info.get(_CHANGES, changes) and self.check() is not None:
-            dbapi.rollback()  # type: ignore[union-attr]  # now: the connection stays usable
+            dbapi.rollback()  # now: the connection stays usable
             raise self._refusal("COMMIT")
 
     def _on_connect(self, _dialect: Any, _record: Any, _cargs: Any, _cparams: Any) -> None:
