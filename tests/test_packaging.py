@@ -158,6 +158,18 @@ def test_make_serve_installs_the_runtime_and_make_test_the_test_extra() -> None:
     assert "tools/vendor_uplot.py" in rules["vendor"]
 
 
+def test_make_test_type_checks_the_package_between_lint_and_the_suite() -> None:
+    """`make test` runs ruff, then mypy on the package with the pydantic plugin, then pytest:
+    a type error fails the build before the long suite starts."""
+    makefile = (REPO / "Makefile").read_text()
+    rule = re.search(r"^test: [^\n]*\n((?:\t[^\n]*\n)*)", makefile, re.M)
+    assert rule is not None
+    steps = [line.split()[0] for line in rule.group(1).splitlines()]
+    assert steps == ["$(BIN)/ruff", "$(BIN)/mypy", "$(BIN)/pytest"]
+    mypy = PYPROJECT["tool"]["mypy"]
+    assert mypy["files"] == ["gpuhistory"] and "pydantic.mypy" in mypy["plugins"]
+
+
 def _unit(path: Path) -> list[tuple[str, str]]:
     return [tuple(line.split("=", 1)) for line in path.read_text().splitlines()
             if "=" in line and not line.startswith("#")]
