@@ -122,6 +122,7 @@ class FakeEventSet:
 def h100(index: int) -> FakeDevice:
     """A data-centre card: no fan to report."""
     return FakeDevice(uuid=f"GPU-fake-h100-{index:04d}",
+                      pci_bus_id=f"00000000:{0x1B + index:02X}:00.0",
                       errors={"nvmlDeviceGetFanSpeed": pynvml.NVML_ERROR_NOT_SUPPORTED})
 
 
