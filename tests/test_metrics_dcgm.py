@@ -10,6 +10,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from gpuhistory.config.layers import load_static
+from gpuhistory.domain.events import EventDraft, EventKind
 from gpuhistory.sampling.nvml import NvmlBackend
 from gpuhistory.sampling.pipeline import Pipeline
 from gpuhistory.sampling.sampler import Sampler
@@ -65,6 +66,20 @@ def test_stopped_monitoring_serves_no_current_values(make_app) -> None:
     body = health(app.url)
     assert body["status"] == "degraded" and body["freshness"]["reason"] == "monitoring_stopped"
     assert any(r.startswith("monitoring_stopped:") for r in body["reasons"]), body["reasons"]
+
+
+def test_a_restart_that_honours_a_stop_request_serves_no_current_values(app) -> None:
+    """A process whose sampler is not running because the log's newest operator request
+    is a stop (as after a restart): monitoring_stopped, no values served as current."""
+    app.store.append_events([EventDraft(kind=EventKind.MONITORING_STOPPED,
+                                        ts_ms=app.clock.now_ms(),
+                                        payload={"reason": "requested over the API",
+                                                 "requested_by": "api"})])
+    _, samples = scrape(app.url)
+    assert "gpuhistory_gpu_temperature_celsius" not in samples
+    stale = {s.labels["reason"]: s.value for s in samples["gpuhistory_sampler_stale"]}
+    assert stale["monitoring_stopped"] == 1.0
+    assert health(app.url)["freshness"]["reason"] == "monitoring_stopped"
 
 
 def test_a_sampler_that_stops_ticking_is_stale_after_three_intervals(make_app) -> None:

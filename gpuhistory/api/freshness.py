@@ -3,7 +3,8 @@
 Stale means the newest values must not be served as if they were the GPUs' state now:
 
 - ``monitoring_stopped``: the in-process sampler was stopped (by an operator or on
-  shutdown), or, in an API-only process, the newest start/stop request in the log is a stop;
+  shutdown), or is not running and the newest start/stop request in the log is a stop (a
+  restart honours it); in an API-only process, that newest request is a stop;
 - ``sampler_stale``: sampling should be running but its newest tick (the in-process
   sampler's, else the newest sample of this host in the log) is older than
   ``stale_after(interval)``: the sampler died, hangs or cannot keep up.
@@ -63,6 +64,12 @@ class Freshness:
                 "last_tick_age_seconds": self.tick_age_s}
 
 
+def _stop_requested(conn: sa.Connection) -> bool:
+    """Whether the newest start/stop an operator asked for is a stop."""
+    request = last_request(conn)
+    return request is not None and request[0] == str(EventKind.MONITORING_STOPPED)
+
+
 def judge(c: ServiceContext, conn: sa.Connection, newest_sample_ms: int | None) -> Freshness:
     """The freshness of ``c.host``'s samples now (``newest_sample_ms``: its newest sample)."""
     now = c.clock.now_ms()
@@ -71,8 +78,8 @@ def judge(c: ServiceContext, conn: sa.Connection, newest_sample_ms: int | None) 
         interval = sampler.interval
         tick = sampler.last_tick
         age = None if tick is None else round(max(0, now - tick.ts_ms) / 1000, 3)
-        if not sampler.running:
-            stopped = sampler.stopped_ms is not None
+        if not sampler.running:  # stopped here, or kept stopped by a request across a restart
+            stopped = sampler.stopped_ms is not None or _stop_requested(conn)
             return Freshness(MONITORING_STOPPED if stopped else None, interval, age)
         stale = age is not None and age > stale_after(interval)
         return Freshness(SAMPLER_STALE if stale else None, interval, age)
@@ -81,7 +88,6 @@ def judge(c: ServiceContext, conn: sa.Connection, newest_sample_ms: int | None) 
            else round(max(0, now - newest_sample_ms) / 1000, 3))
     if age is None:
         return Freshness(None, interval, None)  # nothing sampled yet: nothing served as current
-    request = last_request(conn)
-    if request is not None and request[0] == str(EventKind.MONITORING_STOPPED):
+    if _stop_requested(conn):
         return Freshness(MONITORING_STOPPED, interval, age)
     return Freshness(SAMPLER_STALE if age > stale_after(interval) else None, interval, age)
