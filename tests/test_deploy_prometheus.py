@@ -33,9 +33,8 @@ RULES = REPO / "deploy" / "prometheus" / "gpuhistory-alerts.yml"
 RULES_TEST = REPO / "deploy" / "prometheus" / "gpuhistory-alerts.test.yml"
 # Served only where the hardware reports them (NVML), never by the simulator: the scrape
 # declares these families, with no samples.
-HARDWARE_ONLY = {"gpuhistory_gpu_ecc_errors_total", "gpuhistory_gpu_energy_joules_total",
-                 "gpuhistory_gpu_pcie_replays_total", "gpuhistory_gpu_remapped_rows",
-                 "gpuhistory_gpu_row_remap_failure"}
+HARDWARE_ONLY = {"gpuhistory_gpu_ecc_errors_total", "gpuhistory_gpu_pcie_replays_total",
+                 "gpuhistory_gpu_remapped_rows", "gpuhistory_gpu_row_remap_failure"}
 # Queries of NVIDIA's published DCGM dashboard (dcgm-exporter's
 # grafana/dcgm-exporter-dashboard.json), its variables $instance and $gpu set to "all".
 DCGM_DASHBOARD_QUERIES = (
@@ -119,7 +118,7 @@ def test_grafana_dashboard_names_only_metrics_that_metrics_serves(app) -> None:
     """Each panel (fleet overview, temperature with thresholds, state, throttle advice,
     leases, hardware health) has a query, and every metric any query names is one the live
     /metrics of the sim app has samples for — or one declared there that only hardware
-    fills (ECC, energy)."""
+    fills (ECC)."""
     doc = json.loads(DASHBOARD.read_text())
     titles = {p["title"] for p in doc["panels"]}
     assert {"Fleet overview", "Temperature", "State", "Throttle advice (speed multiplier)",
@@ -251,6 +250,8 @@ def test_prometheus_answers_the_dcgm_dashboards_queries_from_serve(prometheus_on
     values = requests.get(f"{url}/api/v1/label/gpu/values",
                           params={"match[]": "DCGM_FI_DEV_GPU_TEMP"}, timeout=5).json()
     assert values["data"] == ["0", "1", "2", "3"]
+    energy = instant(url, "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION")  # the sim's integrated power
+    assert sorted(r["metric"]["gpu"] for r in energy) == ["0", "1", "2", "3"]
     for expr in dashboard_queries():
         instant(url, grafana_vars(expr))  # asserts Prometheus accepts it
     assert len(instant(url, grafana_vars(
