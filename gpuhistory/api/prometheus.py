@@ -2,9 +2,10 @@
 
 The app process may not be the sampler, so nothing is kept in process-wide metric objects:
 a custom collector reads the log on each scrape (one ``latest_samples`` statement, one
-capacity query, one grouped query per counter) and ``generate_latest`` renders it from a
-private registry. Names follow the Prometheus conventions: base units (bytes, seconds,
-hertz, ratios 0 to 1), ``_total`` on counters only. See docs/prometheus.md.
+capacity query, one grouped query per counter, a key seek per GPU for its newest throttle
+counters) and ``generate_latest`` renders it from a private registry. Names follow the
+Prometheus conventions: base units (bytes, seconds, hertz, ratios 0 to 1), ``_total`` on
+counters only. See docs/prometheus.md.
 
 Values are served as current only while they are (gpuhistory/api/freshness.py): when
 monitoring is stopped or the sampler has not ticked for several intervals, the readings,
@@ -107,7 +108,7 @@ _NEWEST_COUNTERS = (  # SEARCH throttle_counters USING PRIMARY KEY (gpu_id=?), r
 COUNTER_REASONS = {"power_cap_ns": "SwPowerCap", "sw_thermal_ns": "SwThermalSlowdown",
                    "hw_thermal_ns": "HwThermalSlowdown",
                    "power_brake_ns": "HwPowerBrakeSlowdown"}
-# Error counters from the hardware facts: (name, help, labels, [(label values, key)]).
+# ECC series: (type label, counter label, reliability key); remapped rows: (kind, key).
 ECC = (("corrected", "volatile", "ecc_volatile_corrected"),
        ("uncorrected", "volatile", "ecc_volatile_uncorrected"),
        ("corrected", "aggregate", "ecc_aggregate_corrected"),
