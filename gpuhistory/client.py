@@ -132,11 +132,22 @@ class Client:
                 body: Mapping[str, Any] | None = None,
                 ok: tuple[int, ...] = ()) -> Any:
         """One request; the decoded JSON answer. Statuses in ``ok`` count as success too."""
+        status, raw = self._send(method, path, params, body, ok)
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise ApiError(status, "invalid_response",
+                           f"{method} {path}: the answer is not JSON") from None
+
+    def _send(self, method: str, path: str, params: Mapping[str, Any] | None = None,
+              body: Mapping[str, Any] | None = None, ok: tuple[int, ...] = (),
+              accept: str = "application/json") -> tuple[int, bytes]:
+        """One request: the status and the raw body (errors raised as in ``request``)."""
         url = self.base_url + path
         query = {k: v for k, v in (params or {}).items() if v is not None}
         if query:
             url += "?" + urllib.parse.urlencode(query)
-        headers = {"Accept": "application/json", "User-Agent": "gpuhistory-client"}
+        headers = {"Accept": accept, "User-Agent": "gpuhistory-client"}
         data = None
         if body is not None:
             data = json.dumps(dict(body)).encode()
@@ -164,11 +175,7 @@ class Client:
         except (OSError, http.client.HTTPException) as exc:
             raise ServiceUnavailable(
                 "unreachable", f"{method} {url}: {type(exc).__name__}: {exc}") from None
-        try:
-            return json.loads(raw)
-        except ValueError:
-            raise ApiError(status, "invalid_response",
-                           f"{method} {path}: the answer is not JSON") from None
+        return status, raw
 
     def _get(self, path: str, **params: Any) -> dict[str, Any]:
         return self.request("GET", path, params)  # type: ignore[no-any-return]
@@ -246,6 +253,13 @@ class Client:
         """The post-mortem of one incident (404 ``incident_not_found``): ``summary``, peak,
         reasons, transitions, leases, processes and the context ``samples``."""
         return self._get(f"/api/gpu/incidents/{int(incident_id)}", max_samples=max_samples)
+
+    def incident_report(self, incident_id: int, host: str | None = None) -> str:
+        """The incident's report: one self-contained HTML file, as text (404
+        ``incident_not_found``)."""
+        _, raw = self._send("GET", f"/api/gpu/incidents/{int(incident_id)}/report.html",
+                            {"host": host or self.host}, accept="text/html")
+        return raw.decode("utf-8")
 
     # -- leases ------------------------------------------------------------------------
     def available(self, gpu_id: int = 0) -> dict[str, Any]:

@@ -15,7 +15,9 @@ from typing import Any
 
 import click
 
+from gpuhistory.cli.database import require_existing
 from gpuhistory.cli.hosts import host_option, local_host, server_host
+from gpuhistory.cli.humanize import duration
 from gpuhistory.cli.times import time_value
 from gpuhistory.clock import SystemClock
 
@@ -41,7 +43,7 @@ def _cell(value: Any, unit: str = "") -> str:
 def history_table(doc: dict[str, Any]) -> str:
     """The buckets as a table under a one-line summary of what was asked and answered."""
     lines = [f"GPU {doc['gpu_id']}  {doc['since']} .. {doc['until']}  source {doc['resolution']}"
-             f"  buckets of {doc['bucket_seconds']:g} s  ({doc['count']} buckets)"]
+             f"  buckets of {duration(doc['bucket_seconds'])}  ({doc['count']} buckets)"]
     headers = ["TIME", "SAMPLES", "TEMP MIN", "TEMP AVG", "TEMP MAX", "MEM MAX", "LOAD",
                "POWER AVG", "POWER MAX", "STATE", "REASONS"]
     rows = [[
@@ -96,6 +98,7 @@ def _from_db(db: str | None, host_name: str | None, gpu_id: int, since: int | No
     from gpuhistory.storage.queries import latest_samples
 
     host = local_host(host_name, fleet=False)
+    require_existing(db)
     engine = make_engine(db)
     upgrade(engine)
     if until is None:

@@ -39,6 +39,7 @@ from gpuhistory.sampling.clockwatch import ClockWatch
 from gpuhistory.sampling.hardware import HardwareChanges, HardwareFacts
 from gpuhistory.sampling.pipeline import Pipeline
 from gpuhistory.sampling.write_buffer import STORAGE_ERRORS, Outage, WriteBuffer
+from gpuhistory.storage.engine import unavailable_reason
 from gpuhistory.storage.log import LogStore, TickRecord
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,8 @@ class Sampler:
         self._control_lock = threading.RLock()
         self.buffer = WriteBuffer(store, lambda: self.pipeline.config().write_buffer_ticks)
         self._clock_watch: ClockWatch | None = None
+        # What a stop could not write because the database refused it (one line each).
+        self.unsaved: list[str] = []
 
     @property
     def interval(self) -> float:
@@ -302,6 +305,7 @@ class Sampler:
         with self._control_lock:
             if not self.running or self._scheduler is None:
                 return False
+            self.unsaved = []
             if requested_by is not None:  # an operator's request is durable before it acts
                 self._append(EventKind.MONITORING_STOPPED, durable=True, reason=reason,
                              requested_by=requested_by)
@@ -319,8 +323,11 @@ class Sampler:
                 self._flush_waiting()
             if requested_by is None:
                 self._append(EventKind.MONITORING_STOPPED, reason=reason, requested_by=None)
-            self.store.finalize_last_seen(self.clock.now_ms(),
-                                          list(self.pipeline.gpu_ids.values()))
+            try:
+                self.store.finalize_last_seen(self.clock.now_ms(),
+                                              list(self.pipeline.gpu_ids.values()))
+            except STORAGE_ERRORS as exc:
+                self._refused("the GPUs' last-seen times", exc)
             self._finalize_processes()
             return True
 
@@ -332,6 +339,9 @@ class Sampler:
                 return
             try:
                 self.store.write(record)
+            except STORAGE_ERRORS as exc:
+                self._refused("when the running processes were last seen", exc)
+                return
             except Exception:
                 log.exception("could not record when the running processes were last seen")
                 return
@@ -345,12 +355,20 @@ class Sampler:
         if self.buffer.waiting:
             log.error("stopping with %d tick(s) that the log could not take: they are lost",
                       self.buffer.waiting)
+            self.unsaved.append(f"{self.buffer.waiting} tick(s)")
         elif written:
             outage = self.buffer.end_outage()
             if outage is not None:
                 self._append(EventKind.STORAGE_RECOVERED, since=iso_utc(outage.since_ms),
                              reason=outage.reason, error=outage.error,
                              buffered_ticks=outage.buffered, dropped_ticks=outage.dropped)
+
+    def _refused(self, what: str, exc: BaseException) -> None:
+        """The database refused a write of the sampler's own: one error line, no traceback
+        (the fault is the database's, and /healthz already says which)."""
+        log.error("could not record %s: the database refuses writes (%s): %s", what,
+                  unavailable_reason(exc), getattr(exc, "orig", None) or exc)
+        self.unsaved.append(what)
 
     def _follow_interval(self) -> None:
         """Reschedule when the configured interval changed (a runtime config change)."""
@@ -369,6 +387,11 @@ class Sampler:
         draft = EventDraft(kind=kind, ts_ms=self.clock.now_ms(), payload=payload)
         try:
             ids = self.store.append_events([draft])
+        except STORAGE_ERRORS as exc:
+            if durable:
+                raise
+            self._refused(str(kind), exc)
+            return
         except Exception:
             if durable:
                 raise
