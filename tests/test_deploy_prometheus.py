@@ -220,10 +220,12 @@ def prometheus_on_serve(tmp_path: Path) -> Iterator[str]:
 
 
 def instant(prometheus: str, expr: str) -> list[dict]:
-    """The result of an instant query (empty until Prometheus answers)."""
+    """The result of an instant query (empty until Prometheus is up and ready)."""
     try:
         answer = requests.get(f"{prometheus}/api/v1/query", params={"query": expr}, timeout=5)
     except requests.ConnectionError:
+        return []
+    if answer.status_code == 503:  # "Service Unavailable" (text) while its storage opens
         return []
     body = answer.json()
     assert body["status"] == "success", (expr, body)
