@@ -213,6 +213,10 @@ class Health(BaseModel):
     last_tick: dict[str, Any] | None = None
     storage: dict[str, Any] | None = Field(
         None, description="the sampler's writes: ok, reason, waiting_ticks, dropped_ticks")
+    freshness: dict[str, Any] | None = Field(
+        None, description="whether the samples are current: stale, reason "
+        "(monitoring_stopped, sampler_stale), interval_seconds, stale_after_seconds, "
+        "last_tick_age_seconds")
 
 
 class SystemStatus(BaseModel):

@@ -209,7 +209,8 @@ def _config_patch_model() -> type[BaseModel]:
 
     fields: dict[str, Any] = {}
     for name, info in Config.model_fields.items():
-        base = int if info.annotation in (int, int | None) else float
+        base = (bool if info.annotation is bool
+                else int if info.annotation in (int, int | None) else float)
         fields[name] = (base | None, Field(None, description=info.description))
     return create_model("ConfigPatch", __config__=ConfigDict(extra="forbid", strict=True),
                         **fields)

@@ -80,9 +80,13 @@ class Sampler:
         self.callbacks = callbacks if callbacks is not None else CallbackRegistry()
         self.last_tick: TickStats | None = None
         self.last_success_ms: int | None = None
+        self.stopped_ms: int | None = None  # when monitoring was stopped (None: running/never)
         # Ticks between hardware reads; None: default_hardware_every(interval).
         self.hardware_every = hardware_every
         self.hardware_error: str | None = None  # why the last hardware read failed, if it did
+        # The newest hardware facts by GPU index (what /metrics serves of processes and of the
+        # error and energy counters, which the log does not keep).
+        self.hardware_facts: dict[int, HardwareFacts] = {}
         self._ticks = 0
         self._scheduler: BackgroundScheduler | None = None
         self._owns_scheduler = False
@@ -198,6 +202,8 @@ class Sampler:
         if self.hardware_error is not None:
             log.info("hardware facts read again (after: %s)", self.hardware_error)
         self.hardware_error = None
+        if facts:
+            self.hardware_facts = {fact.index: fact for fact in facts}
         return facts
 
     def _hardware_changes(self, facts: list[HardwareFacts] | None,
@@ -267,6 +273,7 @@ class Sampler:
                 replace_existing=True,
             )
             self._job_interval = interval
+            self.stopped_ms = None
             if requested_by is None:
                 self._append(EventKind.MONITORING_STARTED, interval_seconds=interval,
                              backend=self.backend.name, requested_by=None)
@@ -303,6 +310,7 @@ class Sampler:
                 self._append(EventKind.MONITORING_STOPPED, durable=True, reason=reason,
                              requested_by=requested_by)
             self._job_interval = None
+            self.stopped_ms = self.clock.now_ms()
             with contextlib.suppress(JobLookupError):
                 self._scheduler.remove_job(SAMPLE_JOB_ID)
             if self._owns_scheduler:
