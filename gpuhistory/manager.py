@@ -27,6 +27,7 @@ from gpuhistory.domain.config import Config
 from gpuhistory.domain.metrics import GPUMetrics
 from gpuhistory.domain.states import GPUState
 from gpuhistory.domain.trend import trend_doc
+from gpuhistory.identity import GpuRef, UnknownGpu, resolve_latest
 from gpuhistory.leases.manager import LeaseManager
 from gpuhistory.leases.model import LeaseError
 from gpuhistory.sampling.pipeline import Pipeline
@@ -81,9 +82,12 @@ class GPUManager:
             self.sampler.tick()
 
     def _entry(self, gpu_id: int) -> LatestSample | None:
+        """The card in slot ``gpu_id`` now (gpuhistory.identity), with its newest sample."""
         with self.engine.connect() as conn:
-            entries = latest_samples(conn, self.host, gpu_id)
-        return entries[0] if entries else None
+            try:
+                return resolve_latest(conn, GpuRef(gpu_id), self.host, self.clock.now_ms())
+            except UnknownGpu:
+                return None
 
     def is_available(self, gpu_id: int | None = None) -> bool:
         """Whether a GPU (any, or ``gpu_id``) answers now."""
@@ -120,7 +124,8 @@ class GPUManager:
     def get_all_gpus_status(self) -> dict[str, Any]:
         self._fresh()
         with self.engine.connect() as conn:
-            indexes = [e.gpu.index for e in latest_samples(conn, self.host)]
+            indexes = [e.gpu.index for e in latest_samples(conn, self.host,
+                                                            now_ms=self.clock.now_ms())]
         gpus = [self.get_gpu_status(i) for i in indexes]
         return {"host": self.host, "count": len(gpus), "gpus": gpus}
 
@@ -185,8 +190,8 @@ class GPUManager:
         until = self.clock.now_ms()
         since = until - round(duration_minutes * 60_000)
         with self.engine.connect() as conn:
-            return {"gpu_id": gpu_id, **trend_doc(trend_sums(conn, entry.gpu.id, since, until),
-                                                  self.config)}
+            sums = trend_sums(conn, entry.gpu.id, since, until)
+        return {"gpu_id": gpu_id, "uuid": entry.gpu.uuid, **trend_doc(sums, self.config)}
 
     def get_metrics_history(self, limit: int | None = None, gpu_id: int = 0,
                             since_ms: int | None = None) -> list[dict[str, Any]]:

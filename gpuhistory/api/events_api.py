@@ -31,7 +31,8 @@ HEARTBEAT_SECONDS = 5.0
 
 
 def _select(since_id: int, kind: str | None, gpu_id: int | None, limit: int,
-            since_ms: int | None = None, until_ms: int | None = None) -> sa.Select:
+            since_ms: int | None = None, until_ms: int | None = None,
+            uuid: str | None = None) -> sa.Select:
     """Events after a cursor: SEARCH events USING INTEGER PRIMARY KEY (rowid>?)."""
     query = (
         sa.select(events.c.id, events.c.ts_ms, events.c.kind, events.c.payload,
@@ -43,6 +44,8 @@ def _select(since_id: int, kind: str | None, gpu_id: int | None, limit: int,
         query = query.where(events.c.kind == kind)
     if gpu_id is not None:
         query = query.where(gpus.c.gpu_index == gpu_id, gpus.c.host == ctx().host)
+    if uuid is not None:  # one card (gpu_id: every card that held the slot)
+        query = query.where(gpus.c.uuid == uuid)
     if since_ms is not None:
         query = query.where(events.c.ts_ms >= since_ms)
     if until_ms is not None:
@@ -62,7 +65,7 @@ def list_events(query: EventsQuery) -> View:
     since, until = time_range(query)
     with ctx().engine.connect() as conn:
         rows = conn.execute(_select(query.since_id, query.kind, query.gpu_id, query.limit,
-                                    since, until)).all()
+                                    since, until, query.uuid)).all()
     docs = [_doc(r) for r in rows]
     return jsonify({"count": len(docs), "last_id": docs[-1]["id"] if docs else query.since_id,
                     "events": docs})

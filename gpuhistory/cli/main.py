@@ -22,7 +22,7 @@ from gpuhistory.cli.hosts import ALL_HOSTS, host_option, local_host, server_host
 from gpuhistory.cli.incidents import incidents
 from gpuhistory.cli.lease import lease
 from gpuhistory.cli.times import time_value
-from gpuhistory.clock import SystemClock
+from gpuhistory.clock import SystemClock, iso_utc
 
 DB_HELP = "Database: a SQLite file path or a SQLAlchemy URL (default: the user's data dir)."
 
@@ -243,7 +243,9 @@ def import_cmd(db: str | None, file: str, fmt: str, start: int | None, host_name
 
 @cli.command()
 @db_option
-@click.option("--gpu-id", type=click.IntRange(0, 1023), help="One GPU (default: all).")
+@click.option("--gpu-id", type=click.IntRange(0, 1023),
+              help="One GPU slot (default: all): the card there at --at, or now.")
+@click.option("--uuid", help="One card by its UUID.")
 @click.option("--at", callback=time_value, help="Ask about a past time instead of now.")
 @host_option()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (the API's documents).")
@@ -251,16 +253,17 @@ def import_cmd(db: str | None, file: str, fmt: str, start: int | None, host_name
               help="Ask a running server's API instead of reading the database "
                    "(--db is then not used).")
 @click.pass_context
-def status(ctx: click.Context, db: str | None, gpu_id: int | None, at: int | None,
-           host_name: str | None, as_json: bool, url: str | None) -> None:
+def status(ctx: click.Context, db: str | None, gpu_id: int | None, uuid: str | None,
+           at: int | None, host_name: str | None, as_json: bool, url: str | None) -> None:
     """Each GPU's latest state and reading, read from the log (or a server with --url);
     --host '*' shows every host sharing the database."""
     if url:
-        _status_from_server(url, gpu_id, at, server_host(ctx), as_json)
+        _status_from_server(url, gpu_id, uuid, at, server_host(ctx), as_json)
         return
     from gpuhistory.config.layers import load_static
     from gpuhistory.config.store import ConfigStore
     from gpuhistory.documents import status_doc
+    from gpuhistory.identity import GpuRef, UnknownGpu, resolve_latest
     from gpuhistory.storage.engine import make_engine, upgrade
     from gpuhistory.storage.queries import latest_samples
 
@@ -272,13 +275,34 @@ def status(ctx: click.Context, db: str | None, gpu_id: int | None, at: int | Non
     now = at if at is not None else clock.now_ms()
     config = ConfigStore(engine, load_static(), clock).current()  # runtime changes included
     with engine.connect() as conn:
-        docs = [status_doc(conn, e, now, config)
-                for e in latest_samples(conn, host, gpu_id, at_ms=at)]
+        if (gpu_id is not None or uuid is not None) and (host is not None or uuid is not None):
+            try:
+                entries = [resolve_latest(conn, GpuRef(gpu_id, uuid, host_name and host),
+                                          host or "", clock.now_ms(), at)]
+            except UnknownGpu as exc:
+                click.echo(f"error: gpu_not_found: {exc}", err=True)
+                sys.exit(3)
+        else:
+            entries = latest_samples(conn, host, gpu_id, at_ms=at, now_ms=now)
+        if at is not None:  # a card with no sample by then has nothing to say about it
+            entries = [e for e in entries if e.ts_ms is not None]
+            if not entries:
+                click.echo(f"no samples recorded for {_asked(host, gpu_id, uuid)} at or "
+                           f"before {iso_utc(at)}", err=True)
+                sys.exit(3)
+        docs = [status_doc(conn, e, now, config) for e in entries]
     _print_status(host or ALL_HOSTS, docs, as_json)
 
 
-def _status_from_server(url: str, gpu_id: int | None, at_ms: int | None, host: str | None,
-                        as_json: bool) -> None:
+def _asked(host: str | None, gpu_id: int | None, uuid: str | None) -> str:
+    if uuid is not None:
+        return f"GPU {uuid}"
+    where = f"host {host!r}" if host is not None else "any host"
+    return where if gpu_id is None else f"GPU {gpu_id} of {where}"
+
+
+def _status_from_server(url: str, gpu_id: int | None, uuid: str | None, at_ms: int | None,
+                        host: str | None, as_json: bool) -> None:
     """``status --url``: the same documents, from the server's API (exit 3/6 as lease)."""
     from gpuhistory.cli.lease import fail
     from gpuhistory.client import ApiError, Client
@@ -289,7 +313,11 @@ def _status_from_server(url: str, gpu_id: int | None, at_ms: int | None, host: s
         raise click.BadParameter(str(exc), param_hint="--url") from None
     at = None if at_ms is None else at_ms / 1000
     try:
-        if gpu_id is None:
+        if uuid is not None:
+            doc = client.request("GET", "/api/gpu/status",
+                                 {"gpu_id": gpu_id, "uuid": uuid, "at": at, "host": host})
+            host, docs = doc.get("host"), [doc]
+        elif gpu_id is None:
             body = client.request("GET", "/api/gpu/status/all", {"at": at, "host": host})
             host, docs = body["host"], body["gpus"]
         elif host == ALL_HOSTS:

@@ -1,0 +1,47 @@
+"""The cards that held a GPU slot: ``gpus`` rows looked up by slot (host, index) or by UUID.
+
+A row of ``gpus`` is one physical card (its UUID) on one host; ``gpu_index`` is the slot it
+sat in and ``first_seen_ms``..``last_seen_ms`` the period it was seen there. Which of a
+slot's cards answers a question is decided by :mod:`gpuhistory.identity`; this module only
+reads the rows.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from gpuhistory.storage.queries import GpuRow, gpu_row
+from gpuhistory.storage.schema import gpus
+
+_SLOT = (sa.select(gpus).where(gpus.c.host == sa.bindparam("host"),
+                               gpus.c.gpu_index == sa.bindparam("gpu_index"))
+         .order_by(gpus.c.first_seen_ms, gpus.c.id))
+_UUID = sa.select(gpus).where(gpus.c.uuid == sa.bindparam("uuid")).order_by(gpus.c.host)
+_HOST = sa.select(gpus).where(gpus.c.host == sa.bindparam("host")).order_by(
+    gpus.c.gpu_index, gpus.c.first_seen_ms, gpus.c.id)
+
+
+def slot_cards(conn: sa.Connection, host: str, gpu_index: int) -> list[GpuRow]:
+    """Every card that has held slot ``gpu_index`` on ``host``, first arrival first."""
+    return [gpu_row(r) for r in conn.execute(_SLOT, {"host": host, "gpu_index": gpu_index})]
+
+
+def uuid_cards(conn: sa.Connection, uuid: str, host: str | None = None) -> list[GpuRow]:
+    """The card with this UUID (on ``host``, or on every host it is stored under)."""
+    rows = [gpu_row(r) for r in conn.execute(_UUID, {"uuid": uuid})]
+    return [r for r in rows if host is None or r.host == host]
+
+
+def host_cards(conn: sa.Connection, host: str) -> list[GpuRow]:
+    """Every card ever seen on ``host``, by slot, first arrival first."""
+    return [gpu_row(r) for r in conn.execute(_HOST, {"host": host})]
+
+
+def gpu_by_id(conn: sa.Connection, gpu_db_id: int) -> GpuRow | None:
+    row = conn.execute(sa.select(gpus).where(gpus.c.id == gpu_db_id)).first()
+    return None if row is None else gpu_row(row)
+
+
+def hosts(conn: sa.Connection) -> list[str]:
+    """Every host with GPUs in the database."""
+    return list(conn.execute(sa.select(gpus.c.host).distinct().order_by(gpus.c.host)).scalars())
