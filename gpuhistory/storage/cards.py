@@ -11,7 +11,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from gpuhistory.storage.queries import GpuRow, gpu_row
-from gpuhistory.storage.schema import gpus
+from gpuhistory.storage.schema import gpus, incidents
 
 _SLOT = (sa.select(gpus).where(gpus.c.host == sa.bindparam("host"),
                                gpus.c.gpu_index == sa.bindparam("gpu_index"))
@@ -45,3 +45,26 @@ def gpu_by_id(conn: sa.Connection, gpu_db_id: int) -> GpuRow | None:
 def hosts(conn: sa.Connection) -> list[str]:
     """Every host with GPUs in the database."""
     return list(conn.execute(sa.select(gpus.c.host).distinct().order_by(gpus.c.host)).scalars())
+
+
+def slot_rivals(conn: sa.Connection, card_id: int, first_ms: int,
+                last_ms: int) -> list[GpuRow]:
+    """The other cards of ``card_id``'s slot whose period shares a moment with
+    [first_ms, last_ms]."""
+    me = sa.select(gpus.c.host, gpus.c.gpu_index).where(gpus.c.id == card_id).subquery()
+    query = (sa.select(gpus).join(me, sa.and_(gpus.c.host == me.c.host,
+                                              gpus.c.gpu_index == me.c.gpu_index))
+             .where(gpus.c.id != card_id, gpus.c.first_seen_ms <= last_ms,
+                    gpus.c.last_seen_ms >= first_ms)
+             .order_by(gpus.c.first_seen_ms))
+    return [gpu_row(r) for r in conn.execute(query)]
+
+
+def count_incidents(engine: sa.Engine, gpu_ids: list[int], first_ms: int, last_ms: int) -> int:
+    """Incidents of these cards that overlap [first_ms, last_ms]."""
+    i = incidents.c
+    query = sa.select(sa.func.count()).where(
+        i.gpu_id.in_(gpu_ids), i.start_ms <= last_ms,
+        sa.or_(i.end_ms.is_(None), i.end_ms >= first_ms))
+    with engine.connect() as conn:
+        return int(conn.execute(query).scalar() or 0)
