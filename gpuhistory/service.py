@@ -36,6 +36,7 @@ from gpuhistory.config.store import ConfigStore
 from gpuhistory.context import ServiceContext, machine_name
 from gpuhistory.domain.events import EventDraft, EventKind
 from gpuhistory.leases.manager import LeaseManager
+from gpuhistory.sampling.claim import SamplerClaim
 from gpuhistory.sampling.control import should_monitor
 from gpuhistory.sampling.pipeline import Pipeline
 from gpuhistory.sampling.sampler import Sampler
@@ -150,6 +151,10 @@ class Service:
         self.alerts = WebhookDeliverer(self.engine, self.host, self.webhooks, self.clock)
         self.scheduler = BackgroundScheduler(timezone="UTC")
         self.sampler.attach(self.scheduler)
+        self.claim = SamplerClaim(self.engine, self.host, self.clock,
+                                  "serve" if self.role == "both" else "sampler")
+        sampler = self.sampler
+        self.claim.on_lost = lambda: sampler.stop(reason="sampler claim taken over")
 
     @property
     def samples(self) -> bool:
@@ -169,6 +174,9 @@ class Service:
         sampling unless stopped by request. Nothing in the ``api`` role."""
         if self.scheduler is None or self.sampler is None:
             return
+        if not self.claim.held:
+            self.claim.acquire()  # SamplerBusy: another process samples this host
+        self.claim.attach(self.scheduler)
         self.scheduler.add_job(self.leases.reap, "interval", seconds=REAP_EVERY_SECONDS,
                                id=REAP_JOB_ID, name="expire overdue leases",
                                max_instances=1, coalesce=True, replace_existing=True)
@@ -196,6 +204,8 @@ class Service:
     def run(self) -> None:
         """Run until SIGTERM/SIGINT (or ``stop()``); then shut down cleanly."""
         s = self.settings
+        if self.samples and not self.claim.held:
+            self.claim.acquire()  # before anything starts: SamplerBusy ends the process
         if self.serves_http:
             self._server = create_server(self.app, host=s.bind, port=s.port,
                                          threads=s.threads, ident="gpuhistory",
@@ -268,6 +278,8 @@ class Service:
             self.sampler.stop(reason="service stopping")
         if self.scheduler is not None and self.scheduler.running:
             self.scheduler.shutdown(wait=True)
+        if self.samples:
+            self.claim.release()
         if self.alerts is not None:
             self.alerts.close()
         try:  # a database refusing writes must not keep the rest from shutting down

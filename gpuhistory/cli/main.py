@@ -23,6 +23,7 @@ from gpuhistory.cli.incidents import incidents
 from gpuhistory.cli.lease import lease
 from gpuhistory.cli.times import time_value
 from gpuhistory.clock import SystemClock, iso_utc
+from gpuhistory.sampling.claim import SamplerBusy
 
 DB_HELP = "Database: a SQLite file path or a SQLAlchemy URL (default: the user's data dir)."
 
@@ -122,7 +123,11 @@ def _run_service(role: str, **options: Any) -> None:
     if service.backend is not None and service.backend.name == "sim":
         click.secho(f"NOTE: simulated GPUs (backend sim, trace {service.backend.trace.name}); "
                     "answers say \"backend\": \"sim\".", fg="yellow", err=True)
-    service.run()
+    try:
+        service.run()
+    except SamplerBusy as exc:
+        service.engine.dispose()
+        raise click.ClickException(str(exc)) from None
 
 
 @cli.command()

@@ -235,6 +235,11 @@ class Sampler:
     def running(self) -> bool:
         return self._job_interval is not None
 
+    @property
+    def scheduler(self) -> BackgroundScheduler | None:
+        """The scheduler the sampling job runs on (None before start or attach)."""
+        return self._scheduler
+
     def attach(self, scheduler: BackgroundScheduler) -> None:
         """Use a scheduler shared with other jobs (the service's); started by its owner."""
         self._scheduler = scheduler
