@@ -144,7 +144,8 @@ class Service:
         self.pipeline = Pipeline(self.store, self.backend.name, self.config)
         self.pipeline.restore(self.clock.now_ms())
         self.sampler = Sampler(self.backend, self.pipeline, self.store, self.clock,
-                               interval=lambda: self.config().monitor_interval)
+                               interval=lambda: self.config().monitor_interval,
+                               background_writes=True)
         self.rollups = RollupJob(self.engine, self.clock)
         self.incidents = IncidentDetector(self.engine, self.clock, self.config, host=self.host)
         self.retention = RetentionJob(self.engine, self.clock, self.config)
