@@ -139,6 +139,23 @@ def test_a_recording_overlapping_another_card_in_its_slot_is_refused_and_changes
     import_file(engine, FLEET4, start_ms=START_MS - 2_000, host="other", clock=app.clock)
 
 
+def test_a_recording_reaching_into_the_future_cannot_double_book_a_live_slot(
+        app, engine: sa.Engine) -> None:
+    """A recording from before now into the future, imported onto the live host, would put
+    a second card in each live slot: refused, so slot 1 still leases one card's capacity
+    once (a full-card lease, then over_capacity)."""
+    app.tick(1.0, times=3)
+    with pytest.raises(SlotClashError):
+        import_file(engine, FLEET4, start_ms=app.clock.now_ms() - 1_000, host=HOST,
+                    clock=app.clock)
+    cap = get(app.url, "/api/gpu/memory/available", gpu_id=1).json()["capacity_mb"]
+    body = {"allocation_id": "full", "memory_mb": cap, "gpu_id": 1}
+    first = requests.post(app.url + "/api/gpu/memory/allocate", json=body, timeout=10)
+    second = requests.post(app.url + "/api/gpu/memory/allocate", timeout=10,
+                           json={**body, "allocation_id": "full-2"})
+    assert (first.status_code, second.status_code) == (201, 409)
+
+
 def write_trace(path: Path, temps: list[int]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     rows = ["t_s,gpu,temperature_c,memory_total_mib"]

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from gpuhistory.storage.queries import GpuRow, gpu_row
-from gpuhistory.storage.schema import gpus, incidents
+from gpuhistory.storage.queries import GpuRow, gpu_row, greatest
+from gpuhistory.storage.schema import gpus, incidents, samples
 
 _SLOT = (sa.select(gpus).where(gpus.c.host == sa.bindparam("host"),
                                gpus.c.gpu_index == sa.bindparam("gpu_index"))
@@ -50,12 +50,16 @@ def hosts(conn: sa.Connection) -> list[str]:
 def slot_rivals(conn: sa.Connection, card_id: int, first_ms: int,
                 last_ms: int) -> list[GpuRow]:
     """The other cards of ``card_id``'s slot whose period shares a moment with
-    [first_ms, last_ms]."""
+    [first_ms, last_ms]. A card's period ends at its newest sample where that is later than
+    ``last_seen_ms`` (a live sampler refreshes that column once a minute)."""
     me = sa.select(gpus.c.host, gpus.c.gpu_index).where(gpus.c.id == card_id).subquery()
+    newest = (sa.select(sa.func.max(samples.c.ts_ms)).where(samples.c.gpu_id == gpus.c.id)
+              .correlate(gpus).scalar_subquery())
+    last_seen = greatest(gpus.c.last_seen_ms, sa.func.coalesce(newest, gpus.c.last_seen_ms))
     query = (sa.select(gpus).join(me, sa.and_(gpus.c.host == me.c.host,
                                               gpus.c.gpu_index == me.c.gpu_index))
              .where(gpus.c.id != card_id, gpus.c.first_seen_ms <= last_ms,
-                    gpus.c.last_seen_ms >= first_ms)
+                    last_seen >= first_ms)
              .order_by(gpus.c.first_seen_ms))
     return [gpu_row(r) for r in conn.execute(query)]
 
