@@ -23,8 +23,6 @@ from gpuhistory.domain.slots import card_at
 from gpuhistory.storage.cards import hosts, slot_cards, uuid_cards
 from gpuhistory.storage.queries import GpuRow, LatestSample, latest_sample_of
 
-MAX_UUID_LENGTH = 96
-
 
 class UnknownGpu(LookupError):
     """No card answers the reference; ``details`` say what was asked."""
@@ -42,11 +40,6 @@ class GpuRef:
     uuid: str | None = None
     host: str | None = None
 
-    def describe(self, host: str) -> str:
-        if self.uuid is not None:
-            return f"GPU {self.uuid}" + ("" if self.host is None else f" on {host}")
-        return f"gpu_id {self.index} on {host}"
-
     @property
     def index(self) -> int:
         return 0 if self.gpu_id is None else self.gpu_id
@@ -57,23 +50,32 @@ def resolve(conn: sa.Connection, ref: GpuRef, default_host: str, t_ms: int) -> G
     UnknownGpu when there is none."""
     host = ref.host if ref.host is not None else default_host
     if ref.uuid is not None:
-        cards = uuid_cards(conn, ref.uuid, ref.host)
-        if len(cards) > 1:
-            cards = [c for c in cards if c.host == host] or cards
-        if len(cards) != 1 or (ref.gpu_id is not None and cards[0].index != ref.gpu_id):
-            details: dict[str, Any] = {"uuid": ref.uuid, "host": host}
-            if ref.gpu_id is not None:
-                details["gpu_id"] = ref.gpu_id
-            what = "several hosts; name one with host" if len(cards) > 1 else "this database"
-            if len(cards) == 1:
-                what = f"slot {ref.gpu_id} (it is gpu_id {cards[0].index} on {cards[0].host})"
-            raise UnknownGpu(f"no GPU with uuid {ref.uuid} in {what}", details)
-        return cards[0]
+        return _by_uuid(conn, ref, host)
     cards = slot_cards(conn, host, ref.index)
     if not cards:
         raise UnknownGpu(f"no GPU with gpu_id {ref.index} on {host}",
                          {"gpu_id": ref.index, "host": host})
     return card_at(cards, t_ms)
+
+
+def _by_uuid(conn: sa.Connection, ref: GpuRef, host: str) -> GpuRow:
+    assert ref.uuid is not None
+    cards = uuid_cards(conn, ref.uuid, ref.host)
+    if len(cards) > 1:  # one card stored under several hosts (imported twice)
+        cards = [c for c in cards if c.host == host] or cards
+    details: dict[str, Any] = {"uuid": ref.uuid, "host": host}
+    if ref.gpu_id is not None:
+        details["gpu_id"] = ref.gpu_id
+    if not cards:
+        raise UnknownGpu(f"no GPU with uuid {ref.uuid} in this database", details)
+    if len(cards) > 1:
+        raise UnknownGpu(f"GPU {ref.uuid} is stored under several hosts: name one with host",
+                         details)
+    card = cards[0]
+    if ref.gpu_id is not None and card.index != ref.gpu_id:
+        raise UnknownGpu(f"GPU {ref.uuid} is gpu_id {card.index} on {card.host}, not "
+                         f"gpu_id {ref.gpu_id}", details)
+    return card
 
 
 def resolve_latest(conn: sa.Connection, ref: GpuRef, default_host: str, now_ms: int,
