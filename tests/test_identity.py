@@ -90,6 +90,11 @@ def test_the_postmortem_chart_asks_for_the_incidents_card_and_finds_its_samples(
     assert sum(b["samples"] for b in chart["buckets"]) > 0
     by_uuid = get(app.url, "/api/gpu/incidents", uuid=recorded["live"]).json()
     assert by_uuid["count"] == 0
+    from gpuhistory.client import Client
+
+    client = Client(app.url)
+    assert client.history(uuid=doc["uuid"], since=doc["window"]["since"],
+                          until=doc["window"]["until"], points=200)["uuid"] == recorded["recorded"]
     js = (Path(__file__).parents[1] / "web/static/js/incident.js").read_text()
     assert "uuid: doc.uuid, host: doc.host" in js
 
