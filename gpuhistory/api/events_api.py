@@ -106,7 +106,7 @@ def stream_events(query: StreamQuery) -> View:
                        "threads); poll /api/gpu/events",
                        {"max_streams": c.max_streams})
     engine, lifetime = c.engine, c.stream_seconds
-    kind, gpu_id = query.kind, query.gpu_id
+    kind, gpu_id, uuid = query.kind, query.gpu_id, query.uuid
 
     def generate() -> Iterator[str]:
         nonlocal cursor
@@ -115,7 +115,7 @@ def stream_events(query: StreamQuery) -> View:
             started = last_sent = time.monotonic()
             while time.monotonic() - started < lifetime:
                 with engine.connect() as conn:
-                    rows = conn.execute(_select(cursor, kind, gpu_id, 500)).all()
+                    rows = conn.execute(_select(cursor, kind, gpu_id, 500, uuid=uuid)).all()
                 for row in rows:
                     cursor = row.id
                     yield f"id: {row.id}\nevent: {row.kind}\ndata: {json.dumps(_doc(row))}\n\n"

@@ -158,6 +158,7 @@ class StreamQuery(Strict):
                                  description="resume after this id (or Last-Event-ID)")
     kind: str | None = Field(None, max_length=32, pattern=r"^[a-z_]+$")
     gpu_id: GpuIndex | None = None
+    uuid: GpuUuid | None = None
 
 
 class IncidentsQuery(Strict):
