@@ -495,13 +495,20 @@ def _lease_select() -> sa.Select[Any]:
 
 # Statements built once (the hot path of a grant runs them under the write lock).
 _NOW = sa.bindparam("now")
+# A lease holds its memory until it ends: its release, its recorded expiry, or (unreleased)
+# its expiry. The leases a grant counts are those alive at the grant's time, including one
+# whose release or expiry was committed by a transaction that read the clock after it
+# (PostgreSQL: that commit can land between the grant's clock read and this statement):
+# the log then never shows two leases sharing memory for even a millisecond.
+_ALIVE = sa.func.coalesce(_L.released_ms, _L.expires_ms) > _NOW
 _GPU_USAGE = sa.select(
-    sa.func.coalesce(
-        sa.func.sum(sa.case((_L.expires_ms > _NOW, _L.memory_mib), else_=0)), 0
-    ).label("leased"),
-    sa.func.count(sa.case((_L.expires_ms > _NOW, 1))).label("active"),
-    sa.func.count(sa.case((_L.expires_ms <= _NOW, 1))).label("overdue"),
-).where(_L.gpu_id == sa.bindparam("gpu_id"), _L.released_ms.is_(None))
+    sa.func.coalesce(sa.func.sum(sa.case((_ALIVE, _L.memory_mib), else_=0)), 0).label("leased"),
+    sa.func.count(sa.case((_ALIVE, 1))).label("active"),
+    sa.func.count(
+        sa.case((sa.and_(_L.released_ms.is_(None), _L.expires_ms <= _NOW), 1))
+    ).label("overdue"),
+).where(_L.gpu_id == sa.bindparam("gpu_id"),
+        sa.or_(_L.released_ms.is_(None), _L.released_ms > _NOW))
 _USAGE_BY_GPU = (
     sa.select(_L.gpu_id, sa.func.coalesce(sa.func.sum(_L.memory_mib), 0), sa.func.count())
     .where(_L.gpu_id.in_(sa.bindparam("ids", expanding=True)), _L.released_ms.is_(None),
