@@ -61,13 +61,17 @@ START_MS = 1_767_225_600_000
 GPUS = 3
 CARD_MIB = 8192
 CAPACITY = {gpu: CARD_MIB - RESERVE_MIB for gpu in range(GPUS)}
-# Leases of 200-1500 MiB on cards that lease 7,680 MiB, at most 2 per client: grants keep
-# meeting full cards and overdue leases. The clock moves 0-4 ms per operation (and a little
-# with real time), so a lease's owner comes back every few dozen ms of fake time: TTLs of
-# 200-600 ms expire within a few rounds unless renewed, and renewals sent in the last
-# 120 ms keep meeting the expiry (some in time, some too late, some just at it).
-WORKLOAD = Workload(gpus=GPUS, memory_mb=(200, 1500), ttl_ms=(200, 600), margin_ms=120,
-                    max_held=2, step_ms=(0, 4))
+
+
+def workload(clients: int) -> Workload:
+    """Leases of 200-1500 MiB on cards that lease 7,680 MiB, at most 2 per client: grants keep
+    meeting full cards and overdue leases. The clock moves 0-4 ms per operation (and a little
+    with real time), so a lease's owner comes back about every ``2 * clients`` ms of fake
+    time: TTLs of 6-18 such rounds' worth expire unless renewed, and renewals sent in the
+    last ``4 * clients`` ms keep meeting the expiry (some in time, some late, some just at
+    it)."""
+    return Workload(gpus=GPUS, memory_mb=(200, 1500), ttl_ms=(6 * clients, 18 * clients),
+                    margin_ms=4 * clients, max_held=2, step_ms=(0, 4))
 
 
 @dataclass(frozen=True)
@@ -109,7 +113,8 @@ def run_clients(urls, clock: FileClock, engine: sa.Engine, run: Run,
     called with the history now and then from this thread (kills happen there)."""
     history, stop = History(), threading.Event()
     reaper = Reaper(LeaseManager(engine, HOST, clock, lambda: DEFAULT_CONFIG).reap, stop)
-    clients = [LeaseClient(n, urls, clock, history, WORKLOAD, stop, SEED * 1000 + n)
+    clients = [LeaseClient(n, urls, clock, history, workload(run.clients), stop,
+                           SEED * 1000 + n)
                for n in range(run.clients)]
     helpers = (reaper, ClockDriver(clock, stop, SEED, max_ms=1, period_s=0.01))
     for thread in (*clients, *helpers):
