@@ -12,9 +12,9 @@ is applied only to that version, else 412 ``precondition_failed`` and nothing ch
 
 from __future__ import annotations
 
-from flask import Response, jsonify, request
+from flask import Response, jsonify
 from flask_openapi3 import APIBlueprint, Tag
-from pydantic import ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from gpuhistory.api.common import View, ctx
 from gpuhistory.api.errors import ApiError
@@ -37,9 +37,16 @@ def etag(version: int) -> str:
     return f'"{version}"'
 
 
-def _if_match() -> set[str] | None:
+class ConfigHeaders(BaseModel):
+    """The request header a PUT may carry (documented in the OpenAPI description)."""
+
+    if_match: str | None = Field(
+        None, alias="If-Match",
+        description='apply only to this version: the ETag of a GET ("17"), or * for any')
+
+
+def _if_match(header: str | None) -> set[str] | None:
     """The versions ``If-Match`` allows (``{"*"}`` for any), or None without the header."""
-    header = request.headers.get("If-Match")
     if header is None:
         return None
     versions = set()
@@ -83,7 +90,8 @@ def get_config() -> View:
 
 @bp.put("/config", responses={200: ConfigDoc, **errors(400, 401, 403, 409, 412, 413, 422)},
         security=[{"bearer": []}])
-def put_config(body: ConfigPatch) -> View:  # type: ignore[valid-type]
+def put_config(header: ConfigHeaders,
+               body: ConfigPatch) -> View:  # type: ignore[valid-type]
     """Change keys at runtime (``{"temp_throttle": 80}``); ``null`` removes a runtime change.
 
     Unknown keys or wrong types: 400; values out of range or thresholds not increasing in
@@ -95,7 +103,7 @@ def put_config(body: ConfigPatch) -> View:  # type: ignore[valid-type]
     store = _store()
     if store is None:
         raise ApiError(409, "config_read_only", "this process has a fixed configuration")
-    if_version = _if_match()
+    if_version = _if_match(header.if_match)
     changes = {k: getattr(body, k) for k in body.model_fields_set}
     if not changes:
         raise ApiError(400, "invalid_argument", "no configuration keys given",
