@@ -14,6 +14,7 @@ import pytest
 import requests
 import sqlalchemy as sa
 
+from gpuhistory.client import ApiError, Client
 from gpuhistory.config.layers import load_static
 from gpuhistory.config.store import ConfigStore, VersionMismatch
 from gpuhistory.domain.config import Config
@@ -163,3 +164,16 @@ def test_a_stale_version_is_refused_by_the_store(app) -> None:
     with pytest.raises(VersionMismatch):
         app.config.change({"temp_throttle": 83}, if_version={"0"})
     assert app.config.current().temp_throttle == 82
+
+
+def test_client_update_config_with_if_version(app) -> None:
+    """The Python client sends ``if_version`` as If-Match: its version applies, a stale one
+    raises ApiError 412 precondition_failed and changes nothing."""
+    client = Client(app.url)
+    version = client.config()["version"]
+    done = client.update_config(temp_throttle=82, if_version=version)
+    assert done["version"] > version
+    with pytest.raises(ApiError) as refused:
+        client.update_config(temp_throttle=83, if_version=version)
+    assert (refused.value.status, refused.value.code) == (412, "precondition_failed")
+    assert client.config()["config"]["temp_throttle"] == 82
