@@ -6,6 +6,7 @@ version it was based on (412 when another came first).
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 from typing import Any
@@ -15,8 +16,7 @@ import requests
 import sqlalchemy as sa
 
 from gpuhistory.client import ApiError, Client
-from gpuhistory.config.layers import load_static
-from gpuhistory.config.store import ConfigStore, VersionMismatch
+from gpuhistory.config.store import VersionMismatch, replay
 from gpuhistory.domain.config import Config
 from tests.clock_process import FileClock
 from tests.test_lease_history import START_MS, ApiProcess
@@ -54,16 +54,12 @@ def race(calls: list) -> list[Any]:
 
 
 def stored_config(engine: sa.Engine) -> Config:
-    """The configuration the log holds now, read by a store of its own (raises if invalid:
-    validation of the replayed changes without the store's tolerance)."""
-    store = ConfigStore(engine, load_static(environ={}), _Clock(), refresh_ms=0)
-    runtime = dict(store._runtime)
+    """The configuration the stored changes make, validated strictly (raises if invalid)."""
+    with engine.connect() as conn:
+        payloads = conn.execute(sa.text(
+            "SELECT payload FROM events WHERE kind = 'config_changed' ORDER BY id")).scalars()
+        runtime = replay(p if isinstance(p, dict) else json.loads(p) for p in payloads)
     return Config.model_validate(runtime)
-
-
-class _Clock:
-    def now_ms(self) -> int:
-        return START_MS
 
 
 def test_racing_puts_valid_alone_invalid_together_are_never_both_acknowledged(app) -> None:

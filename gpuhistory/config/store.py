@@ -218,7 +218,7 @@ class ConfigStore:
                 if if_version is not None and "*" not in if_version \
                         and str(version) not in if_version:
                     raise VersionMismatch(", ".join(sorted(if_version)), version)
-                runtime = _replay(row.payload for row in rows)
+                runtime = replay(row.payload for row in rows)
                 old_config = self._fold(runtime)
                 for key, value in changes.items():
                     if value is None:
@@ -245,7 +245,7 @@ class ConfigStore:
         return Change(new_config, diff, version)
 
 
-def _replay(payloads: Any) -> dict[str, Any]:
+def replay(payloads: Any) -> dict[str, Any]:
     """The runtime values that a sequence of ``config_changed`` payloads leaves."""
     runtime: dict[str, Any] = {}
     for payload in payloads:
