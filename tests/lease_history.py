@@ -418,8 +418,12 @@ def _check_lease(allocation_id: str, seq: list[Op], row: Row | None, problems: l
             if not op.invoke_ms + ttl <= op.expires_ms <= op.ack_ms + ttl:  # type: ignore
                 problem(f"renewed until {op.expires_ms}, not {ttl} ms after a time in "
                         f"[{op.invoke_ms}, {op.ack_ms}]")
-            if expires - (op.expires_ms - ttl) <= NEAR_MS:  # type: ignore[operator]
+            before = expires - (op.expires_ms - ttl)  # type: ignore[operator]
+            if before <= NEAR_MS:
                 figures[f"renewals_within_{NEAR_MS}ms_of_the_old_expiry"] += 1
+            closest = figures.get("closest_renewal_to_the_old_expiry_ms")
+            figures["closest_renewal_to_the_old_expiry_ms"] = (
+                before if closest is None else min(closest, before))
             if expires <= op.ack_ms:  # type: ignore[operator]
                 figures["renewals_acknowledged_across_the_old_expiry"] += 1
             expires = op.expires_ms  # type: ignore[assignment]

@@ -38,7 +38,6 @@ from tests.clock_process import FileClock
 from tests.conftest import REPO
 from tests.crash_harness import free_port
 from tests.lease_history import (
-    NEAR_MS,
     ClockDriver,
     History,
     LeaseClient,
@@ -145,7 +144,8 @@ def assert_exercised(result: Verdict) -> None:
     figures = result.figures
     print(f"\nfigures: {figures}")
     assert not result.problems, "\n".join(result.problems[:20])
-    assert figures.get(f"renewals_within_{NEAR_MS}ms_of_the_old_expiry", 0) > 0, figures
+    # Some renewal was done (server time) within 50 ms of the expiry it replaced.
+    assert figures.get("closest_renewal_to_the_old_expiry_ms", 10**9) <= 50, figures
     assert figures.get("renew_refused", 0) > 0, figures  # some renewals came too late
     assert figures.get("grant_refused", 0) > 0, figures  # cards were full
     assert figures.get("expiries_recorded", 0) > 0, figures
