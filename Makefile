@@ -1,27 +1,36 @@
 # The README's two commands: `make serve` and `make test`. Both build the virtual
-# environment first (only when pyproject.toml changed), so they work on a fresh machine.
-PYTHON ?= python3
-VENV   ?= .venv
-BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
-ARGS   ?=
+# environment first (only when pyproject.toml changed), so they work on a fresh machine with
+# Python alone: `serve` installs the runtime dependencies, `test` adds the test extra.
+# `make vendor` (a maintainer's command, needs npm) refreshes the shipped chart library.
+PYTHON  ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+RUNTIME := $(VENV)/.runtime
+STAMP   := $(VENV)/.installed
+ARGS    ?=
 
-.PHONY: serve test lint bench clean
+.PHONY: serve test lint bench vendor dist clean
 
-$(STAMP): pyproject.toml web/package-lock.json
+$(RUNTIME): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+# The test extra holds the runtime too, so this stamp also stands for the runtime one.
+$(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[test]'
-	npm ci --prefix web --no-audit --no-fund  # the dashboard's chart library (docs/dashboard.md)
-	touch $@
+	touch $@ $(RUNTIME)
 
-serve: $(STAMP)
+serve: $(RUNTIME)
 	$(BIN)/gpuhistory db upgrade
 	$(BIN)/gpuhistory serve $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/pytest $(ARGS)
+	$(BIN)/pytest -n auto --dist loadfile $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -29,5 +38,13 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench $(ARGS)
 
+vendor:
+	$(PYTHON) tools/vendor_uplot.py
+
+dist: $(STAMP)
+	rm -rf dist
+	$(BIN)/python -m build
+	$(BIN)/python -m twine check --strict dist/*
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache build dist

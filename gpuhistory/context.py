@@ -17,6 +17,7 @@ from gpuhistory.sampling.sampler import Sampler
 if TYPE_CHECKING:
     from gpuhistory.config.store import ConfigStore
     from gpuhistory.leases.manager import LeaseManager
+    from gpuhistory.storage.file_guard import FileGuard
 
 
 def machine_name() -> str:
@@ -33,6 +34,7 @@ class ServiceContext:
     config_store: ConfigStore | None = None  # runtime changes; None: ``config`` is fixed
     leases: LeaseManager | None = None
     api_token: str | None = None  # GPUHISTORY_TOKEN: guards every mutating endpoint
+    files: FileGuard | None = None  # the SQLite files' watch (None: PostgreSQL, or not serve)
     stream_seconds: float = 300.0  # how long one event-stream response lasts
     # Each open event stream holds one HTTP worker thread; half of them at most, so open
     # dashboards can never starve the API (``serve --threads 8`` → 4 streams).

@@ -16,7 +16,7 @@ from gpuhistory.domain.metrics import GPUMetrics
 from gpuhistory.domain.states import GPUState
 from gpuhistory.domain.throttle import advise
 from gpuhistory.storage.queries import LatestSample, cooldown_starts, reading_from_row
-from gpuhistory.storage.schema import gpus, samples
+from gpuhistory.storage.schema import samples
 
 
 def metrics_doc(entry: LatestSample) -> dict[str, Any] | None:
@@ -77,12 +77,7 @@ def history_doc(conn: sa.Connection, entry: LatestSample, since_ms: int | None,
                                 row.ts_ms, entry.gpu.backend).to_dict()
         for row in reversed(rows)
     ]
-    return {"gpu_id": entry.gpu.index, "since": iso_utc(since_ms), "until": iso_utc(until_ms),
+    return {"gpu_id": entry.gpu.index, "uuid": entry.gpu.uuid, "host": entry.gpu.host,
+            "since": iso_utc(since_ms), "until": iso_utc(until_ms),
             "count": len(docs), "samples": docs}
 
-
-def gpu_index_ids(conn: sa.Connection, host: str, gpu_index: int) -> list[int]:
-    """Every gpus.id that has held ``gpu_index`` on ``host``."""
-    return list(conn.execute(
-        sa.select(gpus.c.id).where(gpus.c.host == host, gpus.c.gpu_index == gpu_index)
-    ).scalars())

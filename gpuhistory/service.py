@@ -7,7 +7,12 @@
   number may serve one database; runtime config changes reach the sampler as events.
 
 SIGTERM or SIGINT stops the scheduler (the tick in flight finishes and is committed), logs
-``monitoring_stopped`` and ``service_stopped``, then closes the HTTP server.
+``monitoring_stopped`` and ``service_stopped``, then closes the HTTP server. When the
+database refuses those last writes (disk full, files lost), each refusal is logged as one
+error line and ``unsaved`` says so: the CLI then exits with EXIT_UNSAVED.
+
+On SQLite a FileGuard (storage/file_guard.py) watches the database and WAL files: once one
+is deleted or replaced, writes are refused and /healthz says why.
 """
 
 from __future__ import annotations
@@ -21,9 +26,8 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
+import sqlalchemy as sa
 from apscheduler.schedulers.background import BackgroundScheduler
-from waitress import wasyncore
-from waitress.server import create_server
 
 from gpuhistory.alerts.deliverer import WebhookDeliverer
 from gpuhistory.analytics.incidents import IncidentDetector
@@ -36,12 +40,17 @@ from gpuhistory.config.store import ConfigStore
 from gpuhistory.context import ServiceContext, machine_name
 from gpuhistory.domain.events import EventDraft, EventKind
 from gpuhistory.leases.manager import LeaseManager
+from gpuhistory.sampling.claim import SamplerClaim
 from gpuhistory.sampling.control import should_monitor
 from gpuhistory.sampling.pipeline import Pipeline
 from gpuhistory.sampling.sampler import Sampler
 from gpuhistory.sampling.select import select_backend
-from gpuhistory.storage.engine import make_engine, upgrade
+from gpuhistory.storage.engine import make_engine, unavailable_reason, upgrade
+from gpuhistory.storage.file_guard import FileGuard
 from gpuhistory.storage.log import LogStore
+from gpuhistory.wsgi.server import HttpServer
+from gpuhistory.wsgi.server import stop_waitress as stop_waitress  # tests, benchmarks
+from gpuhistory.wsgi.settings import ConnectionLimits
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +65,7 @@ RETENTION_JOB_ID = "gpuhistory.retention"
 RETENTION_EVERY_SECONDS = 3600
 
 ROLES = ("both", "sampler", "api")
+EXIT_UNSAVED = 75  # stopped, but the database refused the final writes (EX_TEMPFAIL)
 
 
 @dataclass(frozen=True)
@@ -71,19 +81,16 @@ class ServeSettings:
     threads: int = 8
     config_file: str | None = None
     api_token: str | None = None
+    max_connections: int = ConnectionLimits.max_connections
+    max_client_connections: int = ConnectionLimits.max_client_connections
+    read_timeout: int = ConnectionLimits.read_timeout
+    idle_timeout: int = ConnectionLimits.idle_timeout
 
-
-def stop_waitress(server: Any) -> None:
-    """Stop a waitress server running in another thread: its sockets are closed from inside
-    its own loop (through its trigger), so the loop never selects on a closed descriptor."""
-    def close_all() -> None:
-        wasyncore.close_all(server._map)
-
-    try:
-        server.trigger.pull_trigger(close_all)
-    except OSError:  # the loop is already gone
-        close_all()
-    server.task_dispatcher.shutdown()
+    def connection_limits(self) -> ConnectionLimits:
+        return ConnectionLimits(
+            max_connections=self.max_connections,
+            max_client_connections=self.max_client_connections,
+            read_timeout=self.read_timeout, idle_timeout=self.idle_timeout)
 
 
 def is_loopback(address: str) -> bool:
@@ -113,6 +120,8 @@ class Service:
                              overrides={"monitor_interval": settings.interval})
         self.engine = make_engine(settings.db)
         upgrade(self.engine)
+        self.files = FileGuard.attach(self.engine)
+        self.unsaved: list[str] = []  # what shutdown could not write (see EXIT_UNSAVED)
         self.config = ConfigStore(self.engine, static, self.clock)
         self.host = settings.host_name or machine_name()
         self.store = LogStore(self.engine, self.host)
@@ -131,9 +140,10 @@ class Service:
                 engine=self.engine, host=self.host, clock=self.clock, config=self.config,
                 sampler=self.sampler, config_store=self.config, leases=self.leases,
                 api_token=settings.api_token, max_streams=max(1, settings.threads // 2),
+                files=self.files,
             )
             self.app = create_app(self.context)
-        self._server: Any = None
+        self._server: HttpServer | None = None
         self._stopping = threading.Event()
 
     def _build_sampler(self, settings: ServeSettings) -> None:
@@ -143,13 +153,18 @@ class Service:
         self.pipeline = Pipeline(self.store, self.backend.name, self.config)
         self.pipeline.restore(self.clock.now_ms())
         self.sampler = Sampler(self.backend, self.pipeline, self.store, self.clock,
-                               interval=lambda: self.config().monitor_interval)
+                               interval=lambda: self.config().monitor_interval,
+                               background_writes=True)
         self.rollups = RollupJob(self.engine, self.clock)
         self.incidents = IncidentDetector(self.engine, self.clock, self.config, host=self.host)
         self.retention = RetentionJob(self.engine, self.clock, self.config)
         self.alerts = WebhookDeliverer(self.engine, self.host, self.webhooks, self.clock)
         self.scheduler = BackgroundScheduler(timezone="UTC")
         self.sampler.attach(self.scheduler)
+        self.claim = SamplerClaim(self.engine, self.host, self.clock,
+                                  "serve" if self.role == "both" else "sampler")
+        sampler = self.sampler
+        self.claim.on_lost = lambda: sampler.stop(reason="sampler claim taken over")
 
     @property
     def samples(self) -> bool:
@@ -169,6 +184,9 @@ class Service:
         sampling unless stopped by request. Nothing in the ``api`` role."""
         if self.scheduler is None or self.sampler is None:
             return
+        if not self.claim.held:
+            self.claim.acquire()  # SamplerBusy: another process samples this host
+        self.claim.attach(self.scheduler)
         self.scheduler.add_job(self.leases.reap, "interval", seconds=REAP_EVERY_SECONDS,
                                id=REAP_JOB_ID, name="expire overdue leases",
                                max_instances=1, coalesce=True, replace_existing=True)
@@ -196,10 +214,11 @@ class Service:
     def run(self) -> None:
         """Run until SIGTERM/SIGINT (or ``stop()``); then shut down cleanly."""
         s = self.settings
+        if self.samples and not self.claim.held:
+            self.claim.acquire()  # before anything starts: SamplerBusy ends the process
         if self.serves_http:
-            self._server = create_server(self.app, host=s.bind, port=s.port,
-                                         threads=s.threads, ident="gpuhistory",
-                                         clear_untrusted_proxy_headers=True)
+            self._server = HttpServer(self.app, s.bind, s.port, s.threads,
+                                      s.connection_limits())
         started: dict[str, object] = {"pid": os.getpid(), "role": self.role,
                                       "host": self.host}
         if self.backend is not None:
@@ -243,7 +262,7 @@ class Service:
 
     @property
     def port(self) -> int | None:
-        return None if self._server is None else self._server.effective_port
+        return None if self._server is None else self._server.port
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         if self._stopping.is_set():
@@ -253,7 +272,7 @@ class Service:
                  signal.Signals(signum).name)
         self._stopping.set()
         if self._server is not None:
-            raise SystemExit(0)  # waitress's loop catches it and stops its workers
+            raise SystemExit(0)  # the server's loop catches it and stops its workers
 
     def stop(self) -> None:
         """Stop from another thread (tests, embedding)."""
@@ -261,19 +280,30 @@ class Service:
             return
         self._stopping.set()
         if self._server is not None:
-            stop_waitress(self._server)
+            self._server.stop()
 
     def shutdown(self) -> None:
+        """Stop everything; a database refusing writes keeps nothing from shutting down."""
         if self.sampler is not None:
             self.sampler.stop(reason="service stopping")
+            self.unsaved += self.sampler.unsaved
         if self.scheduler is not None and self.scheduler.running:
             self.scheduler.shutdown(wait=True)
+        if self.samples:
+            self.claim.release()
         if self.alerts is not None:
             self.alerts.close()
-        try:  # a database refusing writes must not keep the rest from shutting down
+        try:
             self._event(EventKind.SERVICE_STOPPED, pid=os.getpid(), role=self.role)
+        except (sa.exc.OperationalError, sa.exc.TimeoutError) as exc:
+            log.error("could not log service_stopped: the database refuses writes (%s)",
+                      unavailable_reason(exc))
+            self.unsaved.append("service_stopped")
         except Exception:
             log.exception("could not log service_stopped")
+            self.unsaved.append("service_stopped")
         if self.backend is not None:
             self.backend.close()
         self.engine.dispose()
+        if self.files is not None:
+            self.files.close()

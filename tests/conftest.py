@@ -12,7 +12,9 @@ unreachable they fail — never skip.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +32,9 @@ H100_BURN = TRACES / "h100_burn.csv"
 FLEET4 = TRACES / "fleet4_derived.csv"
 
 POSTGRES_ENV = "GPUHISTORY_TEST_POSTGRES"
+# Where `make test` looks for a server when the variable is unset: a developer with a local
+# PostgreSQL (trust auth) runs both databases without setting anything.
+DEFAULT_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 DATABASES = ("sqlite", "postgresql")
 # For a test in a ``postgres`` module that is about SQLite itself (its file, its pragmas).
 sqlite_only = pytest.mark.parametrize("database", ["sqlite"], indirect=True)
@@ -113,11 +118,48 @@ def _children_first(tables: list[str], edges: list[tuple[str, str]]) -> list[str
     return ordered
 
 
+@functools.cache
+def _default_postgres() -> str | None:
+    """DEFAULT_POSTGRES when a server there accepts us (asked once per process), else None."""
+    try:
+        import psycopg
+    except ImportError:
+        return None
+    try:
+        psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres "
+                        "connect_timeout=2").close()
+    except psycopg.Error:
+        return None
+    return DEFAULT_POSTGRES
+
+
 def _postgres_url() -> str:
+    """The server the PostgreSQL variants run on: GPUHISTORY_TEST_POSTGRES, else a server
+    answering on the default address; otherwise they skip, saying how to run them
+    (``GPUHISTORY_TEST_POSTGRES=skip`` skips them on purpose)."""
     url = os.environ.get(POSTGRES_ENV)
-    if not url:
-        pytest.skip(f"set {POSTGRES_ENV} to a PostgreSQL URL to run this on PostgreSQL")
-    return url
+    if url == "skip":
+        pytest.skip(f"{POSTGRES_ENV}=skip")
+    if url:
+        return url
+    default = _default_postgres()
+    if default is None:
+        pytest.skip(f"no PostgreSQL server accepted postgres@127.0.0.1:5432: set {POSTGRES_ENV}"
+                    " to a PostgreSQL URL to run this on PostgreSQL")
+    return default
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """Say up front which databases this run covers."""
+    url = os.environ.get(POSTGRES_ENV)
+    if url == "skip":
+        return f"databases: SQLite only ({POSTGRES_ENV}=skip)"
+    if url:
+        return f"databases: SQLite and PostgreSQL ({POSTGRES_ENV})"
+    if _default_postgres():
+        return "databases: SQLite and PostgreSQL (the server on 127.0.0.1:5432)"
+    return (f"databases: SQLite only: PostgreSQL variants SKIP (no server on 127.0.0.1:5432; "
+            f"set {POSTGRES_ENV})")
 
 
 @contextlib.contextmanager
@@ -191,13 +233,28 @@ def db_url(request: pytest.FixtureRequest, database: str, db_path: Path) -> str:
     return server.url
 
 
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file migrated once per test process (worker); tests get copies of it.
+
+    Migrating costs ~0.3 s a database; a copy costs under a millisecond. The file is closed
+    (its WAL checkpointed away) before anything copies it, so the copy is the whole database.
+    """
+    path = tmp_path_factory.mktemp("template") / "migrated.db"
+    eng = make_engine(str(path))
+    upgrade(eng)
+    eng.dispose()
+    assert not Path(f"{path}-wal").exists(), "the template must be closed before copying"
+    return path
+
+
 @pytest.fixture
-def engine(database: str, db_url: str) -> Iterator[sa.Engine]:
-    """The test's database at the latest migration: a fresh SQLite file, or the session's
-    PostgreSQL database emptied (migrated once per session)."""
-    eng = make_engine(db_url)
+def engine(request: pytest.FixtureRequest, database: str, db_url: str) -> Iterator[sa.Engine]:
+    """The test's database at the latest migration: a fresh copy of the migrated SQLite
+    template, or the session's PostgreSQL database emptied (migrated once per session)."""
     if database == "sqlite":
-        upgrade(eng)
+        shutil.copyfile(request.getfixturevalue("sqlite_template"), db_url)
+    eng = make_engine(db_url)
     yield eng
     eng.dispose()
 

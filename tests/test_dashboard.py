@@ -1,24 +1,22 @@
 """The dashboard's server side: the page and its files, the security headers on every
-response, the set-up message when the chart library is missing, and the events time filter
-the dashboard reads markers with. (The page itself is driven in test_dashboard_browser.py.)"""
+response, the message when the chart library is missing, and the events time filter the
+dashboard reads markers with. (The page itself is driven in test_dashboard_browser.py; the
+shipped library's pin is checked in test_packaging.py.)"""
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
-import pytest
 import requests
 
 from gpuhistory.api.app import create_app
-from gpuhistory.api.dashboard import SECURITY_HEADERS, VENDOR, WEB_ROOT
+from gpuhistory.api.dashboard import SECURITY_HEADERS
+from gpuhistory.assets import VENDOR, vendor_bytes, web_root
 from gpuhistory.context import ServiceContext
-from tests.conftest import REPO, LiveServer
+from tests.conftest import LiveServer
 
-INSTALLED = all((WEB_ROOT / path).is_file() for path in VENDOR.values())
-needs_assets = pytest.mark.skipif(
-    not INSTALLED, reason="the dashboard's library is not installed: npm ci --prefix web")
+WEB_ROOT = web_root()
 
 
 def assert_security_headers(response: requests.Response) -> None:
@@ -29,10 +27,9 @@ def assert_security_headers(response: requests.Response) -> None:
     assert "unsafe-inline" not in csp and "unsafe-eval" not in csp
 
 
-@needs_assets
 def test_page_and_files_are_served_locally(app) -> None:
-    """/ is the page; its scripts, styles and the chart library come from this server, with
-    the right types; nothing is loaded from elsewhere."""
+    """/ is the page; its scripts, styles and the chart library (the package's own copy)
+    come from this server, with the right types; nothing is loaded from elsewhere."""
     page = requests.get(f"{app.url}/", timeout=5)
     assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
     sources = re.findall(r'(?:src|href)="([^"#]+)"', page.text)
@@ -45,6 +42,9 @@ def test_page_and_files_are_served_locally(app) -> None:
         kind = types[source.rsplit(".", 1)[-1]]
         assert kind in response.headers["Content-Type"], (source, response.headers)
         assert_security_headers(response)
+        if source.startswith("/ui/vendor/"):
+            assert response.content == vendor_bytes(source.rsplit("/", 1)[-1])
+    assert {f"/ui/vendor/{name}" for name in VENDOR} <= set(sources)
     modules = sorted(p.name for p in (WEB_ROOT / "static" / "js").glob("*.js"))
     preloaded = re.findall(r'<link rel="modulepreload" href="/ui/js/([^"]+)">', page.text)
     assert sorted([*preloaded, "main.js"]) == modules  # fetched at once, not in a waterfall
@@ -54,9 +54,12 @@ def test_page_and_files_are_served_locally(app) -> None:
 
 
 def test_no_file_outside_the_dashboard_is_served(app) -> None:
-    """Only web/static/ and the listed library files: no path escapes, no node_modules."""
+    """Only web/static/ and the listed library files: no path escapes, nothing else of the
+    package (its Python files, the library's license record, the npm files)."""
     for path in ("/ui/../pyproject.toml", "/ui/%2e%2e/%2e%2e/pyproject.toml",
                  "/ui/vendor/package.json", "/ui/vendor/..%2fpackage.json",
+                 "/ui/vendor/SOURCE.json", "/ui/vendor/uplot/LICENSE", "/ui/../__init__.py",
+                 "/ui/vendor/uplot/uPlot.iife.min.js", "/ui/package-lock.json",
                  "/ui/node_modules/uplot/package.json", "/ui/js/nothing.js"):
         response = requests.get(f"{app.url}{path}", timeout=5)
         assert response.status_code == 404, path
@@ -98,8 +101,9 @@ def test_the_dashboard_is_not_in_the_openapi_document(app) -> None:
     assert "/" not in paths and not any(p.startswith("/ui") for p in paths)
 
 
-def test_missing_library_answers_with_the_setup_command(engine, clock, tmp_path: Path) -> None:
-    """Without npm's files the page says how to install them; the API keeps working."""
+def test_missing_library_says_how_to_restore_it(engine, clock, tmp_path: Path) -> None:
+    """A dashboard folder without the library (a damaged install) answers / with 503 saying
+    to reinstall, never to run npm; the API keeps working."""
     root = tmp_path / "web"
     (root / "static").mkdir(parents=True)
     (root / "index.html").write_text("<!doctype html>")
@@ -110,7 +114,7 @@ def test_missing_library_answers_with_the_setup_command(engine, clock, tmp_path:
         browser = requests.get(f"{server.url}/", headers={"Accept": "text/html"}, timeout=5)
         assert browser.status_code == 503 and browser.headers["Content-Type"].startswith(
             "text/html")
-        assert "npm ci --prefix web" in browser.text and "make serve" in browser.text
+        assert "reinstall gpuhistory" in browser.text and "npm" not in browser.text
         assert_security_headers(browser)
         client = requests.get(f"{server.url}/", headers={"Accept": "application/json"},
                               timeout=5)
@@ -151,16 +155,3 @@ def test_events_between_two_times(app) -> None:
     assert backwards.json()["error"]["code"] == "validation_failed"
     bad = requests.get(f"{app.url}/api/gpu/events", params={"since": "yesterday"}, timeout=5)
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_argument"
-
-
-def test_the_setup_command_installs_the_locked_library() -> None:
-    """make's set-up rule runs npm ci on the committed lock file, which pins what
-    package.json asks for; node_modules is not committed."""
-    makefile = (REPO / "Makefile").read_text()
-    assert "npm ci --prefix web --no-audit --no-fund" in makefile
-    assert re.search(r"^\$\(STAMP\):.*web/package-lock\.json", makefile, re.M)
-    package = json.loads((WEB_ROOT / "package.json").read_text())
-    lock = json.loads((WEB_ROOT / "package-lock.json").read_text())
-    for name, version in package["dependencies"].items():
-        assert lock["packages"][f"node_modules/{name}"]["version"] == version
-    assert "/web/node_modules/" in (REPO / ".gitignore").read_text().splitlines()

@@ -3,7 +3,7 @@ against the real server replaying fleet4_derived.csv with a fake clock.
 
 What each test proves is in its docstring. Screenshots of every page at 1280x800 (and the
 fleet in a narrow window) are written to build/screenshots/ and the folder is printed at the
-end of the run. Without Chromium (or without the chart library, ``npm ci --prefix web``)
+end of the run. Without Chromium (or without the shipped chart library, web/vendor/uplot/)
 these tests skip with the reason — unless GPUHISTORY_REQUIRE_BROWSER=1 (CI), when they fail.
 """
 
@@ -23,7 +23,7 @@ import requests
 from playwright.sync_api import expect, sync_playwright
 
 from gpuhistory.analytics.incidents import IncidentDetector
-from gpuhistory.api.dashboard import VENDOR, WEB_ROOT
+from gpuhistory.assets import VENDOR, vendor_file
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.browser
@@ -42,9 +42,9 @@ TEMPERATURE_RGB = (194, 65, 12)  # COLORS.temperature in web/static/js/charts.js
 def _unavailable_reason() -> str | None:
     if not Path(CHROMIUM).exists() and shutil.which("chromium") is None:
         return f"Chromium is not installed ({CHROMIUM}): apt-get install chromium"
-    missing = [name for name, path in VENDOR.items() if not (WEB_ROOT / path).is_file()]
+    missing = [name for name in VENDOR if not vendor_file(name).is_file()]
     if missing:
-        return f"the dashboard's library is not installed ({missing}): npm ci --prefix web"
+        return f"the dashboard's library is missing ({missing}): git checkout web/vendor"
     return None
 
 
@@ -182,7 +182,8 @@ def test_history_chart_draws_buckets_thresholds_and_marks(app, page: Page) -> No
 
 def test_incident_list_and_postmortem(app, page: Page) -> None:
     """GPU 1's overheat is listed; its page has the summary written from the data (in local
-    time), the timeline chart and the bands chart, and JSON and CSV downloads that work."""
+    time), the timeline, memory and bands charts, and the report, JSON and CSV downloads
+    that work."""
     requests.post(f"{app.url}/api/gpu/memory/allocate", json={
         "allocation_id": "train-42", "memory_mb": 20480, "gpu_id": 1, "owner": "alice",
         "ttl_seconds": 600}, timeout=5).raise_for_status()
@@ -207,6 +208,9 @@ def test_incident_list_and_postmortem(app, page: Page) -> None:
     expect(timeline).to_have_attribute("data-points", re.compile(r"^[1-9]\d+$"))
     assert page.drawn_pixels("#incident-timeline") > 200
     assert page.drawn_pixels(".chart.band", (14, 116, 144)) > 50  # the lease's band
+    expect(page.tab.locator("#incident-memory")).to_have_attribute(
+        "data-points", timeline.get_attribute("data-points"))
+    assert page.drawn_pixels("#incident-memory", (29, 78, 216)) > 50  # memory used
     json_link = page.tab.get_by_role("link", name="post-mortem (JSON)")
     csv_link = page.tab.get_by_role("link", name="every sample (CSV)")
     doc = page.tab.request.get(f"{app.url}{json_link.get_attribute('href')}").json()
@@ -214,6 +218,12 @@ def test_incident_list_and_postmortem(app, page: Page) -> None:
     csv = page.tab.request.get(f"{app.url}{csv_link.get_attribute('href')}")
     assert csv.ok and csv.headers["content-type"].startswith("text/csv")
     assert csv.text().splitlines()[0].startswith("gpu_id,")
+    report_button = page.tab.get_by_role("link", name="Download report")
+    assert report_button.get_attribute("download") == f"incident-{doc['id']}.html"
+    report = page.tab.request.get(f"{app.url}{report_button.get_attribute('href')}")
+    assert report.ok and report.headers["content-type"].startswith("text/html")
+    assert report.headers["content-disposition"].startswith("attachment")
+    assert f"Incident #{doc['id']}" in report.text()
     page.screenshot("incident")
     assert page.errors == []
 

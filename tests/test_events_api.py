@@ -93,3 +93,30 @@ def test_streams_beyond_half_the_threads_are_429_and_reads_still_answer(app) -> 
     finally:
         for response in held:
             response.close()
+
+
+def test_head_on_the_stream_takes_no_slot_and_closed_streams_give_theirs_back(engine) -> None:
+    """With one slot: closed GET streams give it back; HEAD (whose body is never produced,
+    so a slot released only by the body's end would be kept forever), OPTIONS, POST and a
+    foreign page's GET (403) never take it; while a GET holds it another GET is 429 but
+    HEAD is still answered."""
+    from gpuhistory.api.app import create_app
+    from gpuhistory.context import ServiceContext
+
+    client = create_app(ServiceContext(engine=engine, host="testhost",
+                                       max_streams=1)).test_client()
+    for _ in range(3):
+        response = client.get("/api/gpu/events/stream", buffered=False)
+        assert response.status_code == 200
+        response.close()  # body never iterated
+    head = client.head("/api/gpu/events/stream")
+    assert head.status_code == 200 and head.data == b""
+    assert client.options("/api/gpu/events/stream").status_code == 200
+    assert client.post("/api/gpu/events/stream").status_code == 405
+    foreign = client.get("/api/gpu/events/stream", headers={"Origin": "http://evil.example"})
+    assert foreign.status_code == 403 and foreign.json["error"]["code"] == "cross_origin"
+    with client.get("/api/gpu/events/stream", buffered=False) as held:
+        assert held.status_code == 200
+        refused = client.get("/api/gpu/events/stream")
+        assert refused.status_code == 429
+        assert client.head("/api/gpu/events/stream").status_code == 200  # HEAD: no slot

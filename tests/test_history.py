@@ -304,7 +304,7 @@ def test_cli_reads_the_database_as_table_csv_and_json(month_db) -> None:
     assert lines[0].startswith("timestamp,samples,temperature_min") and len(lines) == 25
     assert runner.invoke(cli, [*args, "--resolution", "1h"]).output.count("\n") == 26
     table = runner.invoke(cli, [*args, "--points", "4", "--resolution", "1h"]).output
-    assert "source 1h" in table and "buckets of 21600 s" in table and "TEMP MAX" in table
+    assert "source 1h" in table and "buckets of 6 h" in table and "TEMP MAX" in table
     missing = runner.invoke(cli, [*args, "--gpu-id", "5"])
     assert missing.exit_code == 3 and "gpu_not_found" in missing.output
     backwards = runner.invoke(cli, ["history", "--db", str(db_path), "--since",

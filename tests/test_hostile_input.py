@@ -11,7 +11,6 @@ GPUHISTORY_TEST_POSTGRES set, on PostgreSQL.
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -23,7 +22,7 @@ import sqlalchemy as sa
 from gpuhistory.api.app import MAX_BODY_BYTES
 from gpuhistory.clock import FakeClock
 from gpuhistory.storage.engine import make_engine, upgrade
-from tests.conftest import App
+from tests.conftest import App, _postgres_url
 
 pytestmark = pytest.mark.slow
 
@@ -43,9 +42,7 @@ def hostile_engine(request: pytest.FixtureRequest,
         yield engine
         engine.dispose()
         return
-    url = os.environ.get("GPUHISTORY_TEST_POSTGRES")
-    if not url:
-        pytest.skip("set GPUHISTORY_TEST_POSTGRES to a PostgreSQL URL to run this")
+    url = _postgres_url()
     name = f"gpuhistory_hostile_{uuid.uuid4().hex[:12]}"
     admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:

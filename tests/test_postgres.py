@@ -28,6 +28,7 @@ from gpuhistory.storage.engine import (
 )
 from gpuhistory.storage.log import LogStore, TickRecord, sample_row
 from gpuhistory.storage.schema import metadata
+from tests import conftest
 from tests.conftest import POSTGRES_ENV, REPO, _postgres_url
 from tests.test_leases import HOST, add_gpu
 from tests.test_serve import free_port
@@ -143,8 +144,21 @@ def test_an_unreachable_server_fails_the_postgresql_tests_never_skips() -> None:
 
 def test_without_a_server_the_postgresql_variants_skip_with_the_reason(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """Without GPUHISTORY_TEST_POSTGRES a developer still runs the rest: the PostgreSQL
-    fixtures skip, saying how to run them."""
+    """Without GPUHISTORY_TEST_POSTGRES and with no server on the default address, a
+    developer still runs the rest: the PostgreSQL fixtures skip, saying how to run them."""
     monkeypatch.delenv(POSTGRES_ENV, raising=False)
+    monkeypatch.setattr(conftest, "_default_postgres", lambda: None)
     with pytest.raises(pytest.skip.Exception, match=f"set {POSTGRES_ENV} to a PostgreSQL URL"):
+        _postgres_url()
+
+
+def test_a_server_on_the_default_address_is_used_without_the_variable(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`make test` on a machine with a local PostgreSQL runs the PostgreSQL variants
+    without any variable set; ``skip`` turns them off on purpose."""
+    monkeypatch.delenv(POSTGRES_ENV, raising=False)
+    monkeypatch.setattr(conftest, "_default_postgres", lambda: conftest.DEFAULT_POSTGRES)
+    assert _postgres_url() == conftest.DEFAULT_POSTGRES
+    monkeypatch.setenv(POSTGRES_ENV, "skip")
+    with pytest.raises(pytest.skip.Exception, match="=skip"):
         _postgres_url()

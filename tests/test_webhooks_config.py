@@ -55,8 +55,9 @@ kinds = ["*", "overheat"]
                                                    (0, "GPU-abc", 3))
     assert (pager.gpu_indexes, pager.gpu_uuids) == ((0, 3), ("GPU-abc",))
     assert pager.secret is not None and pager.secret.get_secret_value() == SECRET
-    assert pager.settings() == {"timeout_seconds": 2.5, "retry_initial_seconds": 1,
-                                "retry_max_seconds": 60, "give_up_after_seconds": 3600}
+    assert pager.settings() == {"format": "signed", "timeout_seconds": 2.5,
+                                "retry_initial_seconds": 1, "retry_max_seconds": 60,
+                                "give_up_after_seconds": 3600}
     assert re.fullmatch(r"webhook-[0-9a-f]{8}", unnamed.id) and unnamed.kinds == ("*",)
     assert unnamed.secret is None and unnamed.timeout_seconds == 5
 
@@ -169,6 +170,8 @@ def test_every_webhook_key_is_documented() -> None:
             expected = "required"
         elif field.default is None:
             expected = "derived" if name == "name" else "unset"
+        elif isinstance(field.default, str):
+            expected = f"`{field.default}`"
         else:
             expected = f"{field.default:g}"
         assert row.group(1).strip() == expected, name

@@ -1,4 +1,6 @@
-"""Alert delivery by webhooks (docs/alerts.md).
+"""Alert delivery by webhooks (docs/alerts.md): signed event JSON, alerts for Alertmanager's
+v2 API (:mod:`~gpuhistory.alerts.alertmanager`) or chat messages
+(:mod:`~gpuhistory.alerts.chat`), as each webhook's ``format`` says.
 
 Webhooks are configured as a list (``[[webhooks]]`` in the TOML file or
 ``GPUHISTORY_WEBHOOKS``; :mod:`gpuhistory.alerts.config`). The sampler process's

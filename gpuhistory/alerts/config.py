@@ -14,7 +14,7 @@ import base64
 import hashlib
 import json
 from collections.abc import Mapping
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from pydantic import (
@@ -36,6 +36,12 @@ ALL_KINDS = "*"
 KNOWN_KINDS = tuple(k.value for k in EventKind)
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 MAX_GPU_INDEX = 1023
+
+FORMATS = ("signed", "alertmanager", "chat")
+Format = Literal["signed", "alertmanager", "chat"]
+# Alertmanager alerts: the kinds that fire one, and the kinds that resolve them.
+ALERT_KINDS = ("critical", "overheat", "gpu_lost", "xid")
+RESOLVING_KINDS = ("resume", "gpu_found")
 
 GpuRef = Annotated[int, Field(ge=0, le=MAX_GPU_INDEX)] | Annotated[
     str, Field(min_length=1, max_length=96, pattern=r"^[^\x00-\x1f\x7f]+$")]
@@ -62,9 +68,14 @@ class WebhookConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     url: str = Field(max_length=2048, repr=False,
-                     description="http:// or https:// URL to POST events to.")
+                     description="http:// or https:// URL to POST events to (alertmanager: "
+                                 "Alertmanager's base URL).")
+    format: Format = Field(
+        "signed", description="signed: our event JSON, signed; alertmanager: alerts to "
+                              "Alertmanager's v2 API; chat: a Slack/Mattermost {\"text\": ...}.")
     kinds: tuple[str, ...] = Field(
-        min_length=1, description='Event kinds to deliver (["*"]: every kind).')
+        min_length=1, description='Event kinds to deliver (["*"]: every kind). alertmanager: '
+                                  f'the alerts, among {list(ALERT_KINDS)} (default: all).')
     gpus: tuple[GpuRef, ...] | None = Field(
         None, min_length=1,
         description="Only events of these GPUs (indexes and/or UUIDs); unset: every GPU and "
@@ -83,6 +94,25 @@ class WebhookConfig(BaseModel):
     give_up_after_seconds: float = Field(
         86_400, ge=1, le=30 * 86_400,
         description="An event not delivered this long after it happened is given up.")
+    dashboard_url: str | None = Field(
+        None, max_length=2048,
+        description="The dashboard's base URL (http(s)://host:port/): alerts and chat "
+                    "messages link to its pages.")
+    resend_seconds: float = Field(
+        60, ge=1, le=3600,
+        description="alertmanager: firing alerts are re-sent this often, each valid for 4x "
+                    "as long.")
+    xid_alert_seconds: float = Field(
+        3600, ge=60, le=7 * 86_400,
+        description="alertmanager: how long an XID alert fires (nothing resolves it).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _alertmanager_kinds(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and data.get("format") == "alertmanager" \
+                and "kinds" not in data:
+            return {**data, "kinds": list(ALERT_KINDS)}
+        return data
 
     @field_validator("url")
     @classmethod
@@ -100,6 +130,17 @@ class WebhookConfig(BaseModel):
         if any(c.isspace() or ord(c) < 32 for c in value):
             raise ValueError("the URL must not contain spaces or control characters")
         return value
+
+    @field_validator("dashboard_url")
+    @classmethod
+    def _dashboard_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname \
+                or any(c.isspace() or ord(c) < 32 for c in value):
+            raise ValueError("the dashboard URL must be an http(s) URL with a host")
+        return value.rstrip("/")
 
     @field_validator("secret")
     @classmethod
@@ -130,7 +171,28 @@ class WebhookConfig(BaseModel):
     def _backoff_order(self) -> WebhookConfig:
         if self.retry_max_seconds < self.retry_initial_seconds:
             raise ValueError("retry_max_seconds must be at least retry_initial_seconds")
+        if self.format != "signed" and self.secret is not None:
+            raise ValueError(f"a secret signs only format 'signed' webhooks; a {self.format} "
+                             "receiver does not check it (use https://user:password@host/ "
+                             "for authentication)")
+        if self.format == "alertmanager":
+            wrong = [k for k in self.kinds if k not in ALERT_KINDS + RESOLVING_KINDS]
+            if wrong:
+                raise ValueError(f"an alertmanager webhook sends the alerts {list(ALERT_KINDS)}"
+                                 f" (resolved by {list(RESOLVING_KINDS)}), not {wrong}")
         return self
+
+    @property
+    def alert_kinds(self) -> tuple[str, ...]:
+        """alertmanager: the kinds that fire the alerts it sends."""
+        return tuple(k for k in ALERT_KINDS if k in self.kinds)
+
+    @property
+    def event_kinds(self) -> tuple[str, ...]:
+        """The event kinds it reads from the log (alertmanager: also those that resolve)."""
+        if self.format == "alertmanager":
+            return self.alert_kinds + RESOLVING_KINDS
+        return self.kinds
 
     @property
     def id(self) -> str:
@@ -165,12 +227,29 @@ class WebhookConfig(BaseModel):
     def gpu_uuids(self) -> tuple[str, ...]:
         return tuple(g for g in self.gpus or () if isinstance(g, str))
 
-    def settings(self) -> dict[str, float]:
+    @property
+    def post_url(self) -> str:
+        """Where the requests go: ``request_url``; for alertmanager, its ``/api/v2/alerts``
+        under the base URL given (unless the URL already ends so)."""
+        url = self.request_url
+        if self.format != "alertmanager":
+            return url
+        parts = urlsplit(url)
+        path = parts.path.rstrip("/")
+        if not path.endswith("/api/v2/alerts"):
+            path += "/api/v2/alerts"
+        return urlunsplit(parts._replace(path=path))
+
+    def settings(self) -> dict[str, Any]:
         """The delivery settings, as the API shows them."""
-        return {"timeout_seconds": self.timeout_seconds,
-                "retry_initial_seconds": self.retry_initial_seconds,
-                "retry_max_seconds": self.retry_max_seconds,
-                "give_up_after_seconds": self.give_up_after_seconds}
+        out: dict[str, Any] = {"format": self.format, "timeout_seconds": self.timeout_seconds,
+                               "retry_initial_seconds": self.retry_initial_seconds,
+                               "retry_max_seconds": self.retry_max_seconds,
+                               "give_up_after_seconds": self.give_up_after_seconds}
+        if self.format == "alertmanager":
+            out |= {"resend_seconds": self.resend_seconds,
+                    "xid_alert_seconds": self.xid_alert_seconds}
+        return out
 
 
 _LIST = TypeAdapter(tuple[WebhookConfig, ...])
@@ -217,6 +296,7 @@ def load_webhooks(file_value: Any, env_value: str | None) -> tuple[WebhookConfig
     return parse_webhooks(file_value)
 
 
-__all__ = ["ALL_KINDS", "NAME_PATTERN", "WEBHOOKS_ENV", "WEBHOOKS_KEY", "WebhookConfig",
-           "load_webhooks", "parse_webhooks", "redact_url"]
+__all__ = ["ALERT_KINDS", "ALL_KINDS", "FORMATS", "NAME_PATTERN", "RESOLVING_KINDS",
+           "WEBHOOKS_ENV", "WEBHOOKS_KEY", "WebhookConfig", "load_webhooks", "parse_webhooks",
+           "redact_url"]
 

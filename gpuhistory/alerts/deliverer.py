@@ -28,7 +28,7 @@ from typing import Any
 import sqlalchemy as sa
 from apscheduler.schedulers.base import BaseScheduler
 
-from gpuhistory.alerts import payload, transport
+from gpuhistory.alerts import alertmanager, chat, payload, transport
 from gpuhistory.alerts.config import WebhookConfig
 from gpuhistory.alerts.horizon import SETTLE_MS, SafeHorizon
 from gpuhistory.alerts.policy import backoff_ms, verdict
@@ -56,6 +56,8 @@ class HookRun:
     gave_up: int = 0
     cursor: int = 0
     next_attempt_ms: int | None = None  # backing off until then
+    skipped: int = 0  # events that changed nothing for the receiver (nothing sent)
+    refreshed: int | None = None  # alertmanager: alerts re-sent by this run (None: no re-send)
     error: str | None = None  # the run itself failed (the database); the next one retries
 
 
@@ -76,6 +78,7 @@ class WebhookDeliverer:
         self._rng = rng or random.Random()
         self._rows: dict[str, int] = {}  # webhook → webhooks.id
         self._after: dict[str, tuple[int, int | None]] = {}  # webhook → (cursor, retry at)
+        self._resend_at: dict[str, int] = {}  # alertmanager webhook → next re-send of alerts
         self._inflight: dict[str, Future[HookRun]] = {}
         self._executor: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
@@ -129,7 +132,7 @@ class WebhookDeliverer:
                     cursor, retry_at = self._after[name]
                     if retry_at is not None and now < retry_at:
                         continue
-                    if retry_at is None and cursor >= newest:
+                    if retry_at is None and cursor >= newest and not self._resend_due(hook, now):
                         continue
                 started[name] = self._inflight[name] = self._executor.submit(
                     self._safe_deliver, hook)
@@ -171,11 +174,13 @@ class WebhookDeliverer:
         now = self.clock.now_ms()
         if state.next_attempt_ms is not None and now < state.next_attempt_ms:
             return run
+        if state.pending_event_id is None and self._resend_due(hook, now):
+            self._resend(hook, state.cursor, run)  # what is active before the new events
         upto = self.horizon.safe_id(state.cursor)
         rows: Sequence[sa.Row[Any]] = []
         if upto > state.cursor:
             with self.engine.connect() as conn:
-                rows = conn.execute(select_events(hook.kinds, hook.gpus, self.host,
+                rows = conn.execute(select_events(hook.event_kinds, hook.gpus, self.host,
                                                   state.cursor, upto, self.batch_events)).all()
         finished = True
         for row in rows:
@@ -197,6 +202,32 @@ class WebhookDeliverer:
         run.cursor, run.next_attempt_ms = state.cursor, state.next_attempt_ms
         return run
 
+    # -- alertmanager: re-sending the active alerts ----------------------------------------
+    def _resend_due(self, hook: WebhookConfig, now: int) -> bool:
+        return hook.format == "alertmanager" and now >= self._resend_at.get(hook.id, 0)
+
+    def _resend(self, hook: WebhookConfig, cursor: int, run: HookRun) -> None:
+        """POST every alert active after ``cursor`` again with a later ``endsAt``, so
+        Alertmanager keeps them firing. Not an event: no row in the delivery log; a failure
+        is logged and the next re-send, ``resend_seconds`` later, tries again (each alert
+        stays valid for 4 of them)."""
+        now = self.clock.now_ms()
+        self._resend_at[hook.id] = now + round(hook.resend_seconds * 1000)
+        with self.engine.connect() as conn:
+            alerts = alertmanager.refresh(conn, hook, self.host, cursor, now)
+        run.refreshed = len(alerts)
+        if not alerts:
+            return
+        body = payload.encode(alerts)
+        outcome = transport.post(hook.post_url, body, {
+            "Content-Type": "application/json", "User-Agent": payload.USER_AGENT,
+            payload.WEBHOOK_HEADER: hook.id, **hook.auth_headers()}, hook.timeout_seconds)
+        if verdict(outcome.http_status) != "delivered":
+            log.warning("webhook %s (%s): re-sending %d active alert(s) failed: %s; next try "
+                        "in %g s", hook.id, hook.display_url, len(alerts), outcome.error,
+                        hook.resend_seconds)
+            run.refreshed = 0
+
     def _deliver_event(self, hook: WebhookConfig, state: WebhookState, row: sa.Row[Any],
                        run: HookRun) -> WebhookState | None:
         now = self.clock.now_ms()
@@ -213,12 +244,13 @@ class WebhookDeliverer:
                 f"not sent: older than give_up_after_seconds ({hook.give_up_after_seconds:g} "
                 f"s){note}", 0))
         attempt = previous + 1
-        body = payload.encode(payload.event_document(
-            row.id, row.ts_ms, row.kind, row.gpu_index, row.uuid, row.payload,
-            self._event_host(row)))
+        body = self._body(hook, row, now)
+        if body is None:  # nothing for this receiver (a resolve with no alert active)
+            run.skipped += 1
+            return self.store.advance(state, row.id, now)
         secret = None if hook.secret is None else hook.secret.get_secret_value()
         headers = payload.headers(hook.id, row.id, row.kind, attempt, now, body, secret)
-        outcome = transport.post(hook.request_url, body, {**headers, **hook.auth_headers()},
+        outcome = transport.post(hook.post_url, body, {**headers, **hook.auth_headers()},
                                  hook.timeout_seconds)
         run.attempted += 1
         answer = verdict(outcome.http_status)
@@ -241,6 +273,20 @@ class WebhookDeliverer:
             row.id, now, attempt, status, outcome.http_status,
             None if status == "delivered" else outcome.error, outcome.duration_ms,
             next_retry))
+
+    def _body(self, hook: WebhookConfig, row: sa.Row[Any], now: int) -> bytes | None:
+        """The request body in the webhook's format; None: nothing to send for this event.
+        The signed body is the same bytes on every attempt; the others are read from the
+        log afresh (an alert's end, a link to an incident detected meanwhile)."""
+        host = self._event_host(row)
+        if hook.format == "signed":
+            return payload.encode(payload.event_document(
+                row.id, row.ts_ms, row.kind, row.gpu_index, row.uuid, row.payload, host))
+        with self.engine.connect() as conn:
+            if hook.format == "chat":
+                return payload.encode(chat.message(conn, row, host, hook.dashboard_url))
+            alerts = alertmanager.for_event(conn, hook, self.host, row, now)
+        return payload.encode(alerts) if alerts else None
 
     def _event_host(self, row: sa.Row[Any]) -> str:
         """The GPU's host; for an event without a GPU, the host its payload names, else

@@ -26,7 +26,7 @@ def event_document(event_id: int, ts_ms: int, kind: str, gpu_index: int | None,
             "uuid": uuid, "payload": payload, "host": host}
 
 
-def encode(document: dict[str, Any]) -> bytes:
+def encode(document: Any) -> bytes:
     return json.dumps(document, separators=(",", ":")).encode("utf-8")
 
 

@@ -40,13 +40,23 @@ def event_filter(kinds: Sequence[str], gpu_refs: Sequence[int | str] | None,
     return conditions
 
 
+EVENTS_AND_GPUS = events.outerjoin(gpus, _G.id == _E.gpu_id)
+
+
+def select_rows() -> sa.Select[Any]:
+    """Events with their GPU's row: what every webhook format renders an event from."""
+    return (
+        sa.select(_E.id, _E.ts_ms, _E.kind, _E.payload, _E.gpu_id.label("gpu_row"),
+                  _G.gpu_index, _G.uuid, _G.name.label("gpu_name"), _G.host.label("gpu_host"))
+        .select_from(EVENTS_AND_GPUS)
+    )
+
+
 def select_events(kinds: Sequence[str], gpu_refs: Sequence[int | str] | None, host: str,
                   after_id: int, upto_id: int, limit: int) -> sa.Select[Any]:
     """The webhook's events with ``after_id < id <= upto_id``, oldest first."""
     return (
-        sa.select(_E.id, _E.ts_ms, _E.kind, _E.payload, _G.gpu_index, _G.uuid,
-                  _G.host.label("gpu_host"))
-        .select_from(events.outerjoin(gpus, _G.id == _E.gpu_id))
+        select_rows()
         .where(_E.id > after_id, _E.id <= upto_id, *event_filter(kinds, gpu_refs, host))
         .order_by(_E.id)
         .limit(limit)

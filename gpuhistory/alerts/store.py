@@ -59,7 +59,7 @@ def _writing(conn: sa.Connection) -> sa.Connection:
 
 
 def _definition(hook: WebhookConfig) -> dict[str, Any]:
-    return {"url": hook.display_url, "kinds": list(hook.kinds),
+    return {"url": hook.display_url, "kinds": list(hook.event_kinds),
             "gpus": None if hook.gpus is None else list(hook.gpus),
             "signed": hook.secret is not None, "settings": hook.settings()}
 

@@ -33,10 +33,13 @@ class Pending(BaseModel):
 
 
 class WebhookSettings(BaseModel):
+    format: str = Field("signed", description="signed, alertmanager or chat")
     timeout_seconds: float
     retry_initial_seconds: float
     retry_max_seconds: float
     give_up_after_seconds: float
+    resend_seconds: float | None = Field(None, description="alertmanager only")
+    xid_alert_seconds: float | None = Field(None, description="alertmanager only")
 
 
 class Webhook(BaseModel):

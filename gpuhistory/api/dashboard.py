@@ -1,9 +1,10 @@
 """The web dashboard: the page at ``/``, its files under ``/ui/``, and the security headers.
 
 The dashboard is static files that read the public JSON API (and the event stream) from the
-browser, so everything it shows can also be scripted. Its one library, uPlot, is installed
-by the set-up command (``npm ci --prefix web``) and served from here: no CDN. When it is
-missing, ``/`` says how to install it and the API keeps working.
+browser, so everything it shows can also be scripted. Its one library, uPlot, ships inside
+the package (``web/vendor/uplot/``, pinned by ``web/package-lock.json``) and is served from
+here: no CDN, no Node.js. The files are found through ``gpuhistory.assets``. Should the
+library be missing (a damaged install), ``/`` says so and the API keeps working.
 
 Every response of the app (API, errors, event stream, dashboard) carries the security
 headers: a strict Content-Security-Policy (files only: no inline script or style, nothing
@@ -17,15 +18,13 @@ from pathlib import Path
 from flask import Blueprint, Flask, Response, current_app, request, send_from_directory
 from werkzeug.exceptions import NotFound
 
+from gpuhistory import assets
 from gpuhistory.api.errors import error_response
 
-WEB_ROOT = Path(__file__).resolve().parents[2] / "web"
-SETUP_COMMAND = "make serve (or: npm ci --prefix web --no-audit --no-fund)"
-# The library files the page loads, as served under /ui/vendor/, and where npm puts them.
-VENDOR = {
-    "uPlot.iife.min.js": "node_modules/uplot/dist/uPlot.iife.min.js",
-    "uPlot.min.css": "node_modules/uplot/dist/uPlot.min.css",
-}
+# What restores the library: it is part of the package, so a reinstall; in a checkout, the
+# maintainer's command that copies it from npm again.
+SETUP_COMMAND = ("reinstall gpuhistory (pip install --force-reinstall gpuhistory); "
+                 "in a checkout: git checkout web/vendor, or make vendor")
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
     "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; "
@@ -43,18 +42,21 @@ bp = Blueprint("dashboard", __name__)
 
 
 def web_root() -> Path:
-    """The folder holding index.html, static/ and node_modules/ (``DASHBOARD_ROOT`` overrides)."""
-    return Path(current_app.config.get("DASHBOARD_ROOT", WEB_ROOT))
+    """The folder holding index.html, static/ and vendor/: the installed package's
+    (``DASHBOARD_ROOT`` overrides)."""
+    root = current_app.config.get("DASHBOARD_ROOT")
+    return assets.web_root() if root is None else Path(root)
 
 
 def missing_assets(root: Path) -> list[str]:
-    """The library files the page needs that are not installed."""
-    return [name for name, relative in VENDOR.items() if not (root / relative).is_file()]
+    """The library files the page needs that are missing."""
+    return [name for name, relative in assets.VENDOR.items() if not (root / relative).is_file()]
 
 
 def _assets_missing(missing: list[str]) -> Response | tuple[Response, int]:
-    message = (f"the dashboard's libraries are not installed ({', '.join(missing)}): run the "
-               f"set-up command, {SETUP_COMMAND}. The JSON API under /api works without them.")
+    message = (f"the dashboard's chart library is missing from this installation "
+               f"({', '.join(missing)}): {SETUP_COMMAND}. "
+               "The JSON API under /api works without it.")
     if request.accept_mimetypes.best_match(["application/json", "text/html"]) == "text/html":
         page = ("<!doctype html><html lang=\"en\"><meta charset=\"utf-8\">"
                 "<title>gpuhistory: dashboard not installed</title>"
@@ -66,7 +68,7 @@ def _assets_missing(missing: list[str]) -> Response | tuple[Response, int]:
 
 @bp.get("/")
 def index() -> Response | tuple[Response, int]:
-    """The dashboard page (503 with the set-up command when its libraries are missing)."""
+    """The dashboard page (503 saying how to restore it when its library is missing)."""
     root = web_root()
     missing = missing_assets(root)
     if missing:
@@ -76,8 +78,8 @@ def index() -> Response | tuple[Response, int]:
 
 @bp.get("/ui/vendor/<name>")
 def vendor(name: str) -> Response:
-    """The installed library files (only those listed in VENDOR)."""
-    relative = VENDOR.get(name)
+    """The chart library's files (only those listed in ``assets.VENDOR``)."""
+    relative = assets.VENDOR.get(name)
     if relative is None:
         raise NotFound(f"no dashboard library file {name!r}")
     path = web_root() / relative

@@ -45,6 +45,7 @@ class Throttle(BaseModel):
 
 class ThrottleStatus(Throttle):
     gpu_id: int
+    uuid: str
     at: Iso
 
 
@@ -82,6 +83,8 @@ class StatusAll(BaseModel):
 
 class History(BaseModel):
     gpu_id: int
+    uuid: str
+    host: str
     since: Iso
     until: Iso
     count: int
@@ -107,6 +110,8 @@ class HistoryBuckets(BaseModel):
     """The answer with ``resolution`` or ``points``: about ``points`` buckets."""
 
     gpu_id: int
+    uuid: str
+    host: str
     since: Iso
     until: Iso
     resolution: str = Field(description="the source used: raw, 1m or 1h")
@@ -124,6 +129,8 @@ class HistoryAnswer(RootModel[History | HistoryBuckets]):
 
 class Trend(BaseModel):
     gpu_id: int
+    uuid: str
+    host: str
     since: Iso
     until: Iso
     duration_minutes: float
@@ -163,6 +170,7 @@ class LeaseList(BaseModel):
 
 class Capacity(BaseModel):
     gpu_id: int
+    uuid: str | None
     capacity_mb: int
     leased_mb: int
     available_mb: int
@@ -214,6 +222,10 @@ class Health(BaseModel):
     last_tick: dict[str, Any] | None = None
     storage: dict[str, Any] | None = Field(
         None, description="the sampler's writes: ok, reason, waiting_ticks, dropped_ticks")
+    freshness: dict[str, Any] | None = Field(
+        None, description="whether the samples are current: stale, reason "
+        "(monitoring_stopped, sampler_stale), interval_seconds, stale_after_seconds, "
+        "last_tick_age_seconds")
 
 
 class SystemStatus(BaseModel):

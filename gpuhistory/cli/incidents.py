@@ -3,6 +3,7 @@
     gpuhistory incidents --gpu-id 1 --since 2026-11-26T00:00:00Z
     gpuhistory incidents show 42            # the post-mortem
     gpuhistory incidents show 42 --csv > incident-42.csv
+    gpuhistory incidents report 42 -o incident-42.html   # one file for a ticket
     gpuhistory incidents rebuild            # redetect everything with today's thresholds
 
 Reading the database (``--db``), the command first brings the incidents up to date (the
@@ -20,7 +21,9 @@ from typing import Any, TypeVar
 
 import click
 
+from gpuhistory.cli.database import require_existing
 from gpuhistory.cli.hosts import host_option, local_host, server_host
+from gpuhistory.cli.humanize import duration
 from gpuhistory.cli.times import time_value
 from gpuhistory.clock import SystemClock
 
@@ -65,6 +68,7 @@ class _Local:
         from gpuhistory.config.store import ConfigStore
         from gpuhistory.storage.engine import make_engine, upgrade
 
+        require_existing(db)
         self.engine = make_engine(db)
         click.get_current_context().call_on_close(self.engine.dispose)
         upgrade(self.engine)
@@ -89,7 +93,9 @@ def _client(url: str) -> Any:
 
 @click.group(invoke_without_command=True)
 @source_options
-@click.option("--gpu-id", type=click.IntRange(0, 1023), help="One GPU (default: all).")
+@click.option("--gpu-id", type=click.IntRange(0, 1023),
+              help="One GPU slot, every card it held (default: all).")
+@click.option("--uuid", help="One card by its UUID.")
 @click.option("--since", callback=time_value,
               help="Incidents still going on at or after this time.")
 @click.option("--until", callback=time_value,
@@ -101,7 +107,7 @@ def _client(url: str) -> Any:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (the API's documents).")
 @click.pass_context
 def incidents(ctx: click.Context, db: str | None, host_name: str | None, url: str | None,
-              no_detect: bool | None, gpu_id: int | None, since: int | None,
+              no_detect: bool | None, gpu_id: int | None, uuid: str | None, since: int | None,
               until: int | None, severity: str | None, limit: int, as_json: bool) -> None:
     """Overheat incidents, newest first; `incidents show ID` prints a post-mortem."""
     ctx.obj = {"db": db, "host_name": host_name, "url": url, "no_detect": no_detect,
@@ -114,18 +120,21 @@ def incidents(ctx: click.Context, db: str | None, host_name: str | None, url: st
 
         try:
             docs = _client(url).request("GET", "/api/gpu/incidents", {
-                "gpu_id": gpu_id, "host": server_host(ctx), "since": _seconds(since),
+                "gpu_id": gpu_id, "uuid": uuid, "host": server_host(ctx),
+                "since": _seconds(since),
                 "until": _seconds(until), "severity": severity, "limit": limit})["incidents"]
         except ApiError as exc:
             fail(exc)
     else:
         from gpuhistory.analytics.postmortem import list_incidents
+        from gpuhistory.identity import filter_ids
 
         local = _Local(db, host_name)
         if not no_detect:
             local.detect()
         with local.engine.connect() as conn:
-            docs = list_incidents(conn, local.host, local.clock.now_ms(), gpu_index=gpu_id,
+            ids = filter_ids(conn, gpu_id, uuid, local.host)
+            docs = list_incidents(conn, local.host, local.clock.now_ms(), gpu_ids=ids,
                                   since_ms=since, until_ms=until, severity=severity,
                                   limit=limit)
     if as_json:
@@ -191,33 +200,91 @@ def _from_db(source: dict[str, Any], incident_id: int,
     from gpuhistory.analytics.postmortem import (
         context_samples,
         context_window,
-        get_incident,
         metrics_docs,
         postmortem,
     )
-    from gpuhistory.leases.manager import LeaseManager
+
+    local, row = _local_incident(source, incident_id)
+    now = local.clock.now_ms()
+    config = local.config()
+    with local.engine.connect() as conn:
+        if max_samples == 0:
+            since, until = context_window(row, config, now)
+            return {"_all_samples": metrics_docs(row, context_samples(conn, row, since, until))}
+        kwargs = {} if max_samples is None else {"max_samples": max_samples}
+        return postmortem(conn, row, config, now, _leases(local, row, now), **kwargs)
+
+
+@incidents.command("report")
+@click.argument("incident_id", type=click.IntRange(1, 2**62))
+@source_options
+@click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True),
+              help="Where to write the file ('-': standard output) [default: "
+                   "incident-ID.html in the current folder].")
+@click.pass_context
+def report(ctx: click.Context, incident_id: int, db: str | None, host_name: str | None,
+           url: str | None, no_detect: bool | None, output: str | None) -> None:
+    """Write the incident's report: one HTML file that loads nothing when opened (chart,
+    styles and data inside), to attach to a ticket or print to PDF."""
+    source = _source(ctx, db, host_name, url, no_detect)
+    if source["url"]:
+        from gpuhistory.cli.lease import fail
+        from gpuhistory.client import ApiError
+
+        try:
+            html = _client(source["url"]).incident_report(incident_id, source["server_host"])
+        except ApiError as exc:
+            fail(exc)
+    else:
+        html = _report_from_db(source, incident_id)
+    target = output or f"incident-{incident_id}.html"
+    with click.open_file(target, "w", encoding="utf-8", atomic=target != "-") as handle:
+        handle.write(html)
+    if target != "-":
+        size = len(html.encode("utf-8"))
+        click.echo(f"wrote {target} ({size / 1024:.0f} KiB)", err=True)
+
+
+def _report_from_db(source: dict[str, Any], incident_id: int) -> str:
+    from gpuhistory.report import AssetMissing, render_report, report_data
+
+    local, row = _local_incident(source, incident_id)
+    now = local.clock.now_ms()
+    config = local.config()
+    with local.engine.connect() as conn:
+        data = report_data(conn, row, config, now, _leases(local, row, now))
+    try:
+        return render_report(data, config, now).html
+    except AssetMissing as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _local_incident(source: dict[str, Any], incident_id: int) -> tuple[_Local, Any]:
+    """The database (scanned first unless --no-detect) and the incident's row; exit 3 when
+    there is no such incident."""
+    from gpuhistory.analytics.postmortem import get_incident
 
     local = _Local(source["db"], source["host_name"])
     if not source["no_detect"]:
         local.detect()
-    now = local.clock.now_ms()
-    config = local.config()
     with local.engine.connect() as conn:
         row = get_incident(conn, incident_id, local.host)
-        if row is None:
-            where = "" if local.host is None else f" on {local.host}"
-            click.echo(f"error: incident_not_found: no incident with id {incident_id}{where}",
-                       err=True)
-            sys.exit(EXIT_NOT_FOUND)
-        if max_samples == 0:
-            since, until = context_window(row, config, now)
-            return {"_all_samples": metrics_docs(row, context_samples(conn, row, since, until))}
-        manager = LeaseManager(local.engine, row.host, local.clock, local.config)
-        end = row.end_ms if row.end_ms is not None else now
-        leases = [lease.to_dict(now) for lease in
-                  manager.active_between(row.gpu_id, row.start_ms, end)]
-        kwargs = {} if max_samples is None else {"max_samples": max_samples}
-        return postmortem(conn, row, config, now, leases, **kwargs)
+    if row is None:
+        where = "" if local.host is None else f" on {local.host}"
+        click.echo(f"error: incident_not_found: no incident with id {incident_id}{where}",
+                   err=True)
+        sys.exit(EXIT_NOT_FOUND)
+    return local, row
+
+
+def _leases(local: _Local, row: Any, now: int) -> list[dict[str, Any]]:
+    """The lease documents active at any moment of the incident."""
+    from gpuhistory.leases.manager import LeaseManager
+
+    manager = LeaseManager(local.engine, row.host, local.clock, local.config)
+    end = row.end_ms if row.end_ms is not None else now
+    return [lease.to_dict(now) for lease in manager.active_between(row.gpu_id, row.start_ms,
+                                                                    end)]
 
 
 @incidents.command("rebuild")
@@ -287,7 +354,7 @@ def render_postmortem(doc: dict[str, Any]) -> str:
         f"  duration     {format_duration(doc['duration_seconds'])}",
         f"  peak         {doc['peak_temperature_celsius']} C at {doc['peak_at']}",
         f"  mean         {doc['mean_temperature_celsius']} C over {doc['sample_count']} samples",
-        f"  severity     {doc['severity']} ({doc['above_critical_seconds']} s above "
+        f"  severity     {doc['severity']} ({duration(doc['above_critical_seconds'])} above "
         f"{doc['thresholds']['temp_critical']} C)",
         f"  peak power   {doc['peak_power_watts']} W",
         f"  memory       max {memory['max_used_mb']} MiB, avg {memory['avg_used_mb']} MiB "
@@ -299,12 +366,12 @@ def render_postmortem(doc: dict[str, Any]) -> str:
     lines.append("")
     lines.append("Clock-event reasons:" if doc["clock_event_reasons_seen"]
                  else "Clock-event reasons: none reported")
-    lines += [f"  {r['name']}: {r['samples']} samples, {r['seconds']} s"
+    lines += [f"  {r['name']}: {r['samples']} samples, {duration(r['seconds'])}"
               for r in doc["clock_event_reasons_seen"]]
     throttle = doc.get("throttle_time_seconds")
     if throttle:
         lines.append("Hardware throttle time: " + ", ".join(
-            f"{k} {v} s" for k, v in throttle.items() if v is not None))
+            f"{k} {duration(v)}" for k, v in throttle.items() if v is not None))
     lines.append(f"Transitions ({len(doc['transitions'])}):")
     lines += [f"  {t['timestamp']}  {t['from']} -> {t['to']} ({t['cause']}, "
               f"{t['temperature_celsius']} C)" for t in doc["transitions"]]

@@ -20,6 +20,7 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
+from gpuhistory.cli.humanize import duration
 from gpuhistory.client import DEFAULT_URL, ApiError, Client, ServiceUnavailable
 
 EXIT_ERROR = 1
@@ -199,7 +200,7 @@ def lease_table(leases: list[dict[str, Any]]) -> str:
         rows.append([str(x["allocation_id"]), *[x.get("host") or "-"] * fleet,
                      str(x["gpu_id"]), str(x["memory_mb"]),
                      x.get("owner") or "-", str(x["status"]), x.get("granted_at") or "-",
-                     until or "-", f"{x['expires_in_seconds']} s" if active else "-"])
+                     until or "-", duration(x['expires_in_seconds']) if active else "-"])
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -17,13 +18,17 @@ import sqlalchemy as sa
 
 from gpuhistory import __version__
 from gpuhistory.cli import output
+from gpuhistory.cli.database import require_existing
 from gpuhistory.cli.history import history
 from gpuhistory.cli.hosts import ALL_HOSTS, host_option, local_host, server_host
 from gpuhistory.cli.incidents import incidents
 from gpuhistory.cli.lease import lease
 from gpuhistory.cli.times import time_value
-from gpuhistory.clock import SystemClock
+from gpuhistory.clock import SystemClock, iso_utc
+from gpuhistory.sampling.claim import SamplerBusy
+from gpuhistory.wsgi.settings import ConnectionLimits
 
+LIMITS = ConnectionLimits()
 DB_HELP = "Database: a SQLite file path or a SQLAlchemy URL (default: the user's data dir)."
 
 
@@ -47,7 +52,8 @@ def cli(verbose: int) -> None:
 
 
 def _bind_options(fn: Any) -> Any:
-    """--host/--port/--threads: the HTTP server's (``serve`` and ``api``)."""
+    """--host/--port/--threads and the connection limits: the HTTP server's (``serve`` and
+    ``api``; docs/configuration.md#http-connections)."""
     for option in reversed([
         click.option("--host", "bind", default="127.0.0.1", show_default=True,
                      envvar="GPUHISTORY_HOST", show_envvar=True,
@@ -57,6 +63,22 @@ def _bind_options(fn: Any) -> Any:
         click.option("--threads", default=8, show_default=True, type=click.IntRange(1, 256),
                      envvar="GPUHISTORY_THREADS", show_envvar=True,
                      help="HTTP worker threads."),
+        click.option("--max-connections", default=LIMITS.max_connections,
+                     show_default=True, type=click.IntRange(1, 65536),
+                     envvar="GPUHISTORY_MAX_CONNECTIONS", show_envvar=True,
+                     help="Open HTTP connections, all clients together."),
+        click.option("--max-client-connections", default=LIMITS.max_client_connections,
+                     show_default=True, type=click.IntRange(0, 65536),
+                     envvar="GPUHISTORY_MAX_CLIENT_CONNECTIONS", show_envvar=True,
+                     help="Open HTTP connections per client address (0: no limit)."),
+        click.option("--read-timeout", default=LIMITS.read_timeout,
+                     show_default=True, type=click.IntRange(1, 3600),
+                     envvar="GPUHISTORY_READ_TIMEOUT", show_envvar=True,
+                     help="Seconds a request may take to arrive, from its first byte."),
+        click.option("--idle-timeout", default=LIMITS.idle_timeout,
+                     show_default=True, type=click.IntRange(1, 86400),
+                     envvar="GPUHISTORY_IDLE_TIMEOUT", show_envvar=True,
+                     help="Seconds an HTTP connection may wait between requests."),
     ]):
         fn = option(fn)
     return fn
@@ -99,7 +121,7 @@ def _run_service(role: str, **options: Any) -> None:
     """Check the bind/token rules, build the role's ``Service`` and run it."""
     from gpuhistory.config.layers import ConfigFileError
     from gpuhistory.sampling.backend import BackendUnavailable
-    from gpuhistory.service import ServeSettings, Service, is_loopback
+    from gpuhistory.service import EXIT_UNSAVED, ServeSettings, Service, is_loopback
 
     logging.getLogger("gpuhistory").setLevel(logging.INFO)
     token = os.environ.get("GPUHISTORY_TOKEN") or None
@@ -122,7 +144,16 @@ def _run_service(role: str, **options: Any) -> None:
     if service.backend is not None and service.backend.name == "sim":
         click.secho(f"NOTE: simulated GPUs (backend sim, trace {service.backend.trace.name}); "
                     "answers say \"backend\": \"sim\".", fg="yellow", err=True)
-    service.run()
+    try:
+        service.run()
+    except SamplerBusy as exc:
+        service.engine.dispose()
+        raise click.ClickException(str(exc)) from None
+    if service.unsaved:
+        logging.getLogger("gpuhistory").error(
+            "stopped, but the database refused the final writes (%s): exit status %d",
+            ", ".join(service.unsaved), EXIT_UNSAVED)
+        sys.exit(EXIT_UNSAVED)
 
 
 @cli.command()
@@ -203,22 +234,23 @@ def db_current(db: str | None) -> None:
 @click.option("--host-name", envvar="GPUHISTORY_HOST_NAME", show_envvar=True,
               help="Host the imported GPUs belong to (default: this machine).")
 @click.option("--timezone", "tz_name", default=None,
-              help="Zone of nvidia-smi's local timestamps, e.g. UTC (default: this machine's).")
+              help="Zone of nvidia-smi's local timestamps: a name (Europe/Berlin, UTC) or a "
+                   "fixed offset (+01:00); default: this machine's.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def import_cmd(db: str | None, file: str, fmt: str, start: int | None, host_name: str | None,
                tz_name: str | None, as_json: bool) -> None:
     """Run a trace or an nvidia-smi CSV log through the classification pipeline."""
-    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
     from gpuhistory.context import machine_name
     from gpuhistory.formats.errors import FormatError
+    from gpuhistory.formats.local_time import parse_zone
     from gpuhistory.importer import import_file
     from gpuhistory.storage.engine import make_engine, upgrade
 
     try:
-        tz = None if tz_name is None else ZoneInfo(tz_name)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise click.BadParameter(f"unknown time zone {tz_name!r}", param_hint="--timezone") \
+        tz = None if tz_name is None else parse_zone(tz_name)
+    except ValueError as exc:
+        raise click.BadParameter(f"{exc}: use a zone name such as Europe/Berlin or UTC, or "
+                                 "a fixed offset such as +01:00", param_hint="--timezone") \
             from None
     from gpuhistory.importer import detect_format
 
@@ -241,45 +273,118 @@ def import_cmd(db: str | None, file: str, fmt: str, start: int | None, host_name
     click.echo(json.dumps(summary, indent=2) if as_json else output.render_summary(summary))
 
 
+# What one look at the GPUs gives: the host asked about, the status documents, the processes.
+Frame = tuple[str | None, list[dict[str, Any]], dict[tuple[str, int], list[dict[str, Any]]] | None]
+
+
 @cli.command()
 @db_option
-@click.option("--gpu-id", type=click.IntRange(0, 1023), help="One GPU (default: all).")
-@click.option("--at", callback=time_value, help="Ask about a past time instead of now.")
+@click.option("--gpu-id", type=click.IntRange(0, 1023),
+              help="One GPU slot (default: all): the card there at --at, or now.")
+@click.option("--uuid", help="One card by its UUID.")
+@click.option("--at", callback=time_value,
+              help="Ask about a past time instead of now (ISO-8601, epoch seconds, or -10m).")
 @host_option()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (the API's documents).")
 @click.option("--url", envvar="GPUHISTORY_URL", show_envvar=True,
               help="Ask a running server's API instead of reading the database "
                    "(--db is then not used).")
+@click.option("-w", "--watch", type=click.FloatRange(0.1, 3600), is_flag=False,
+              flag_value=2.0, default=None, metavar="[SECONDS]",
+              help="Redraw every SECONDS (default 2) until Ctrl-C, like `watch gpustat`.")
+@click.option("-p", "--processes", "show_processes", is_flag=True,
+              help="The running compute processes under each GPU: pid, name, user (when "
+                   "recorded), MiB.")
 @click.pass_context
-def status(ctx: click.Context, db: str | None, gpu_id: int | None, at: int | None,
-           host_name: str | None, as_json: bool, url: str | None) -> None:
+def status(ctx: click.Context, db: str | None, gpu_id: int | None, uuid: str | None,
+           at: int | None, host_name: str | None, as_json: bool, url: str | None,
+           watch: float | None, show_processes: bool) -> None:
     """Each GPU's latest state and reading, read from the log (or a server with --url);
-    --host '*' shows every host sharing the database."""
+    --host '*' shows every host sharing the database. Colour on a terminal only (NO_COLOR
+    turns it off)."""
+    if watch is not None and (as_json or at is not None):
+        raise click.UsageError("--watch redraws the table of now: not with --json or --at")
     if url:
-        _status_from_server(url, gpu_id, at, server_host(ctx), as_json)
+        fetch = _server_frames(url, gpu_id, uuid, at, server_host(ctx), show_processes)
+    else:
+        fetch = _db_frames(db, gpu_id, uuid, at, host_name, show_processes)
+    if watch is None:
+        host, docs, processes = fetch()
+        _print_status(host, docs, as_json, processes)
         return
+    from gpuhistory.cli.watch import watch as watch_frames
+
+    def frame() -> Any:
+        host, docs, processes = fetch()
+        if not docs:
+            return f"no GPUs recorded for host {host!r} yet"
+        return output.status_table(docs, processes)
+
+    where = url or (local_host(host_name) or ALL_HOSTS)
+    watch_frames(frame, watch, f"gpuhistory status ({where})", output.console())
+
+
+def _db_frames(db: str | None, gpu_id: int | None, uuid: str | None, at: int | None,
+               host_name: str | None, show_processes: bool) -> Callable[[], Frame]:
+    """A function that reads the status documents (and processes) from the database: a
+    slot or UUID resolves to its card by the one identity rule; asked about a time before
+    a card's first sample, the card has nothing to say (exit 3 when none has)."""
+    from gpuhistory.cli.processes import running_processes
     from gpuhistory.config.layers import load_static
     from gpuhistory.config.store import ConfigStore
     from gpuhistory.documents import status_doc
+    from gpuhistory.identity import GpuRef, UnknownGpu, resolve_latest
     from gpuhistory.storage.engine import make_engine, upgrade
     from gpuhistory.storage.queries import latest_samples
 
     host = local_host(host_name)
+    require_existing(db)
     engine = make_engine(db)
     click.get_current_context().call_on_close(engine.dispose)
     upgrade(engine)
     clock = SystemClock()
-    now = at if at is not None else clock.now_ms()
-    config = ConfigStore(engine, load_static(), clock).current()  # runtime changes included
-    with engine.connect() as conn:
-        docs = [status_doc(conn, e, now, config)
-                for e in latest_samples(conn, host, gpu_id, at_ms=at)]
-    _print_status(host or ALL_HOSTS, docs, as_json)
+    store = ConfigStore(engine, load_static(), clock)
+
+    def fetch() -> Frame:
+        now = at if at is not None else clock.now_ms()
+        config = store.current()  # runtime changes included
+        with engine.connect() as conn:
+            if (gpu_id is not None or uuid is not None) and (
+                    host is not None or uuid is not None):
+                try:
+                    entries = [resolve_latest(conn, GpuRef(gpu_id, uuid, host_name and host),
+                                              host or "", clock.now_ms(), at)]
+                except UnknownGpu as exc:
+                    click.echo(f"error: gpu_not_found: {exc}", err=True)
+                    sys.exit(3)
+            else:
+                entries = latest_samples(conn, host, gpu_id, at_ms=at, now_ms=now)
+            if at is not None:  # a card with no sample by then has nothing to say about it
+                entries = [e for e in entries if e.ts_ms is not None]
+                if not entries:
+                    click.echo(f"no samples recorded for {_asked(host, gpu_id, uuid)} at or "
+                               f"before {iso_utc(at)}", err=True)
+                    sys.exit(3)
+            docs = [status_doc(conn, e, now, config) for e in entries]
+            processes = running_processes(
+                conn, [(e.gpu.id, e.gpu.host, e.gpu.index) for e in entries], at) \
+                if show_processes else None
+        return host or ALL_HOSTS, docs, processes
+
+    return fetch
 
 
-def _status_from_server(url: str, gpu_id: int | None, at_ms: int | None, host: str | None,
-                        as_json: bool) -> None:
-    """``status --url``: the same documents, from the server's API (exit 3/6 as lease)."""
+def _asked(host: str | None, gpu_id: int | None, uuid: str | None) -> str:
+    if uuid is not None:
+        return f"GPU {uuid}"
+    where = f"host {host!r}" if host is not None else "any host"
+    return where if gpu_id is None else f"GPU {gpu_id} of {where}"
+
+
+def _server_frames(url: str, gpu_id: int | None, uuid: str | None, at_ms: int | None,
+                   host: str | None, show_processes: bool) -> Callable[[], Frame]:
+    """A function that asks the server's API for the status documents (exit 3/6 as
+    lease). The API serves no processes: with -p, a note says so."""
     from gpuhistory.cli.lease import fail
     from gpuhistory.client import ApiError, Client
 
@@ -288,32 +393,45 @@ def _status_from_server(url: str, gpu_id: int | None, at_ms: int | None, host: s
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--url") from None
     at = None if at_ms is None else at_ms / 1000
-    try:
-        if gpu_id is None:
-            body = client.request("GET", "/api/gpu/status/all", {"at": at, "host": host})
-            host, docs = body["host"], body["gpus"]
-        elif host == ALL_HOSTS:
-            body = client.request("GET", "/api/gpu/status/all", {"at": at, "host": host})
-            docs = [doc for doc in body["gpus"] if doc["gpu_id"] == gpu_id]
-        else:
+    if show_processes:
+        click.echo("note: -p reads the database (--db); the API does not serve processes",
+                   err=True)
+
+    def fetch() -> Frame:
+        try:
+            if uuid is not None:
+                doc = client.request("GET", "/api/gpu/status",
+                                     {"gpu_id": gpu_id, "uuid": uuid, "at": at, "host": host})
+                return doc.get("host"), [doc], None
+            if gpu_id is None:
+                body = client.request("GET", "/api/gpu/status/all", {"at": at, "host": host})
+                return body["host"], body["gpus"], None
+            if host == ALL_HOSTS:
+                body = client.request("GET", "/api/gpu/status/all", {"at": at, "host": host})
+                return host, [doc for doc in body["gpus"] if doc["gpu_id"] == gpu_id], None
             doc = client.request("GET", "/api/gpu/status",
                                  {"gpu_id": gpu_id, "at": at, "host": host})
-            host, docs = doc.get("host"), [doc]
-    except ApiError as exc:
-        fail(exc)
-    _print_status(host, docs, as_json)
+            return doc.get("host"), [doc], None
+        except ApiError as exc:
+            fail(exc)
+
+    return fetch
 
 
-def _print_status(host: str | None, docs: list[dict[str, Any]], as_json: bool) -> None:
+def _print_status(host: str | None, docs: list[dict[str, Any]], as_json: bool,
+                  processes: dict[tuple[str, int], list[dict[str, Any]]] | None = None) -> None:
     """The documents as JSON or a table (with a HOST column when several hosts answer);
     exit 3 when there are none."""
     if as_json:
+        if processes is not None:
+            docs = [{**d, "processes": processes.get((d["host"], d["gpu_id"]), [])}
+                    for d in docs]
         click.echo(json.dumps({"host": host, "count": len(docs), "gpus": docs}, indent=2))
         return
     if not docs:
         click.echo(f"no GPUs recorded for host {host!r} yet", err=True)
         sys.exit(3)
-    click.echo(output.status_table(docs))
+    output.show(output.status_table(docs, processes))
 
 
 cli.add_command(lease)

@@ -5,7 +5,8 @@ each row is one GPU at one time, cells separated by ", ". Without ``nounits`` a 
 carries its unit (``45 %``, ``70.12 W``, ``1980 MHz``, ``1234 MiB``); a field the device
 does not report reads ``[N/A]``, ``N/A``, ``[Not Supported]``, ``[Unknown Error]`` (any
 bracketed text) and becomes None. A lost GPU (``[GPU is lost]``) becomes an unavailable
-Reading. ``timestamp`` (``2026/11/26 12:34:56.789``, local time without a zone) and
+Reading. ``timestamp`` (``2026/11/26 12:34:56.789``, local time without a zone: read in the
+zone given, daylight-saving changes included, by :mod:`gpuhistory.formats.local_time`) and
 ``index`` are required; unknown columns are ignored; a repeated header row (as
 concatenated ``-l`` logs have) is skipped, or, if it names other columns, read anew.
 """
@@ -16,12 +17,13 @@ import os
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, tzinfo
+from datetime import tzinfo
 from pathlib import Path
 from typing import Any
 
 from gpuhistory.domain.reading import Reading
 from gpuhistory.formats.errors import MAX_INT, FormatError, parse_cell
+from gpuhistory.formats.local_time import LocalClock, RepeatedHour, read_local
 from gpuhistory.formats.trace_csv import MAX_GPUS, fast_constructor, line_chunks
 
 REQUIRED = ("timestamp", "index")
@@ -45,8 +47,6 @@ FIELDS: dict[str, tuple[tuple[str, ...], str, str | None]] = {
     "fan_pct": (("fan.speed",), "int", "%"),
 }
 
-_TIME = re.compile(
-    r"(\d{4})[/-](\d{1,2})[/-](\d{1,2})[ T](\d{1,2}):(\d{2}):(\d{2})(?:[.,](\d{1,6}))?")
 _PSTATE = re.compile(r"[Pp]?(\d{1,2})")
 
 
@@ -63,14 +63,12 @@ def header_key(cell: str) -> str:
 
 
 def parse_timestamp(text: str, tz: tzinfo | None = None) -> int:
-    """nvidia-smi's ``YYYY/MM/DD HH:MM:SS.mmm`` in zone ``tz`` (None: local) → epoch ms."""
-    match = _TIME.fullmatch(text.strip())
-    if match is None:
-        raise ValueError(f"{text.strip()[:40]!r} is not a time like 2026/11/26 12:34:56.789")
-    year, month, day, hour, minute, second = (int(g) for g in match.groups()[:6])
-    fraction = match.group(7) or "0"
-    dt = datetime(year, month, day, hour, minute, second, tzinfo=tz)
-    return int(dt.timestamp()) * 1000 + round(int(fraction.ljust(6, "0")) / 1000)
+    """nvidia-smi's ``YYYY/MM/DD HH:MM:SS.mmm`` in zone ``tz`` (None: local) → epoch ms.
+
+    One time alone: inside a repeated hour this is the first pass. A log's rows are read
+    by :func:`smi_tuples`, which places such times by the rows around them.
+    """
+    return read_local(text, tz)[0]
 
 
 # Reading fields an nvidia-smi row fills, in the order new_smi_reading takes them.
@@ -196,14 +194,31 @@ def smi_tuples(path: str | os.PathLike[str],
     """(epoch ms, line, reading) for every row of an nvidia-smi CSV log, in file order.
 
     ``tz`` is the zone the log's timestamps were written in (None: this machine's local
-    zone, with its daylight-saving rules). FormatError, naming the line, for a bad row.
+    zone, with its daylight-saving rules). Rows inside an hour the clocks repeat are placed
+    by each GPU's step back (see :mod:`gpuhistory.formats.local_time`), so they are yielded
+    once the log has left that hour. FormatError, naming the line, for a bad row, a time
+    that never happened in ``tz``, or a repeated time the rows do not place.
     """
     name = os.fspath(path)
     stem = Path(name).stem
     header: _Header | None = None
     previous_ms = -1
-    last_time_text, last_time_ms = "", 0
+    clock = LocalClock(name, tz)
+    repeated = RepeatedHour(name, tz)
     uuids = {index: f"GPU-nvsmi-{stem}-{index}" for index in range(MAX_GPUS)}
+
+    def in_order(ts_ms: int, line: int) -> None:
+        nonlocal previous_ms
+        if ts_ms < previous_ms:
+            raise FormatError(name, line, "timestamp goes back in time (previous row "
+                                          f"{(previous_ms - ts_ms) / 1000:g} s later)")
+        previous_ms = ts_ms
+
+    def placed() -> Iterator[tuple[int, int, Reading]]:
+        for ts_ms, line, reading in repeated.place():
+            in_order(ts_ms, line)
+            yield ts_ms, line, reading
+
     for start, _, text in line_chunks(name):
         lines = text.split("\n")
         if lines and lines[-1] == "":
@@ -222,23 +237,22 @@ def smi_tuples(path: str | os.PathLike[str],
             if len(cells) != header.width:
                 raise FormatError(name, line, f"expected {header.width} cells, "
                                               f"found {len(cells)}")
-            time_text = cells[header.timestamp]
-            if time_text != last_time_text:
-                try:
-                    ts_ms = parse_timestamp(time_text, tz)
-                except (ValueError, OverflowError) as exc:
-                    raise FormatError(name, line, f"column 'timestamp': {exc}") from None
-                last_time_text, last_time_ms = time_text, ts_ms
-            ts_ms = last_time_ms
-            if ts_ms < previous_ms:
-                raise FormatError(name, line, "timestamp goes back in time (previous row "
-                                              f"{(previous_ms - ts_ms) / 1000:g} s later)")
-            previous_ms = ts_ms
+            local = clock.read(cells[header.timestamp], line)
             try:
                 reading = _fast_reading(cells, header, uuids)
             except (ValueError, OverflowError):
                 reading = _reading(cells, header, name, line, stem)
-            yield ts_ms, line, reading
+            if local.ambiguous:
+                if not repeated.holds(local):
+                    yield from placed()
+                repeated.add(local, reading.index, line, reading)
+                continue
+            if repeated:
+                yield from placed()
+            in_order(local.early, line)
+            yield local.early, line, reading
+    if repeated:
+        yield from placed()
     if header is None:
         raise FormatError(name, 1, "empty file: expected a header row")
 

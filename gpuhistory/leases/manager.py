@@ -38,6 +38,8 @@ from gpuhistory.callbacks import CallbackRegistry, Event, make_event
 from gpuhistory.clock import Clock, iso_utc
 from gpuhistory.domain.config import Config
 from gpuhistory.domain.events import EventDraft, EventKind
+from gpuhistory.domain.slots import RECORDED_BACKENDS
+from gpuhistory.identity import GpuRef, UnknownGpu, resolve_latest
 from gpuhistory.leases.model import (
     REASON_EXPIRED,
     REASON_RELEASED,
@@ -54,7 +56,7 @@ from gpuhistory.leases.model import (
     seconds,
 )
 from gpuhistory.storage.log import LogStore, TickRecord, event_row
-from gpuhistory.storage.queries import LatestSample, latest_samples
+from gpuhistory.storage.queries import LatestSample
 from gpuhistory.storage.schema import gpus, leases
 
 log = logging.getLogger(__name__)
@@ -129,15 +131,17 @@ class LeaseManager:
         return LeaseManager(self.engine, host, self.clock, self.config, self.callbacks)
 
     # -- commands ----------------------------------------------------------------------
-    def grant(self, allocation_id: str, memory_mb: int, gpu_index: int = 0,
-              ttl_seconds: float | None = None, owner: str | None = None) -> tuple[Lease, str]:
-        """Lease ``memory_mb`` MiB of GPU ``gpu_index``; returns the lease and its token.
+    def grant(self, allocation_id: str, memory_mb: int, gpu_index: int | None = 0,
+              ttl_seconds: float | None = None, owner: str | None = None,
+              uuid: str | None = None) -> tuple[Lease, str]:
+        """Lease ``memory_mb`` MiB of the card in slot ``gpu_index`` now (or of the card
+        ``uuid``); returns the lease and its token.
 
         Raises GpuNotFound, DuplicateAllocation (an active lease has this id already) or
         OverCapacity (with the MiB available); ValueError for malformed arguments.
         """
         allocation_id = _check_allocation_id(allocation_id)
-        gpu_index = _check_gpu_index(gpu_index)
+        gpu_index = None if gpu_index is None else _check_gpu_index(gpu_index)
         if isinstance(memory_mb, bool) or not isinstance(memory_mb, int):
             raise ValueError("memory_mb must be an integer")
         if not 1 <= memory_mb <= MAX_MEMORY_MB:
@@ -151,7 +155,7 @@ class LeaseManager:
         # The device is looked up before the write lock: the lock covers only the sum and
         # the insert, which keeps concurrent grants short (they queue on that lock).
         with self.engine.connect() as conn:
-            latest = self._resolve_gpu(conn, gpu_index)
+            latest = self._resolve_gpu(conn, gpu_index, uuid)
         gpu_db_id = latest.gpu.id
         token_hash = hash_token(token)
         try:
@@ -173,7 +177,7 @@ class LeaseManager:
                                               iso_utc(existing.expires_ms))
                 capacity = self._capacity(latest, cfg, usage.leased, usage.active)
                 if memory_mb > capacity.available_mb:
-                    raise OverCapacity(gpu_index, memory_mb, capacity)
+                    raise OverCapacity(latest.gpu.index, memory_mb, capacity)
                 row = {
                     "host": self.host, "allocation_id": allocation_id, "gpu_id": gpu_db_id,
                     "memory_mib": memory_mb, "owner": owner, "token_hash": token_hash,
@@ -304,12 +308,13 @@ class LeaseManager:
             rows = conn.execute(query.order_by(_L.id.desc()).limit(limit))
             return [_lease(r) for r in rows]
 
-    def capacity(self, gpu_index: int = 0) -> Capacity:
-        """What GPU ``gpu_index`` can lease now (GpuNotFound for an unknown GPU)."""
-        gpu_index = _check_gpu_index(gpu_index)
+    def capacity(self, gpu_index: int | None = 0, uuid: str | None = None) -> Capacity:
+        """What the card in slot ``gpu_index`` now (or card ``uuid``) can lease now
+        (GpuNotFound for an unknown GPU)."""
+        gpu_index = None if gpu_index is None else _check_gpu_index(gpu_index)
         cfg = self.config()
         with self.engine.connect() as conn:
-            latest = self._resolve_gpu(conn, gpu_index)
+            latest = self._resolve_gpu(conn, gpu_index, uuid)
             usage = conn.execute(_GPU_USAGE, {"gpu_id": latest.gpu.id,
                                               "now": self.clock.now_ms()}).one()
         return self._capacity(latest, cfg, usage.leased, usage.active)
@@ -441,12 +446,15 @@ class LeaseManager:
         tx.events.append(make_event(event_id, str(kind), lease.gpu_id, ts_ms, dict(body)))
 
     # -- reads shared by commands and queries ------------------------------------------
-    def _resolve_gpu(self, conn: sa.Connection, gpu_index: int) -> LatestSample:
-        """This host's device at ``gpu_index`` (the one with the newest sample)."""
-        found = latest_samples(conn, self.host, gpu_index)
-        if not found:
-            raise GpuNotFound(gpu_index, self.host)
-        return found[0]
+    def _resolve_gpu(self, conn: sa.Connection, gpu_index: int | None,
+                     uuid: str | None = None) -> LatestSample:
+        """The card in this host's slot ``gpu_index`` now, or the card ``uuid``."""
+        try:
+            return resolve_latest(conn, GpuRef(gpu_index, uuid, self.host), self.host,
+                                  self.clock.now_ms())
+        except UnknownGpu as exc:
+            raise GpuNotFound(0 if gpu_index is None else gpu_index, self.host, str(exc),
+                              exc.details) from None
 
     def _grant_view(self, conn: sa.Connection, gpu_db_id: int, allocation_id: str,
                     now: int) -> tuple[sa.Row[Any], Lease | None]:
@@ -460,9 +468,12 @@ class LeaseManager:
         if total is None and latest.reading is not None:
             total = latest.reading.memory_total_mib
         used = None if latest.reading is None else latest.reading.memory_used_mib
+        # A card known only from a recording is not in the slot now: nothing to lease.
+        recorded = latest.gpu.backend in RECORDED_BACKENDS
         return Capacity(
-            gpu_id=latest.gpu.index,
-            capacity_mb=lease_capacity_mb(total, cfg.memory_limit_mb, cfg.memory_reserve_mb),
+            gpu_id=latest.gpu.index, uuid=latest.gpu.uuid,
+            capacity_mb=0 if recorded else lease_capacity_mb(total, cfg.memory_limit_mb,
+                                                             cfg.memory_reserve_mb),
             leased_mb=int(leased), active_leases=int(active),
             device_total_mb=total, device_used_mb=used,
             device_free_mb=None if total is None or used is None else total - used,

@@ -25,8 +25,8 @@ from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-MIGRATIONS_DIR = REPO_ROOT / "migrations"
+from gpuhistory.assets import migrations_dir
+
 BUSY_TIMEOUT_MS = 5000
 MIGRATION_LOCK_KEY = 0x67707568  # "gpuh": the advisory lock of migrations/env.py
 
@@ -76,9 +76,12 @@ def _sqlite_on_error(context: sa.engine.ExceptionContext) -> None:
 
 
 def unavailable_reason(exc: BaseException) -> str:
-    """Why the database refused: ``locked``, ``full``, ``read_only``, ``io_error`` or
+    """Why the database refused: ``locked``, ``full``, ``read_only``, ``io_error``,
+    ``file_lost`` (its file was deleted or replaced: storage/file_guard.py) or
     ``unavailable`` (anything else: the server is down, the pool is exhausted, ...)."""
     text = str(getattr(exc, "orig", None) or exc).lower()
+    if "deleted or replaced under the running service" in text:
+        return "file_lost"
     if "locked" in text or "busy" in text:
         return "locked"
     if "disk is full" in text or "database or disk is full" in text:
@@ -115,7 +118,7 @@ def make_engine(db: str | os.PathLike[str] | None,
 
 def _alembic_config(connection: sa.Connection | None = None) -> AlembicConfig:
     cfg = AlembicConfig()
-    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("script_location", str(migrations_dir()))
     if connection is not None:
         cfg.attributes["connection"] = connection
     return cfg

@@ -1,13 +1,9 @@
 // The post-mortem of one incident: a summary written from the data, the timeline from the
 // context before to the context after (temperature, thresholds, the card's slowdown point,
-// power; hardware reasons and leases as bands), the facts, and downloads.
+// power; memory; hardware reasons and leases as bands), the facts, and downloads.
 
-import uPlot from "./uplot.js";
 import {getJSON} from "./api.js";
-import {
-  COLORS, columns, linesPlugin, makeChart, markersPlugin, shadePlugin, STATE_COLORS,
-  temperatureSeries, timeAxis, valueAxis,
-} from "./charts.js";
+import {charts} from "./incident-chart.js";
 import {badge, h, replace, table} from "./dom.js";
 import {
   clock, dateTime, duration, num, parseTime, prose, reasonLabel, timeEl, utcOffset, withUnit,
@@ -15,9 +11,6 @@ import {
 import {severityBadge} from "./incidents.js";
 
 const POINTS = 600; // buckets of the timeline (min, mean and max of each: no peak is lost)
-const REASON_COLORS = ["#b45309", "#b91c1c", "#7c3aed", "#0f766e", "#be185d", "#4d7c0f",
-                       "#6b7280", "#1d4ed8", "#92400e"];
-const AXIS_SIZE = 56;
 
 /** The summary paragraph, in the viewer's local time. */
 export function summary(doc) {
@@ -76,128 +69,6 @@ export function summary(doc) {
       `${x.payload?.xid ?? x.payload?.code ?? "?"} at ${clock(parseTime(x.timestamp))}`))}.`);
   }
   return sentences.join(" ");
-}
-
-/** Rows of the band chart: each hardware reason seen and each lease, on or off in each
- *  bucket (a row stays on to the next bucket, as the post-mortem counts seconds). */
-function bandRows(doc, buckets, xs) {
-  const rows = [];
-  const names = [...new Set(buckets.flatMap((b) => b.clock_event_reasons))];
-  names.forEach((name, i) => rows.push({
-    label: reasonLabel(name), color: REASON_COLORS[i % REASON_COLORS.length],
-    active: buckets.map((b) => b.clock_event_reasons.includes(name)),
-  }));
-  const windowEnd = parseTime(doc.window.until);
-  for (const lease of doc.leases) {
-    const from = parseTime(lease.granted_at) / 1000;
-    const to = (parseTime(lease.released_at) ?? Math.min(parseTime(lease.expires_at), windowEnd))
-      / 1000;
-    rows.push({label: `lease ${lease.allocation_id} (${lease.owner ?? "no owner"}, ` +
-                      `${num(lease.memory_mb)} MiB)`,
-               color: COLORS.lease, active: xs.map((t) => t >= from && t < to)});
-  }
-  return rows.map((row, index) => ({
-    ...row,
-    values: row.active.map((on, j) => (on || (j > 0 && row.active[j - 1]) ? index : null)),
-  }));
-}
-
-function rowLabels(rows) {
-  return {hooks: {draw: [(u) => {
-    const {ctx} = u;
-    ctx.save();
-    ctx.font = `${11 * uPlot.pxRatio}px system-ui, sans-serif`;
-    ctx.textAlign = "left";
-    ctx.textBaseline = "bottom";
-    rows.forEach((row, index) => {
-      const y = u.valToPos(index, "row", true) - 7 * uPlot.pxRatio;
-      ctx.fillStyle = "#1f2937";
-      ctx.fillText(row.label, u.bbox.left + 4 * uPlot.pxRatio, y);
-    });
-    ctx.restore();
-  }]}};
-}
-
-function charts(doc, history, mainEl, bandEl) {
-  const half = history.bucket_seconds / 2;
-  const buckets = history.buckets;
-  const xs = buckets.map((b) => parseTime(b.timestamp) / 1000 + half);
-  const data = columns(buckets, (b) => parseTime(b.timestamp) / 1000 + half,
-                       [(b) => b.temperature_min, (b) => b.temperature_max,
-                        (b) => b.temperature_avg, (b) => b.power_max_watts],
-                       Math.max(60, history.bucket_seconds * 2.5));
-  const th = doc.thresholds;
-  const slowdown = doc.card.slowdown_temp_celsius;
-  const since = parseTime(doc.window.since) / 1000;
-  const until = parseTime(doc.window.until) / 1000;
-  const start = parseTime(doc.start) / 1000;
-  const end = doc.end ? parseTime(doc.end) / 1000 : until;
-  const sync = uPlot.sync(`incident-${doc.id}`);
-  const lines = [
-    {value: th.temp_throttle, label: `temp_throttle ${th.temp_throttle} °C`, color: "#b45309"},
-    {value: th.temp_critical, label: `temp_critical ${th.temp_critical} °C`, color: "#b91c1c"},
-    ...(slowdown === null ? [] : [{value: slowdown, label: `card slowdown ${slowdown} °C`,
-                                  color: "#7f1d1d"}]),
-  ];
-  const markers = doc.transitions.map((t) => ({t: parseTime(t.timestamp) / 1000, shape: "up",
-                                               color: STATE_COLORS[t.to] || "#374151"}));
-  const temps = buckets.flatMap((b) => [b.temperature_min, b.temperature_max])
-    .filter((t) => t !== null);
-  const low = Math.min(...temps, th.temp_throttle - 10);
-  const high = Math.max(...temps, th.temp_critical, slowdown ?? 0);
-  let band = null;
-  const main = makeChart(mainEl, {
-    height: 340,
-    series: [
-      ...temperatureSeries(),
-      {label: "Power (max) W", scale: "watts", stroke: COLORS.power, width: 1.25,
-       points: {show: false}},
-    ],
-    bands: [{series: [2, 1], fill: COLORS.temperatureRange}],
-    axes: [timeAxis(since * 1000), {...valueAxis("temp", "°C", 3), size: AXIS_SIZE},
-           {...valueAxis("watts", "W", 1, {grid: false}), size: AXIS_SIZE}],
-    scales: {
-      x: {time: true, range: (u, min, max) => (min === null ? [since, until] : [min, max])},
-      temp: {range: [Math.floor(low - 3), Math.ceil(high + 3)]},
-      watts: {range: (u, min, max) => [0, Math.max(100, doc.power.limit_watts ?? 0,
-                                                   (max ?? 0) * 1.1)]},
-    },
-    cursor: {sync: {key: sync.key}},
-    hooks: {setScale: [(u, key) => {
-      if (key === "x" && band) band.setScale("x", {min: u.scales.x.min, max: u.scales.x.max});
-    }]},
-    plugins: [
-      shadePlugin(() => [{from: start, to: end, fill: "rgba(220, 38, 38, 0.10)"}]),
-      linesPlugin(() => lines),
-      markersPlugin(() => markers),
-    ],
-  }, data);
-  main.setScale("x", {min: since, max: until});
-  const rows = bandRows(doc, buckets, xs);
-  if (rows.length) {
-    band = makeChart(bandEl, {
-      height: 34 * rows.length + 44,
-      legend: {show: false},
-      series: [{}, ...rows.map((row) => ({scale: "row", stroke: row.color, width: 10,
-                                         points: {show: false}}))],
-      // The side axes are empty but as wide as the main chart's, so the times line up.
-      axes: [{...timeAxis(since * 1000), label: null, labelSize: 0},
-             {scale: "row", size: AXIS_SIZE, label: "", labelSize: 18, values: () => [],
-              grid: {show: false}, ticks: {show: false}},
-             {scale: "row", side: 1, size: AXIS_SIZE, label: "", labelSize: 18,
-              values: () => [], grid: {show: false}, ticks: {show: false}}],
-      scales: {x: {time: true}, row: {range: [-0.6, rows.length - 0.2]}},
-      cursor: {sync: {key: sync.key}, drag: {x: false, y: false}},
-      plugins: [shadePlugin(() => [{from: start, to: end, fill: "rgba(220, 38, 38, 0.10)"}]),
-                rowLabels(rows)],
-    }, [xs, ...rows.map((row) => row.values)]);
-    band.setScale("x", {min: main.scales.x.min, max: main.scales.x.max});
-    bandEl.dataset.points = String(xs.length);
-  } else {
-    replace(bandEl, h("p", {class: "empty"}, "No hardware reasons and no leases in this window."));
-  }
-  mainEl.dataset.points = String(xs.length);
-  return [main, band];
 }
 
 function facts(doc, history) {
@@ -260,11 +131,15 @@ export function mount(root, params) {
   // The post-mortem without its samples, then its window from the history API: a
   // bounded number of buckets whatever the incident's length (the CSV has every sample).
   getJSON(`/api/gpu/incidents/${id}`, {max_samples: 0}).then(async (doc) => {
+    // By the incident's card (its UUID on its host), never "whatever is in the slot".
     const history = await getJSON("/api/gpu/metrics/history", {
-      gpu_id: doc.gpu_id, since: doc.window.since, until: doc.window.until, points: POINTS});
+      uuid: doc.uuid, host: doc.host, since: doc.window.since, until: doc.window.until,
+      points: POINTS});
     if (cancelled) return;
     const mainEl = h("div", {class: "chart", id: "incident-timeline", role: "img",
                              "aria-label": `Timeline of incident ${id}: temperature and power`});
+    const memoryEl = h("div", {class: "chart memory", id: "incident-memory", role: "img",
+                               "aria-label": "Memory used over the same time"});
     const bandEl = h("div", {class: "chart band", id: "incident-bands", role: "img",
                              "aria-label": "Hardware reasons and leases over the same time"});
     replace(root,
@@ -273,7 +148,10 @@ export function mount(root, params) {
         doc.ongoing ? h("span", {class: "badge ongoing"}, "ongoing") : null),
       h("p", {class: "gpu-name"}, `${doc.name ?? ""} · ${doc.uuid} · ${doc.host}`),
       h("p", {class: "summary", id: "incident-summary"}, summary(doc)),
-      h("p", {class: "downloads"}, "Download: ",
+      h("p", {class: "downloads"},
+        h("a", {href: `/api/gpu/incidents/${doc.id}/report.html`, class: "button-link",
+                id: "download-report", download: `incident-${doc.id}.html`}, "Download report"),
+        " one HTML file for a ticket (opens offline, prints to PDF) · Download: ",
         h("a", {href: `/api/gpu/incidents/${doc.id}`, download: `incident-${doc.id}.json`},
           "post-mortem (JSON)"), " · ",
         h("a", {href: `/api/gpu/incidents/${doc.id}/samples.csv`,
@@ -282,10 +160,10 @@ export function mount(root, params) {
       h("p", {class: "hint"}, "The incident is shaded. Lines: temp_throttle, temp_critical and ",
         "the card's own slowdown temperature. Marks on the time axis: state transitions. ",
         "Drag to zoom, double-click to zoom out."),
-      mainEl, bandEl,
+      mainEl, memoryEl, bandEl,
       facts(doc, history),
       details(doc));
-    built = charts(doc, history, mainEl, bandEl);
+    built = charts(doc, history, mainEl, bandEl, memoryEl);
   }).catch((error) => {
     if (cancelled) return;
     replace(root, h("h1", {}, `Incident #${id}`),

@@ -1,0 +1,1 @@
+"""The HTTP server under the WSGI app: strict framing, connection limits (``server``)."""

@@ -1,0 +1,1 @@
+"""The Alembic migrations (installed as ``gpuhistory.migrations``; see gpuhistory.assets)."""

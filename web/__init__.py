@@ -1,0 +1,1 @@
+"""The dashboard's files (installed as ``gpuhistory.web``; found through gpuhistory.assets)."""
