@@ -130,9 +130,9 @@ class Client:
     # -- transport ---------------------------------------------------------------------
     def request(self, method: str, path: str, params: Mapping[str, Any] | None = None,
                 body: Mapping[str, Any] | None = None,
-                ok: tuple[int, ...] = ()) -> Any:
+                ok: tuple[int, ...] = (), headers: Mapping[str, str] | None = None) -> Any:
         """One request; the decoded JSON answer. Statuses in ``ok`` count as success too."""
-        status, raw = self._send(method, path, params, body, ok)
+        status, raw = self._send(method, path, params, body, ok, extra=headers)
         try:
             return json.loads(raw)
         except ValueError:
@@ -141,13 +141,15 @@ class Client:
 
     def _send(self, method: str, path: str, params: Mapping[str, Any] | None = None,
               body: Mapping[str, Any] | None = None, ok: tuple[int, ...] = (),
-              accept: str = "application/json") -> tuple[int, bytes]:
-        """One request: the status and the raw body (errors raised as in ``request``)."""
+              accept: str = "application/json",
+              extra: Mapping[str, str] | None = None) -> tuple[int, bytes]:
+        """One request: the status and the raw body (errors raised as in ``request``);
+        ``extra``: more request headers."""
         url = self.base_url + path
         query = {k: v for k, v in (params or {}).items() if v is not None}
         if query:
             url += "?" + urllib.parse.urlencode(query)
-        headers = {"Accept": accept, "User-Agent": "gpuhistory-client"}
+        headers = {"Accept": accept, "User-Agent": "gpuhistory-client", **(extra or {})}
         data = None
         if body is not None:
             data = json.dumps(dict(body)).encode()
@@ -329,16 +331,21 @@ class Client:
         """``{"config": {...effective values}, "sources": {key: default|file|env|api}}``."""
         return self._get("/api/gpu/config")
 
-    def update_config(self, changes: Mapping[str, Any] | None = None,
-                      **more: Any) -> dict[str, Any]:
+    def update_config(self, changes: Mapping[str, Any] | None = None, *,
+                      if_version: int | None = None, **more: Any) -> dict[str, Any]:
         """Change keys at runtime: ``update_config(temp_throttle=80)`` or a dict.
 
         A value of None removes that key's runtime change. All or nothing: 400 for an
-        unknown key, 422 (naming each bad key) for a bad value.
+        unknown key, 422 (naming each bad key) for a bad value, validated against the
+        configuration the change produces. ``if_version`` (the ``version`` of ``config()``)
+        applies the change only to that version: ApiError 412 ``precondition_failed`` when
+        another change came first.
         """
         # None is meaningful here (clear a runtime change), so it is sent as null.
         body = {**(changes or {}), **more}
-        return self.request("PUT", "/api/gpu/config", body=body)  # type: ignore[no-any-return]
+        headers = None if if_version is None else {"If-Match": f'"{int(if_version)}"'}
+        return self.request("PUT", "/api/gpu/config", body=body,  # type: ignore[no-any-return]
+                            headers=headers)
 
     def start_monitoring(self) -> dict[str, Any]:
         """Start sampling (idempotent); ``{"monitoring": true, ...}``."""

@@ -201,6 +201,7 @@ class ConfigDoc(BaseModel):
     config: dict[str, Any]
     sources: dict[str, str]
     updated_at: Iso = None
+    version: int | None = Field(None, description="the configuration's version, as its ETag")
 
 
 class Monitoring(BaseModel):

@@ -375,9 +375,12 @@ class LeaseManager:
         """Renew or release: find the active lease, check the token, apply ``change``."""
         failure: Exception | None = None
         with self._transaction() as tx:
+            # The lease's row is locked first (PostgreSQL; SQLite's BEGIN IMMEDIATE already
+            # holds the database's write lock) and the clock read after: no expiry, renewal
+            # or release of this lease can commit between the check and the write.
+            row = tx.conn.execute(_UNRELEASED_LOCKED, {"host": self.host,
+                                                       "allocation_id": allocation_id}).first()
             now = self.clock.now_ms()
-            row = tx.conn.execute(_UNRELEASED, {"host": self.host,
-                                                "allocation_id": allocation_id}).first()
             lease = None if row is None else _lease(row)
             if lease is not None and lease.expires_ms <= now:
                 self._expire_overdue(tx, now, allocation_id=allocation_id)
@@ -415,15 +418,17 @@ class LeaseManager:
             query = query.where(sa.or_(*scope))
         marked = 0
         for lease in [_lease(r) for r in tx.conn.execute(query.order_by(_L.id))]:
-            done = tx.conn.execute(
-                leases.update().where(_L.id == lease.id, _L.released_ms.is_(None))
-                .values(released_ms=lease.expires_ms, release_reason=REASON_EXPIRED)
-            ).rowcount
-            if done != 1:  # another reaper recorded it first
+            # The row read above may be stale by now (PostgreSQL): a renewal or release may
+            # have committed since, or be about to. The UPDATE waits for the row's lock and
+            # then re-checks overdue-and-unreleased on the row as it is, recording the
+            # expiry it really has — never a renewed lease at its old expiry.
+            expires_ms = tx.conn.execute(_EXPIRE, {"lease_id": lease.id, "now": now}).scalar()
+            if expires_ms is None:  # renewed, released or recorded by another writer first
                 continue
             marked += 1
+            lease = replace(lease, expires_ms=expires_ms)
             expired = replace(lease, released_ms=lease.expires_ms,
-                               release_reason=REASON_EXPIRED)
+                              release_reason=REASON_EXPIRED)
             # Stamped with the moment it stopped counting, not the moment it was noticed.
             self._event(tx, EventKind.LEASE_EXPIRED, expired, lease.expires_ms,
                         memory_mb=lease.memory_mb, owner=lease.owner,
@@ -501,13 +506,20 @@ def _lease_select() -> sa.Select[Any]:
 
 # Statements built once (the hot path of a grant runs them under the write lock).
 _NOW = sa.bindparam("now")
+# A lease holds its memory until it ends: its release, its recorded expiry, or (unreleased)
+# its expiry. The leases a grant counts are those alive at the grant's time, including one
+# whose release or expiry was committed by a transaction that read the clock after it
+# (PostgreSQL: that commit can land between the grant's clock read and this statement):
+# the log then never shows two leases sharing memory for even a millisecond.
+_ALIVE = sa.func.coalesce(_L.released_ms, _L.expires_ms) > _NOW
 _GPU_USAGE = sa.select(
-    sa.func.coalesce(
-        sa.func.sum(sa.case((_L.expires_ms > _NOW, _L.memory_mib), else_=0)), 0
-    ).label("leased"),
-    sa.func.count(sa.case((_L.expires_ms > _NOW, 1))).label("active"),
-    sa.func.count(sa.case((_L.expires_ms <= _NOW, 1))).label("overdue"),
-).where(_L.gpu_id == sa.bindparam("gpu_id"), _L.released_ms.is_(None))
+    sa.func.coalesce(sa.func.sum(sa.case((_ALIVE, _L.memory_mib), else_=0)), 0).label("leased"),
+    sa.func.count(sa.case((_ALIVE, 1))).label("active"),
+    sa.func.count(
+        sa.case((sa.and_(_L.released_ms.is_(None), _L.expires_ms <= _NOW), 1))
+    ).label("overdue"),
+).where(_L.gpu_id == sa.bindparam("gpu_id"),
+        sa.or_(_L.released_ms.is_(None), _L.released_ms > _NOW))
 _USAGE_BY_GPU = (
     sa.select(_L.gpu_id, sa.func.coalesce(sa.func.sum(_L.memory_mib), 0), sa.func.count())
     .where(_L.gpu_id.in_(sa.bindparam("ids", expanding=True)), _L.released_ms.is_(None),
@@ -517,6 +529,17 @@ _USAGE_BY_GPU = (
 _UNRELEASED = _lease_select().where(
     _L.host == sa.bindparam("host"), _L.allocation_id == sa.bindparam("allocation_id"),
     _L.released_ms.is_(None),
+)
+# Renew and release lock the lease's row before they read the clock (PostgreSQL; a no-op
+# on SQLite, whose BEGIN IMMEDIATE holds the whole database's write lock).
+_UNRELEASED_LOCKED = _UNRELEASED.with_for_update(of=leases, key_share=True)
+# Record an expiry only if the row, as it is once locked, is still unreleased and overdue.
+_EXPIRE = (
+    leases.update()
+    .where(_L.id == sa.bindparam("lease_id"), _L.released_ms.is_(None),
+           _L.expires_ms <= _NOW)
+    .values(released_ms=_L.expires_ms, release_reason=REASON_EXPIRED)
+    .returning(_L.expires_ms)
 )
 _INSERT_LEASE = leases.insert()
 _LOCK_GPU = (sa.select(gpus.c.id).where(gpus.c.id == sa.bindparam("gpu_id"))
