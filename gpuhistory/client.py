@@ -130,9 +130,9 @@ class Client:
     # -- transport ---------------------------------------------------------------------
     def request(self, method: str, path: str, params: Mapping[str, Any] | None = None,
                 body: Mapping[str, Any] | None = None,
-                ok: tuple[int, ...] = ()) -> Any:
+                ok: tuple[int, ...] = (), headers: Mapping[str, str] | None = None) -> Any:
         """One request; the decoded JSON answer. Statuses in ``ok`` count as success too."""
-        status, raw = self._send(method, path, params, body, ok)
+        status, raw = self._send(method, path, params, body, ok, extra=headers)
         try:
             return json.loads(raw)
         except ValueError:
@@ -141,13 +141,15 @@ class Client:
 
     def _send(self, method: str, path: str, params: Mapping[str, Any] | None = None,
               body: Mapping[str, Any] | None = None, ok: tuple[int, ...] = (),
-              accept: str = "application/json") -> tuple[int, bytes]:
-        """One request: the status and the raw body (errors raised as in ``request``)."""
+              accept: str = "application/json",
+              extra: Mapping[str, str] | None = None) -> tuple[int, bytes]:
+        """One request: the status and the raw body (errors raised as in ``request``);
+        ``extra``: more request headers."""
         url = self.base_url + path
         query = {k: v for k, v in (params or {}).items() if v is not None}
         if query:
             url += "?" + urllib.parse.urlencode(query)
-        headers = {"Accept": accept, "User-Agent": "gpuhistory-client"}
+        headers = {"Accept": accept, "User-Agent": "gpuhistory-client", **(extra or {})}
         data = None
         if body is not None:
             data = json.dumps(dict(body)).encode()
@@ -190,9 +192,12 @@ class Client:
         """``/healthz``: ``status`` ok, degraded or down (a 503 is returned, not raised)."""
         return self.request("GET", "/healthz", ok=(503,))
 
-    def status(self, gpu_id: int = 0, at: TimeArg = None) -> dict[str, Any]:
-        """One GPU's state, reading, throttle advice and lease capacity (``at`` a past time)."""
-        return self._get("/api/gpu/status", gpu_id=gpu_id, at=time_param(at), host=self.host)
+    def status(self, gpu_id: int | None = None, at: TimeArg = None,
+               uuid: str | None = None) -> dict[str, Any]:
+        """One GPU's state, reading, throttle advice and lease capacity (``at`` a past time):
+        the card in slot ``gpu_id`` (default 0) then, or the card ``uuid``."""
+        return self._get("/api/gpu/status", gpu_id=gpu_id, uuid=uuid, at=time_param(at),
+                         host=self.host)
 
     def status_all(self, at: TimeArg = None, host: str | None = None) -> dict[str, Any]:
         """Every GPU of one host (``host="*"``: the whole fleet):
@@ -203,33 +208,36 @@ class Client:
         """GPUs, CPU and RAM in one answer (``/api/system/status``)."""
         return self._get("/api/system/status")
 
-    def metrics(self, gpu_id: int = 0) -> dict[str, Any]:
+    def metrics(self, gpu_id: int | None = None, uuid: str | None = None) -> dict[str, Any]:
         """The GPU's latest sample, with the seed's GPUMetrics field names."""
-        return self._get("/api/gpu/metrics", gpu_id=gpu_id, host=self.host)
+        return self._get("/api/gpu/metrics", gpu_id=gpu_id, uuid=uuid, host=self.host)
 
-    def history(self, gpu_id: int = 0, since: TimeArg = None, until: TimeArg = None,
-                limit: int | None = None, resolution: str | None = None,
-                points: int | None = None) -> dict[str, Any]:
+    def history(self, gpu_id: int | None = None, since: TimeArg = None,
+                until: TimeArg = None, limit: int | None = None,
+                resolution: str | None = None, points: int | None = None,
+                uuid: str | None = None) -> dict[str, Any]:
         """History in [since, until], oldest first.
 
         Without ``resolution``/``points``: raw ``samples``, the newest ``limit``. With them:
         about ``points`` ``buckets`` (default 500) from ``raw``, ``1m`` or ``1h`` data
         (``auto``: the coarsest with enough detail); since/until default to the last hour.
         """
-        return self._get("/api/gpu/metrics/history", gpu_id=gpu_id,
+        return self._get("/api/gpu/metrics/history", gpu_id=gpu_id, uuid=uuid,
                          since=time_param(since), until=time_param(until), limit=limit,
                          resolution=resolution, points=points, host=self.host)
 
-    def trend(self, gpu_id: int = 0, duration_minutes: float = 5,
-              until: TimeArg = None) -> dict[str, Any]:
+    def trend(self, gpu_id: int | None = None, duration_minutes: float = 5,
+              until: TimeArg = None, uuid: str | None = None) -> dict[str, Any]:
         """Temperature min/max/avg/first/last, slope in °C/min, direction, ETA to a threshold."""
-        return self._get("/api/gpu/temperature/trend", gpu_id=gpu_id,
+        return self._get("/api/gpu/temperature/trend", gpu_id=gpu_id, uuid=uuid,
                          duration_minutes=duration_minutes, until=time_param(until),
                          host=self.host)
 
-    def throttle(self, gpu_id: int = 0, at: TimeArg = None) -> dict[str, Any]:
+    def throttle(self, gpu_id: int | None = None, at: TimeArg = None,
+                 uuid: str | None = None) -> dict[str, Any]:
         """``speed_multiplier``, ``should_throttle``, effective state, reason, cooldown left."""
-        return self._get("/api/gpu/throttle/status", gpu_id=gpu_id, at=time_param(at),
+        return self._get("/api/gpu/throttle/status", gpu_id=gpu_id, uuid=uuid,
+                         at=time_param(at),
                          host=self.host)
 
     def events(self, since_id: int = 0, kind: str | None = None, gpu_id: int | None = None,
@@ -241,10 +249,12 @@ class Client:
     # -- incidents ---------------------------------------------------------------------
     def incidents(self, gpu_id: int | None = None, since: TimeArg = None,
                   until: TimeArg = None, severity: str | None = None,
-                  limit: int | None = None, host: str | None = None) -> list[dict[str, Any]]:
-        """Overheat incidents overlapping [since, until], newest first (``severity``:
-        overheat or severe; ``host="*"``: every host)."""
-        doc = self._get("/api/gpu/incidents", gpu_id=gpu_id, since=time_param(since),
+                  limit: int | None = None, host: str | None = None,
+                  uuid: str | None = None) -> list[dict[str, Any]]:
+        """Overheat incidents overlapping [since, until], newest first (``gpu_id``: every
+        card of that slot; ``uuid``: one card; ``severity``: overheat or severe;
+        ``host="*"``: every host)."""
+        doc = self._get("/api/gpu/incidents", gpu_id=gpu_id, uuid=uuid, since=time_param(since),
                         until=time_param(until), severity=severity, limit=limit,
                         host=host or self.host)
         return doc["incidents"]
@@ -262,9 +272,11 @@ class Client:
         return raw.decode("utf-8")
 
     # -- leases ------------------------------------------------------------------------
-    def available(self, gpu_id: int = 0) -> dict[str, Any]:
-        """Lease capacity: ``capacity_mb``, ``leased_mb``, ``available_mb``, device memory."""
-        return self._get("/api/gpu/memory/available", gpu_id=gpu_id, host=self.host)
+    def available(self, gpu_id: int | None = None, uuid: str | None = None) -> dict[str, Any]:
+        """Lease capacity of the card in the slot now: ``capacity_mb``, ``leased_mb``,
+        ``available_mb``, device memory."""
+        return self._get("/api/gpu/memory/available", gpu_id=gpu_id, uuid=uuid,
+                         host=self.host)
 
     def leases(self, gpu_id: int | None = None, owner: str | None = None,
                status: str | None = None, limit: int | None = None,
@@ -319,16 +331,21 @@ class Client:
         """``{"config": {...effective values}, "sources": {key: default|file|env|api}}``."""
         return self._get("/api/gpu/config")
 
-    def update_config(self, changes: Mapping[str, Any] | None = None,
-                      **more: Any) -> dict[str, Any]:
+    def update_config(self, changes: Mapping[str, Any] | None = None, *,
+                      if_version: int | None = None, **more: Any) -> dict[str, Any]:
         """Change keys at runtime: ``update_config(temp_throttle=80)`` or a dict.
 
         A value of None removes that key's runtime change. All or nothing: 400 for an
-        unknown key, 422 (naming each bad key) for a bad value.
+        unknown key, 422 (naming each bad key) for a bad value, validated against the
+        configuration the change produces. ``if_version`` (the ``version`` of ``config()``)
+        applies the change only to that version: ApiError 412 ``precondition_failed`` when
+        another change came first.
         """
         # None is meaningful here (clear a runtime change), so it is sent as null.
         body = {**(changes or {}), **more}
-        return self.request("PUT", "/api/gpu/config", body=body)
+        headers = None if if_version is None else {"If-Match": f'"{int(if_version)}"'}
+        return self.request("PUT", "/api/gpu/config", body=body,
+                            headers=headers)
 
     def start_monitoring(self) -> dict[str, Any]:
         """Start sampling (idempotent); ``{"monitoring": true, ...}``."""

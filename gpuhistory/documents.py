@@ -77,5 +77,6 @@ def history_doc(conn: sa.Connection, entry: LatestSample, since_ms: int | None,
                                 row.ts_ms, entry.gpu.backend).to_dict()
         for row in reversed(rows)
     ]
-    return {"gpu_id": entry.gpu.index, "since": iso_utc(since_ms), "until": iso_utc(until_ms),
+    return {"gpu_id": entry.gpu.index, "uuid": entry.gpu.uuid, "host": entry.gpu.host,
+            "since": iso_utc(since_ms), "until": iso_utc(until_ms),
             "count": len(docs), "samples": docs}

@@ -11,6 +11,12 @@ all back, ``gpus`` rows included, and leaves the database as it was. On SQLite t
 transaction takes the write lock up front (``BEGIN IMMEDIATE``) and holds it to the end, so
 a live sampler writing to the same file waits (up to its busy timeout) while a large file
 imports.
+
+A GPU of the file that would sit in a slot (host, index) that a different card held at the
+same times is refused (SlotClashError, rolled back): a recording of another machine goes
+under its own ``--host-name``. Once the transaction commits, the imported cards' incidents
+are detected and their samples rolled up before ``import_file`` returns, so the log is whole
+when the import is done.
 """
 
 from __future__ import annotations
@@ -27,9 +33,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from gpuhistory.analytics.incidents import mark_dirty
+from gpuhistory.analytics.incidents import IncidentDetector, mark_dirty
+from gpuhistory.analytics.rollups import RollupJob
 from gpuhistory.analytics.rollups import mark_dirty as mark_rollups_dirty
-from gpuhistory.clock import iso_utc
+from gpuhistory.clock import Clock, SystemClock, iso_utc
 from gpuhistory.domain.config import DEFAULT_CONFIG, Config
 from gpuhistory.domain.reading import Reading
 from gpuhistory.formats.errors import FormatError
@@ -37,6 +44,7 @@ from gpuhistory.formats.files import MAX_LINE_BYTES, line_too_long, open_regular
 from gpuhistory.formats.nvidia_smi_csv import header_key, parse_timestamp, smi_tuples
 from gpuhistory.formats.trace_csv import trace_tuples
 from gpuhistory.sampling.pipeline import Pipeline
+from gpuhistory.storage.cards import count_incidents, gpu_by_id, slot_rivals
 from gpuhistory.storage.log import LogStore, TickRecord
 from gpuhistory.storage.schema import gpus, samples
 
@@ -60,10 +68,15 @@ class ImportResult:
     first_ts_ms: int | None
     last_ts_ms: int | None
     seconds: float  # wall-clock time the import took
+    incidents: int = 0  # overheat incidents of the imported cards in the file's range
 
 
 class ImportConflictError(ValueError):
     """The log already holds samples the file would add; nothing was imported."""
+
+
+class SlotClashError(ImportConflictError):
+    """A GPU of the file would sit in a slot another card held at the same times."""
 
 
 def detect_format(path: str | os.PathLike[str]) -> str:
@@ -142,6 +155,7 @@ def import_file(
     host: str,
     config: Config = DEFAULT_CONFIG,
     tz: tzinfo | None = None,
+    clock: Clock | None = None,
 ) -> ImportResult:
     """Import a trace or an nvidia-smi CSV log into the log, in one transaction.
 
@@ -192,8 +206,27 @@ def import_file(
             conn = conn.execution_options(sqlite_begin="IMMEDIATE")
         with conn.begin():
             result = _import_rows(conn, name, kind, rows, to_ms, host, config)
+    gpu_ids = result.pop("gpu_ids")
+    incidents = complete(engine, gpu_ids, config, clock or SystemClock(),
+                         result["first_ts_ms"], result["last_ts_ms"])
     return ImportResult(path=name, format=kind, seconds=time.perf_counter() - started,
-                        **result)
+                        incidents=incidents, **result)
+
+
+def complete(engine: sa.Engine, gpu_ids: list[int], config: Config, clock: Clock,
+             first_ms: int, last_ms: int) -> int:
+    """Right after the import commits: detect the imported cards' incidents and roll up
+    their samples (up to now, as the rollup job would), so the log is whole when ``import``
+    returns. Returns the incidents in [first_ms, last_ms]. Were this interrupted, the
+    dirty marks committed with the samples make the service's jobs do it."""
+    detector = IncidentDetector(engine, clock, config)
+    rollups = RollupJob(engine, clock)
+    target = rollups.target_ms()
+    for gpu_id in gpu_ids:
+        detector.run(gpu_id=gpu_id)
+        while not rollups.step(gpu_id, target)[1]:
+            pass
+    return count_incidents(engine, gpu_ids, first_ms, last_ms)
 
 
 def _import_rows(
@@ -269,11 +302,33 @@ def _import_rows(
     if not totals["samples"] or earliest_ts is None:
         raise FormatError(name, 2, "no data rows after the header")
     _finish_gpus(conn, existing, gpu_ids)
+    _refuse_slot_clashes(conn, name, host, gpu_ids)
     for gpu_id in sorted(gpu_ids):  # committed with the samples, or not at all
         mark_dirty(conn, gpu_id, earliest_ts)
         mark_rollups_dirty(conn, gpu_id, earliest_ts)
-    return {**totals, "gpus": len(gpu_ids), "first_ts_ms": first_ts,
+    return {**totals, "gpus": len(gpu_ids), "gpu_ids": sorted(gpu_ids), "first_ts_ms": first_ts,
             "last_ts_ms": max(pipeline.last_ts.values(), default=None)}
+
+
+def _refuse_slot_clashes(conn: sa.Connection, name: str, host: str,
+                         gpu_ids: set[int]) -> None:
+    """A card is in one slot at a time and a slot holds one card: refuse a file whose GPU
+    would take a slot that a different card held during the file's times (rolled back)."""
+    s = samples.c
+    for gpu_id in sorted(gpu_ids):
+        card = gpu_by_id(conn, gpu_id)
+        low, high = conn.execute(sa.select(sa.func.min(s.ts_ms), sa.func.max(s.ts_ms))
+                                 .where(s.gpu_id == gpu_id)).one()
+        rivals = slot_rivals(conn, gpu_id, low, high)
+        if card is None or not rivals:
+            continue
+        other = rivals[0]
+        raise SlotClashError(
+            f"{name}: GPU {card.index} of host {host!r} was card {other.uuid} from "
+            f"{iso_utc(other.first_seen_ms)} to {iso_utc(other.last_seen_ms)}, and this file "
+            f"puts card {card.uuid} in that slot at the same times ({iso_utc(low)} to "
+            f"{iso_utc(high)}). If the file was recorded on another machine, import it under "
+            "that machine's name with --host-name NAME. Nothing was imported.")
 
 
 def _check_distinct(name: str, tick: list[Reading], lines: list[int]) -> None:
@@ -308,4 +363,5 @@ def _finish_gpus(conn: sa.Connection, existing: dict[int, Any], gpu_ids: set[int
         conn.execute(gpus.update().where(gpus.c.id == gpu_id).values(**values))
 
 
-__all__ = ["FORMATS", "ImportConflictError", "ImportResult", "detect_format", "import_file"]
+__all__ = ["FORMATS", "ImportConflictError", "ImportResult", "SlotClashError", "detect_format",
+           "import_file"]

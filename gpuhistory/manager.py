@@ -12,6 +12,7 @@ allocations are leases other processes honour.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Mapping
@@ -27,14 +28,18 @@ from gpuhistory.domain.config import Config
 from gpuhistory.domain.metrics import GPUMetrics
 from gpuhistory.domain.states import GPUState
 from gpuhistory.domain.trend import trend_doc
+from gpuhistory.identity import GpuRef, UnknownGpu, resolve_latest
 from gpuhistory.leases.manager import LeaseManager
 from gpuhistory.leases.model import LeaseError
+from gpuhistory.sampling.claim import HEARTBEAT_SECONDS, SamplerBusy, SamplerClaim
 from gpuhistory.sampling.pipeline import Pipeline
 from gpuhistory.sampling.sampler import Sampler
 from gpuhistory.sampling.select import select_backend
 from gpuhistory.storage.engine import make_engine, upgrade
 from gpuhistory.storage.log import LogStore
 from gpuhistory.storage.queries import LatestSample, latest_samples, trend_sums
+
+log = logging.getLogger(__name__)
 
 
 class GPUManager:
@@ -67,6 +72,16 @@ class GPUManager:
                                callbacks=self.callbacks)
         self.leases = LeaseManager(self.engine, self.host, self.clock, self.config_store,
                                    callbacks=self.callbacks)
+        # One sampler per host and database: where a service already samples this host,
+        # this manager attaches read-only (it reads the log and leases; it writes no samples).
+        self.claim = SamplerClaim(self.engine, self.host, self.clock, "python")
+        self.claim.on_lost = lambda: self.sampler.stop(reason="sampler claim taken over")
+        holder = self.claim.try_acquire()
+        self.read_only = holder is not None
+        if holder is not None:
+            log.info("GPUManager attached read-only: %s", SamplerBusy(self.host, holder,
+                                                                     self.clock.now_ms()))
+        self._claim_renewed_ms = self.clock.now_ms()
         self._tokens: dict[str, str] = {}  # allocation id → lease token, for this process
 
     # -- readings ----------------------------------------------------------------------
@@ -75,15 +90,21 @@ class GPUManager:
         return self.config_store.current()
 
     def _fresh(self) -> None:
-        """Sample now unless the monitoring job sampled within the interval."""
+        """Sample now unless the monitoring job sampled within the interval (never when
+        attached read-only)."""
+        if self.read_only or not self._keep_claim():
+            return
         last = self.sampler.last_success_ms
         if last is None or self.clock.now_ms() - last >= self.config.monitor_interval * 1000:
             self.sampler.tick()
 
     def _entry(self, gpu_id: int) -> LatestSample | None:
+        """The card in slot ``gpu_id`` now (gpuhistory.identity), with its newest sample."""
         with self.engine.connect() as conn:
-            entries = latest_samples(conn, self.host, gpu_id)
-        return entries[0] if entries else None
+            try:
+                return resolve_latest(conn, GpuRef(gpu_id), self.host, self.clock.now_ms())
+            except UnknownGpu:
+                return None
 
     def is_available(self, gpu_id: int | None = None) -> bool:
         """Whether a GPU (any, or ``gpu_id``) answers now."""
@@ -120,7 +141,8 @@ class GPUManager:
     def get_all_gpus_status(self) -> dict[str, Any]:
         self._fresh()
         with self.engine.connect() as conn:
-            indexes = [e.gpu.index for e in latest_samples(conn, self.host)]
+            indexes = [e.gpu.index for e in latest_samples(conn, self.host,
+                                                            now_ms=self.clock.now_ms())]
         gpus = [self.get_gpu_status(i) for i in indexes]
         return {"host": self.host, "count": len(gpus), "gpus": gpus}
 
@@ -185,8 +207,8 @@ class GPUManager:
         until = self.clock.now_ms()
         since = until - round(duration_minutes * 60_000)
         with self.engine.connect() as conn:
-            return {"gpu_id": gpu_id, **trend_doc(trend_sums(conn, entry.gpu.id, since, until),
-                                                  self.config)}
+            sums = trend_sums(conn, entry.gpu.id, since, until)
+        return {"gpu_id": gpu_id, "uuid": entry.gpu.uuid, **trend_doc(sums, self.config)}
 
     def get_metrics_history(self, limit: int | None = None, gpu_id: int = 0,
                             since_ms: int | None = None) -> list[dict[str, Any]]:
@@ -215,14 +237,30 @@ class GPUManager:
                                                 self.clock.now_ms(), {"changes": diff})])
         return config
 
+    def _keep_claim(self) -> bool:
+        """Renew the claim's heartbeat when due; False (now read-only) when it was lost."""
+        now = self.clock.now_ms()
+        if now - self._claim_renewed_ms >= HEARTBEAT_SECONDS * 1000:
+            self._claim_renewed_ms = now
+            if not self.claim.renew():
+                self.read_only = True
+        return not self.read_only
+
     def start_monitoring(self) -> bool:
-        return self.sampler.start(requested_by="python")
+        """Start background sampling; False when attached read-only (a service samples)."""
+        if self.read_only:
+            return False
+        started = self.sampler.start(requested_by="python")
+        if self.sampler.scheduler is not None:
+            self.claim.attach(self.sampler.scheduler)
+        return started
 
     def stop_monitoring(self) -> bool:
         return self.sampler.stop(reason="requested from Python", requested_by="python")
 
     def close(self) -> None:
         self.sampler.stop(reason="manager closed")
+        self.claim.release()
         self.backend.close()
         self.engine.dispose()
 

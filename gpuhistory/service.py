@@ -40,6 +40,7 @@ from gpuhistory.config.store import ConfigStore
 from gpuhistory.context import ServiceContext, machine_name
 from gpuhistory.domain.events import EventDraft, EventKind
 from gpuhistory.leases.manager import LeaseManager
+from gpuhistory.sampling.claim import SamplerClaim
 from gpuhistory.sampling.control import should_monitor
 from gpuhistory.sampling.pipeline import Pipeline
 from gpuhistory.sampling.sampler import Sampler
@@ -152,13 +153,18 @@ class Service:
         self.pipeline = Pipeline(self.store, self.backend.name, self.config)
         self.pipeline.restore(self.clock.now_ms())
         self.sampler = Sampler(self.backend, self.pipeline, self.store, self.clock,
-                               interval=lambda: self.config().monitor_interval)
+                               interval=lambda: self.config().monitor_interval,
+                               background_writes=True)
         self.rollups = RollupJob(self.engine, self.clock)
         self.incidents = IncidentDetector(self.engine, self.clock, self.config, host=self.host)
         self.retention = RetentionJob(self.engine, self.clock, self.config)
         self.alerts = WebhookDeliverer(self.engine, self.host, self.webhooks, self.clock)
         self.scheduler = BackgroundScheduler(timezone="UTC")
         self.sampler.attach(self.scheduler)
+        self.claim = SamplerClaim(self.engine, self.host, self.clock,
+                                  "serve" if self.role == "both" else "sampler")
+        sampler = self.sampler
+        self.claim.on_lost = lambda: sampler.stop(reason="sampler claim taken over")
 
     @property
     def samples(self) -> bool:
@@ -178,6 +184,9 @@ class Service:
         sampling unless stopped by request. Nothing in the ``api`` role."""
         if self.scheduler is None or self.sampler is None:
             return
+        if not self.claim.held:
+            self.claim.acquire()  # SamplerBusy: another process samples this host
+        self.claim.attach(self.scheduler)
         self.scheduler.add_job(self.leases.reap, "interval", seconds=REAP_EVERY_SECONDS,
                                id=REAP_JOB_ID, name="expire overdue leases",
                                max_instances=1, coalesce=True, replace_existing=True)
@@ -205,6 +214,8 @@ class Service:
     def run(self) -> None:
         """Run until SIGTERM/SIGINT (or ``stop()``); then shut down cleanly."""
         s = self.settings
+        if self.samples and not self.claim.held:
+            self.claim.acquire()  # before anything starts: SamplerBusy ends the process
         if self.serves_http:
             self._server = HttpServer(self.app, s.bind, s.port, s.threads,
                                       s.connection_limits())
@@ -278,6 +289,8 @@ class Service:
             self.unsaved += self.sampler.unsaved
         if self.scheduler is not None and self.scheduler.running:
             self.scheduler.shutdown(wait=True)
+        if self.samples:
+            self.claim.release()
         if self.alerts is not None:
             self.alerts.close()
         try:

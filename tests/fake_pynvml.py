@@ -10,6 +10,10 @@ Hardware facts: a device's ``processes`` (pid, used bytes or None), its throttle
 queued with ``FakeNvml.xid`` onto every event set its handle is registered with. Event
 sets are refused where ``event_sets_supported`` is False (register: NOT_SUPPORTED).
 
+Error and energy counters: a device's ``ecc`` totals, ``remapped_rows``, ``pcie_replays``
+and ``energy_mj`` (None: NOT_SUPPORTED, as a consumer card answers for ECC and remapping),
+its ``pci_bus_id``; ``driver_version`` is the module's.
+
 Hangs: ``FakeNvml.hang(index, function)`` makes that function block for that GPU (and
 ``hang_init()`` makes nvmlInit block) until the returned event is set, as a wedged driver
 does; a blocked call gives up by itself after ``HANG_LIMIT_S`` so no test leaks a thread.
@@ -91,6 +95,14 @@ class FakeDevice:
     processes: list[tuple[int, int | None]] = field(default_factory=list)  # (pid, bytes)
     counters: dict[int, int] = field(default_factory=lambda: dict.fromkeys(COUNTER_FIELDS, 0))
     hangs: dict[str, threading.Event] = field(default_factory=dict)  # function → released
+    # Error and energy counters; None: the card answers NOT_SUPPORTED. ``ecc`` maps
+    # (memory error type, counter type) to the count (ECC disabled: None).
+    ecc: dict[tuple[int, int], int] | None = field(default_factory=lambda: {
+        (0, 0): 0, (1, 0): 0, (0, 1): 12, (1, 1): 0})
+    remapped_rows: tuple[int, int, int, int] | None = (2, 0, 0, 0)  # corr, unc, pend, fail
+    pcie_replays: int | None = 0
+    energy_mj: int | None = 123_456_789
+    pci_bus_id: str = "00000000:1B:00.0"
 
 
 @dataclass(frozen=True)
@@ -110,6 +122,7 @@ class FakeEventSet:
 def h100(index: int) -> FakeDevice:
     """A data-centre card: no fan to report."""
     return FakeDevice(uuid=f"GPU-fake-h100-{index:04d}",
+                      pci_bus_id=f"00000000:{0x1B + index:02X}:00.0",
                       errors={"nvmlDeviceGetFanSpeed": pynvml.NVML_ERROR_NOT_SUPPORTED})
 
 
@@ -122,6 +135,7 @@ def rtx4090(index: int) -> FakeDevice:
         pstate=8, fan=30, slowdown_c=90, shutdown_c=100,
         field_errors={pynvml.NVML_FI_DEV_MEMORY_TEMP: pynvml.NVML_ERROR_NOT_SUPPORTED},
         counters={},  # no throttle-time counters
+        ecc=None, remapped_rows=None, pcie_replays=None,  # no ECC, no row remapping
     )
 
 
@@ -159,6 +173,10 @@ class FakeNvml(types.ModuleType):
     NVML_FI_DEV_CLOCKS_EVENT_REASON_HW_POWER_BRAKE_SLOWDOWN = POWER_BRAKE
     nvmlEventTypeXidCriticalError = pynvml.nvmlEventTypeXidCriticalError
     NVMLError = NVMLError
+    NVML_MEMORY_ERROR_TYPE_CORRECTED = pynvml.NVML_MEMORY_ERROR_TYPE_CORRECTED
+    NVML_MEMORY_ERROR_TYPE_UNCORRECTED = pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED
+    NVML_VOLATILE_ECC = pynvml.NVML_VOLATILE_ECC
+    NVML_AGGREGATE_ECC = pynvml.NVML_AGGREGATE_ECC
 
     def __init__(self, devices: list[FakeDevice] | None = None, *,
                  library_missing: bool = False, strings_as_bytes: bool = False) -> None:
@@ -175,6 +193,7 @@ class FakeNvml(types.ModuleType):
         self.field_requests: list[list[int]] = []  # the ids of each field-values call
         self.init_hang: threading.Event | None = None
         self.hung_calls: Counter[str] = Counter()  # calls that blocked (once each)
+        self.driver_version = "580.95.05"
 
     # -- scenario controls ---------------------------------------------------------------
     def fail_init(self, code: int, times: int | None = None) -> None:
@@ -406,9 +425,35 @@ class FakeNvml(types.ModuleType):
         event_set.freed = True
 
     def nvmlDeviceGetTotalEnergyConsumption(self, handle: FakeHandle) -> int:
-        """Present only so a test can prove it is never called (~3 ms on an H100)."""
-        self._device("nvmlDeviceGetTotalEnergyConsumption", handle)
-        return 123_456_789
+        """Millijoules since the driver loaded (~3 ms a call on an H100: read rarely)."""
+        return _supported(self._device("nvmlDeviceGetTotalEnergyConsumption", handle).energy_mj)
+
+    def nvmlDeviceGetTotalEccErrors(self, handle: FakeHandle, error_type: int,
+                                    counter_type: int) -> int:
+        device = self._device("nvmlDeviceGetTotalEccErrors", handle)
+        return _supported(None if device.ecc is None
+                          else device.ecc[(error_type, counter_type)])
+
+    def nvmlDeviceGetRemappedRows(self, handle: FakeHandle) -> tuple[int, int, int, int]:
+        return _supported(self._device("nvmlDeviceGetRemappedRows", handle).remapped_rows)
+
+    def nvmlDeviceGetPcieReplayCounter(self, handle: FakeHandle) -> int:
+        return _supported(self._device("nvmlDeviceGetPcieReplayCounter", handle).pcie_replays)
+
+    def nvmlDeviceGetPciInfo(self, handle: FakeHandle) -> Any:
+        device = self._device("nvmlDeviceGetPciInfo", handle)
+        return pynvml.nvmlPciInfo_t(busId=device.pci_bus_id.encode())  # as the binding does
+
+    def nvmlSystemGetDriverVersion(self) -> str | bytes:
+        self._begin("nvmlSystemGetDriverVersion")
+        return self._text(self.driver_version)
+
+
+def _supported(value: Any) -> Any:
+    """The value, or NOT_SUPPORTED where the card has none."""
+    if value is None:
+        raise NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
+    return value
 
 
 class LegacyFakeNvml(FakeNvml):

@@ -168,3 +168,75 @@ def test_hardware_read_cost(backend: NvmlBackend) -> None:
         costs[name] = (time.perf_counter() - started) / 200 / gpus * 1e6
     print(f"per GPU: read() {costs['read']:.0f} µs, read_hardware() "
           f"{costs['read_hardware']:.0f} µs ({gpus} GPU(s), 200 calls each)")
+
+
+def test_error_energy_and_identity_fields_on_real_nvml(backend: NvmlBackend) -> None:
+    """ECC, row remapping, PCIe replays and energy read (each an int, or None where the card
+    does not support it — never an error); the PCI bus id and driver version label it."""
+    import re
+
+    from gpuhistory.sampling.hardware import RELIABILITY_NAMES
+
+    fresh = NvmlBackend()  # its first hardware read asks for every slow counter
+    try:
+        facts = fresh.read_hardware()
+    finally:
+        fresh.close()
+    assert facts
+    for f in facts:
+        assert f.reliability is not None, f"GPU {f.index}: no error or energy counter at all"
+        assert set(f.reliability) == set(RELIABILITY_NAMES)
+        assert all(v is None or (isinstance(v, int) and v >= 0)
+                   for v in f.reliability.values()), f.reliability
+        assert f.pci_bus_id is not None and re.fullmatch(
+            r"[0-9A-Fa-f]{4,8}:[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2}\.[0-7]", f.pci_bus_id), f.pci_bus_id
+        assert f.driver_version and re.fullmatch(r"\d+\.\d+(\.\d+)?", f.driver_version)
+        if "H100" in (backend.identities()[f.index].name or "") or \
+                "H200" in (backend.identities()[f.index].name or ""):
+            assert f.reliability["energy_mj"] is not None and f.reliability["energy_mj"] > 0
+            assert f.reliability["ecc_aggregate_uncorrected"] is not None  # ECC on by default
+            assert f.reliability["remapped_rows_correctable"] is not None
+            assert f.reliability["pcie_replays"] is not None
+        print(f.index, f.pci_bus_id, f.driver_version, f.reliability)
+
+
+def test_metrics_lines_on_real_hardware(engine, clock) -> None:
+    """A real sampler tick on real NVML, then /metrics over real HTTP with metrics_dcgm on:
+    the new families are there (printed, to be quoted), DCGM names carry pci_bus_id and
+    DCGM_FI_DRIVER_VERSION, and a running compute process (if any) has its memory."""
+    import requests
+
+    from gpuhistory.api.app import create_app
+    from gpuhistory.config.layers import load_static
+    from gpuhistory.context import ServiceContext
+    from gpuhistory.sampling.pipeline import Pipeline
+    from gpuhistory.sampling.sampler import Sampler
+    from gpuhistory.storage.log import LogStore
+    from tests.conftest import LiveServer
+
+    real = NvmlBackend()
+    store = LogStore(engine, "gpu-box")
+    static = load_static(environ={"GPUHISTORY_METRICS_DCGM": "1"})
+    sampler = Sampler(real, Pipeline(store, "nvml", static.config), store, clock, interval=3.0)
+    try:
+        sampler.tick()
+        server = LiveServer(create_app(ServiceContext(engine=engine, host="gpu-box",
+                                                      clock=clock, config=static.config,
+                                                      sampler=sampler)))
+        try:
+            body = requests.get(f"{server.url}/metrics", timeout=30).text
+        finally:
+            server.close()
+    finally:
+        real.close()
+    wanted = ("DCGM_FI_DEV_GPU_TEMP{", "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION{",
+              "DCGM_FI_DEV_POWER_VIOLATION{", "DCGM_FI_DEV_XID_ERRORS{",
+              "gpuhistory_gpu_energy_joules_total{", "gpuhistory_gpu_ecc_errors_total{",
+              "gpuhistory_gpu_pcie_replays_total{", "gpuhistory_gpu_remapped_rows{",
+              "gpuhistory_gpu_xid_errors_total{", "gpuhistory_process_memory_bytes{")
+    lines = [line for line in body.splitlines() if line.startswith(wanted)]
+    print("\n".join(lines))
+    assert any(line.startswith("DCGM_FI_DEV_GPU_TEMP{") and "pci_bus_id=" in line
+               and "DCGM_FI_DRIVER_VERSION=" in line for line in lines), body[:2000]
+    assert any(line.startswith("gpuhistory_gpu_energy_joules_total{") for line in lines)
+    assert any(line.startswith("gpuhistory_gpu_xid_errors_total{") for line in lines)

@@ -390,6 +390,26 @@ def test_sim_counters_do_not_depend_on_how_often_they_are_read(clock) -> None:
     assert once["hw_thermal_ns"] == 0
 
 
+def test_sim_energy_integrates_the_trace_power_and_keeps_counting_across_loops(clock) -> None:
+    """The sim's energy counter is the trace's power integrated over time (mJ): the same
+    whenever read, the average power times the seconds played, growing over a loop; the
+    other reliability counters are absent (None), as on a card without them."""
+    backend = SimBackend(clock, trace=FLEET4)
+    first = backend.read_hardware()[0].reliability
+    assert first is not None and first["energy_mj"] == 0
+    assert {k for k, v in first.items() if v is not None} == {"energy_mj"}
+    clock.advance(10)
+    ten = backend.read_hardware()[0].reliability["energy_mj"]
+    readings = backend.read()  # the 10 s so far drew between the trace's min and max power
+    assert ten > 0 and readings[0].power_w is not None
+    assert backend.read_hardware()[0].reliability["energy_mj"] == ten
+    clock.advance(backend.duration_s)  # one whole loop later: a loop's energy more
+    looped = backend.read_hardware()[0].reliability["energy_mj"]
+    clock.advance(backend.duration_s)
+    twice = backend.read_hardware()[0].reliability["energy_mj"]
+    assert looped > ten and twice - looped == pytest.approx(looped - ten, rel=1e-6)
+
+
 # -- the schema --------------------------------------------------------------------------------
 @sqlite_only
 def test_throttle_counters_is_without_rowid(db_path: Path, engine) -> None:

@@ -31,9 +31,8 @@ from gpuhistory.clock import FakeClock, iso_utc
 from gpuhistory.domain.config import DEFAULT_CONFIG
 from gpuhistory.domain.reading import clock_event_reason_names
 from gpuhistory.importer import import_file
-from gpuhistory.leases.manager import LeaseManager
 from gpuhistory.report.assets import LinkError, link_modules
-from gpuhistory.storage.schema import incidents
+from gpuhistory.storage.schema import incidents, leases
 from tests.conftest import FLEET4
 from tests.test_incidents import (
     HOST,
@@ -149,12 +148,18 @@ def assert_self_contained(html: str) -> ReportFile:
 
 # -- building the incident -------------------------------------------------------------------
 def import_with_lease(engine: sa.Engine, owner: str = "alice") -> dict[str, Any]:
-    """fleet4 imported at START_MS, a lease on GPU 1 granted during its second overheat,
-    incidents detected; the hand-computed expectation of that overheat, with its id."""
+    """fleet4 imported at START_MS, a lease on GPU 1 that was active during its second
+    overheat, incidents detected; the hand-computed expectation of that overheat, with its id.
+
+    A recorded card has no capacity to lease now, so the lease is written as the row the
+    live service wrote when it granted it on that card (what a log copied from the GPU's
+    own host would hold)."""
     import_file(engine, FLEET4, start_ms=START_MS, host=HOST)
-    clock = FakeClock(LEASE_GRANTED_MS)
-    LeaseManager(engine, HOST, clock, lambda: DEFAULT_CONFIG).grant(
-        "train-42", 20480, gpu_index=1, ttl_seconds=600, owner=owner)
+    with engine.begin() as conn:
+        conn.execute(sa.insert(leases).values(
+            host=HOST, allocation_id="train-42", gpu_id=gpu_row_id(engine, 1, "fleet4"),
+            memory_mib=20480, owner=owner, token_hash="0" * 64, ttl_ms=600_000,
+            granted_ms=LEASE_GRANTED_MS, expires_ms=LEASE_GRANTED_MS + 600_000))
     IncidentDetector(engine, FakeClock(START_MS + HOUR_MS), DEFAULT_CONFIG).run()
     want = expected(trace_rows(FLEET4, 1))[1]
     with engine.connect() as conn:

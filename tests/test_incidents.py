@@ -169,12 +169,22 @@ def api(app, path: str, **params: Any) -> Any:
 
 
 # -- detection over imported traces -----------------------------------------------------------
+
+def load(engine: sa.Engine, path: Path, **kwargs: Any) -> None:
+    """Import a file, then undo its incident scan: the samples wait for a detector run
+    (the state the detector tests start from)."""
+    import_file(engine, path, **kwargs)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM incidents"))
+        conn.execute(sa.text("DELETE FROM incident_progress"))
+
+
 def test_fleet4_gpu1_overheats_twice_and_the_other_gpus_never(engine: sa.Engine) -> None:
     """Under the default thresholds GPU 1 of fleet4 has two incidents — one 81 °C sample at
     t = 90.3 s drops below 85 - 2 and closes the first, 31 s before the second — peaking at
     86 and 90 °C. 90 is not above temp_critical (90), so neither is severe. GPUs 0, 2, 3:
     none."""
-    import_file(engine, FLEET4, start_ms=START_MS, host=HOST)
+    load(engine, FLEET4, start_ms=START_MS, host=HOST)
     result = IncidentDetector(engine, FakeClock(START_MS + HOUR_MS), DEFAULT_CONFIG).run()
     assert result.inserted == 2 and result.conflicts == 0
     want = expected(trace_rows(FLEET4, 1))
@@ -226,7 +236,7 @@ def test_changed_thresholds_apply_from_the_stretch_being_scanned(engine: sa.Engi
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     first = [70] * 10 + [88] * 10 + [70] * 300 + [82] * 300  # 88 °C at 10-19 s; 82 from 320 s
-    import_file(engine, write_trace(tmp_path / "a" / "card.csv", first), start_ms=START_MS,
+    load(engine, write_trace(tmp_path / "a" / "card.csv", first), start_ms=START_MS,
                 host=HOST)
     clock = FakeClock(START_MS + HOUR_MS)
     IncidentDetector(engine, clock, DEFAULT_CONFIG).run()
@@ -238,7 +248,7 @@ def test_changed_thresholds_apply_from_the_stretch_being_scanned(engine: sa.Engi
     lower = DEFAULT_CONFIG.changed(temp_throttle=80, temp_critical=87)
     rest = [82] * 30 + [70] * 10  # the same card, continuing at 620 s
     import_file(engine, write_trace(tmp_path / "b" / "card.csv", rest),
-                start_ms=START_MS + 620_000, host=HOST)
+                start_ms=START_MS + 620_000, host=HOST, config=lower, clock=clock)
     IncidentDetector(engine, clock, lower).run()
     kept, new = stored(engine, gpu)
     assert kept == old  # untouched: it closed long before the stretch rescanned
@@ -272,7 +282,7 @@ def test_redetection_is_stable(engine: sa.Engine) -> None:
 def test_scanning_in_small_chunks_finds_the_same_incidents(engine: sa.Engine) -> None:
     """A long log is scanned in chunks (here 97 samples); the result equals one scan."""
     config = Config(**LOW, hysteresis_c=0, incident_merge_seconds=0)
-    import_file(engine, H100_BURN, start_ms=START_MS, host=HOST)
+    load(engine, H100_BURN, start_ms=START_MS, host=HOST)
     clock = FakeClock(START_MS + HOUR_MS)
     IncidentDetector(engine, clock, config, chunk_samples=97).run()
     gpu = gpu_row_id(engine, 0, "h100")
@@ -315,7 +325,7 @@ def test_runs_closer_than_the_merge_window_are_one_incident(engine: sa.Engine,
     """Hot runs 9 s apart merge; 11 s apart they stay two (incident_merge_seconds 10)."""
     temps = ([70] * 5 + [88] * 5 + [70] * 9 + [88] * 5  # cools at 10 s, hot again at 19 s
              + [70] * 11 + [88] * 5 + [70] * 5)  # cools at 24 s, hot again at 35 s
-    import_file(engine, write_trace(tmp_path / "runs.csv", temps), start_ms=START_MS,
+    load(engine, write_trace(tmp_path / "runs.csv", temps), start_ms=START_MS,
                 host=HOST)
     IncidentDetector(engine, FakeClock(START_MS + HOUR_MS), DEFAULT_CONFIG).run()
     rows = stored(engine, gpu_row_id(engine, 0, "runs"))
@@ -324,7 +334,8 @@ def test_runs_closer_than_the_merge_window_are_one_incident(engine: sa.Engine,
     want = expected(trace_rows(tmp_path / "runs.csv", 0))
     assert_matches(rows, want)
     real = Config(**{**LOW, "temp_throttle": 63, "temp_critical": 63}, hysteresis_c=0)
-    import_file(engine, H100_BURN, start_ms=START_MS, host=HOST)
+    # another card at the same times: another host's recording
+    load(engine, H100_BURN, start_ms=START_MS, host=HOST + "-b")
     detector = IncidentDetector(engine, FakeClock(START_MS + HOUR_MS), real)
     for merge, count in ((0, 15), (10, 3)):
         config = real.changed(incident_merge_seconds=merge)
@@ -332,7 +343,7 @@ def test_runs_closer_than_the_merge_window_are_one_incident(engine: sa.Engine,
         detector.rebuild()
         want = expected(trace_rows(H100_BURN, 0), config)
         assert len(want) == count
-        assert_matches(stored(engine, gpu_row_id(engine, 0, "h100")), want)
+        assert_matches(stored(engine, gpu_row_id(engine, 0, "h100", HOST + "-b")), want)
 
 
 def test_missing_temperatures_break_nothing_but_a_data_gap_ends_an_incident(
@@ -352,16 +363,16 @@ def test_missing_temperatures_break_nothing_but_a_data_gap_ends_an_incident(
 
 
 def test_an_import_of_older_samples_is_rescanned(engine: sa.Engine) -> None:
-    """The detector passed START + 1 h; importing the day before marks it dirty, so the
-    next run finds the older incidents too."""
+    """The detector passed START + 1 h; importing the day before rescans from there before
+    the import returns: the older incidents are found, the later ones kept."""
     clock = FakeClock(START_MS + 2 * HOUR_MS)
-    import_file(engine, FLEET4, start_ms=START_MS + HOUR_MS, host=HOST)
+    load(engine, FLEET4, start_ms=START_MS + HOUR_MS, host=HOST)
     detector = IncidentDetector(engine, clock, DEFAULT_CONFIG)
     detector.run()
     gpu = gpu_row_id(engine, 1, "fleet4")
     assert len(stored(engine, gpu)) == 2
-    import_file(engine, FLEET4, start_ms=START_MS - 86_400_000, host=HOST)
-    assert detector.run().inserted == 2
+    import_file(engine, FLEET4, start_ms=START_MS - 86_400_000, host=HOST, clock=clock)
+    assert detector.run().inserted == 0  # the import scanned its own samples
     want = (expected(trace_rows(FLEET4, 1, START_MS - 86_400_000))
             + expected(trace_rows(FLEET4, 1, START_MS + HOUR_MS)))
     assert_matches(stored(engine, gpu), want)
@@ -371,7 +382,7 @@ def test_a_scan_overtaken_by_an_import_writes_nothing(engine: sa.Engine,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """If an import marks the GPU dirty while the detector scans, the detector's write is
     skipped (the watermark would hide the imported samples); the next run does it."""
-    import_file(engine, FLEET4, start_ms=START_MS, host=HOST)
+    load(engine, FLEET4, start_ms=START_MS, host=HOST)
     gpu = gpu_row_id(engine, 1, "fleet4")
     detect = incidents_module.detect
 

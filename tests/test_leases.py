@@ -85,7 +85,7 @@ def test_allocation_initialization(leases: LeaseManager) -> None:
     """A fresh GPU can lease its total memory minus the 512 MiB reserve; nothing is leased."""
     cap = leases.capacity(0)
     assert cap.to_dict() == {
-        "gpu_id": 0, "capacity_mb": CARD_MIB - RESERVE_MIB, "leased_mb": 0,
+        "gpu_id": 0, "uuid": "GPU-lease-0", "capacity_mb": CARD_MIB - RESERVE_MIB, "leased_mb": 0,
         "available_mb": CARD_MIB - RESERVE_MIB, "active_leases": 0,
         "device_total_mb": CARD_MIB, "device_used_mb": 100, "device_free_mb": CARD_MIB - 100,
         "memory_limit_mb": None, "memory_reserve_mb": RESERVE_MIB,

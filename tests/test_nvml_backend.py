@@ -369,14 +369,15 @@ def test_read_hardware_processes_counters_and_names(make_backend: MakeBackend) -
     nvml = scenario("h100_busy")
     (facts,) = make_backend(nvml, process_names=True).read_hardware()
     assert facts.index == 0
-    assert facts.processes == [(os.getpid(), psutil.Process().name(), 20000)]
+    me = psutil.Process()
+    assert facts.processes == [(os.getpid(), me.name(), 20000, me.username())]
     assert facts.counters == {"power_cap_ns": 5_000_000_000, "sw_thermal_ns": 0,
                               "hw_thermal_ns": 0, "power_brake_ns": 0}
     assert facts.xids == []
     assert nvml.calls["nvmlDeviceGetComputeRunningProcesses_v3"] == 1
     assert nvml.calls["nvmlDeviceGetComputeRunningProcesses"] == 0  # v3 where present
     assert nvml.field_requests == [list(fake_pynvml.COUNTER_FIELDS)]  # one call for all four
-    assert nvml.calls["nvmlDeviceGetTotalEnergyConsumption"] == 0
+    assert nvml.calls["nvmlDeviceGetTotalEnergyConsumption"] == 1  # the first read has it
 
 
 def test_process_memory_unknown_and_names_off(make_backend: MakeBackend) -> None:
@@ -385,10 +386,10 @@ def test_process_memory_unknown_and_names_off(make_backend: MakeBackend) -> None
     nvml = scenario("one_h100")
     nvml.devices[0].processes = [(4_000_000, None)]
     (facts,) = make_backend(nvml, process_names=True).read_hardware()
-    assert facts.processes == [(4_000_000, None, None)]  # no such pid here: no name
+    assert facts.processes == [(4_000_000, None, None, None)]  # no such pid here: no name
     nvml.devices[0].processes = [(1, 512 * MIB_BYTES)]
     (facts,) = make_backend(nvml, process_names=False).read_hardware()
-    assert facts.processes == [(1, None, 512)]
+    assert facts.processes == [(1, None, 512, None)]
 
 
 def test_process_name_looked_up_once_per_pid(make_backend: MakeBackend,
@@ -542,7 +543,7 @@ def test_old_bindings_without_v3_use_the_plain_call(make_backend: MakeBackend) -
     nvml = LegacyFakeNvml([h100(0)])
     nvml.devices[0].processes = [(99, 3 * MIB_BYTES)]
     (facts,) = make_backend(nvml, process_names=False).read_hardware()
-    assert facts.processes == [(99, None, 3)]
+    assert facts.processes == [(99, None, 3, None)]
 
 
 def test_close_frees_the_event_set(make_backend: MakeBackend) -> None:
@@ -556,3 +557,64 @@ def test_close_frees_the_event_set(make_backend: MakeBackend) -> None:
 
 def test_read_hardware_while_init_fails_returns_nothing(make_backend: MakeBackend) -> None:
     assert make_backend(scenario("driver_not_loaded")).read_hardware() == []
+
+
+# -- error and energy counters, PCI bus id, driver version ----------------------------------
+def test_error_and_energy_counters_read_once_a_minute(
+    make_backend: MakeBackend, clock: FakeClock,
+) -> None:
+    """ECC totals, remapped rows, PCIe replays and energy come with the first hardware read
+    and then at most once a minute (energy costs ~3 ms a call); in between each keeps its
+    value. The PCI bus id and the driver version are asked for once."""
+    nvml = scenario("four_h100")
+    nvml.devices[2].ecc = {(0, 0): 3, (1, 0): 1, (0, 1): 40, (1, 1): 2}
+    nvml.devices[2].remapped_rows = (5, 1, 1, 0)
+    nvml.devices[2].pcie_replays = 17
+    backend = make_backend(nvml)
+    facts = backend.read_hardware()
+    assert facts[2].reliability == {
+        "ecc_volatile_corrected": 3, "ecc_volatile_uncorrected": 1,
+        "ecc_aggregate_corrected": 40, "ecc_aggregate_uncorrected": 2,
+        "remapped_rows_correctable": 5, "remapped_rows_uncorrectable": 1,
+        "remapped_rows_pending": 1, "remap_failure": 0, "pcie_replays": 17,
+        "energy_mj": 123_456_789}
+    assert [f.pci_bus_id for f in facts] == [f"00000000:{b}:00.0" for b in ("1B", "1C", "1D", "1E")]
+    assert {f.driver_version for f in facts} == {"580.95.05"}
+    for _ in range(59):
+        clock.advance(1)
+        nvml.devices[2].energy_mj += 1000
+        assert backend.read_hardware()[2].reliability["energy_mj"] == 123_456_789
+    assert nvml.calls["nvmlDeviceGetTotalEnergyConsumption"] == 4  # one per GPU
+    assert nvml.calls["nvmlDeviceGetTotalEccErrors"] == 16
+    clock.advance(1)
+    assert backend.read_hardware()[2].reliability["energy_mj"] == 123_456_789 + 59_000
+    assert nvml.calls["nvmlDeviceGetTotalEnergyConsumption"] == 8
+    assert nvml.calls["nvmlDeviceGetPciInfo"] == 4
+    assert nvml.calls["nvmlSystemGetDriverVersion"] == 1
+
+
+def test_unsupported_error_counters_are_absent_and_not_asked_again(
+    make_backend: MakeBackend, clock: FakeClock,
+) -> None:
+    """A card without ECC or row remapping (NOT_SUPPORTED) reports those as None, never an
+    error, and they are not asked again; a card with none of them has no reliability."""
+    nvml = scenario("one_rtx4090")
+    backend = make_backend(nvml)
+    (facts,) = backend.read_hardware()
+    assert facts.reliability == {
+        "ecc_volatile_corrected": None, "ecc_volatile_uncorrected": None,
+        "ecc_aggregate_corrected": None, "ecc_aggregate_uncorrected": None,
+        "remapped_rows_correctable": None, "remapped_rows_uncorrectable": None,
+        "remapped_rows_pending": None, "remap_failure": None, "pcie_replays": None,
+        "energy_mj": 123_456_789}
+    nvml.devices[0].energy_mj = None
+    nvml.devices[0].errors["nvmlDeviceGetPciInfo"] = FakeNvml.NVML_ERROR_NOT_SUPPORTED
+    clock.advance(61)
+    backend2 = make_backend(nvml)
+    (facts,) = backend2.read_hardware()
+    assert facts.reliability is None and facts.pci_bus_id is None
+    assert backend2.read()[0].available
+    clock.advance(61)
+    backend2.read_hardware()
+    assert nvml.calls["nvmlDeviceGetTotalEccErrors"] == 8  # 4 each backend, then never
+    assert nvml.calls["nvmlDeviceGetRemappedRows"] == 2

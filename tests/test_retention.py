@@ -81,11 +81,15 @@ def deletes(engine: sa.Engine) -> Iterator[list[tuple[str, int]]]:
 
 def fleet(engine: sa.Engine, config: Config, now_ms: int, watermark_ms: int | None,
           detect: bool = True) -> dict[int, int]:
-    """fleet4 imported at START, incidents detected, rollups marked done until ``watermark``."""
+    """fleet4 imported at START, incidents detected (``detect`` False: the import's scan
+    undone, as if the samples had come after it), rollups marked done until ``watermark``."""
     import_file(engine, FLEET4, start_ms=START_MS, host=HOST)
     ids = gpu_ids(engine)
     if detect:
         IncidentDetector(engine, FakeClock(now_ms), config).run()
+    else:
+        with engine.begin() as conn:
+            conn.execute(sa.text("DELETE FROM incident_progress"))
     if watermark_ms is not None:
         for gpu_id in ids.values():
             set_rollup_watermark(engine, gpu_id, "1m", watermark_ms)
@@ -179,8 +183,8 @@ def test_an_ongoing_incident_keeps_everything_since_it_began(engine: sa.Engine,
         out.writerow(["t_s", "gpu", "temperature_c"])
         for i in range(cool + hot):
             out.writerow([i * step_ms // 1000, 0, 70 if i < cool else 86])
-    import_file(engine, path, start_ms=START_MS, host=HOST)
     now = START_MS + (cool + hot) * step_ms  # one step after the last sample
+    import_file(engine, path, start_ms=START_MS, host=HOST, clock=FakeClock(now))
     config = DEFAULT_CONFIG.changed(retention_raw_days=1)
     IncidentDetector(engine, FakeClock(now), config).run()
     [gpu_id] = gpu_ids(engine).values()
@@ -203,6 +207,7 @@ def test_one_minute_rollups_go_after_their_retention_hourly_ones_stay(
     columns = "gpu_id, bucket_ms, n, temp_n, util_n, power_n, state_max"
     with engine.begin() as conn:
         for table, step, count in (("samples_1m", 60_000, 120), ("samples_1h", 3_600_000, 2)):
+            conn.execute(sa.text(f"DELETE FROM {table}"))  # the import's own rollups
             conn.execute(sa.text(f"INSERT INTO {table} ({columns}) "
                                  "VALUES (:g, :b, 1, 1, 1, 1, 0)"),
                          [{"g": gpu_id, "b": START_MS + i * step} for i in range(count)])

@@ -70,10 +70,16 @@ def test_lease_survives_kill_9_with_the_same_expiry(tmp_path: Path) -> None:
 
 
 def test_two_servers_on_one_database_never_oversubscribe(tmp_path: Path) -> None:
-    """Two serve processes on one file, 16 clients each asking 10 GiB: 7 grants in all."""
+    """A serve and an api process on one file (one sampler per host: a second serve of
+    the host is refused), 16 clients each asking 10 GiB of each: 7 grants in all."""
     db = tmp_path / "shared.db"
     first, url1 = start(db)
-    second, url2 = start(db, "--host-name", _hostname())
+    port = free_port()
+    second = subprocess.Popen(
+        gpuhistory("api", "--db", str(db), "--port", str(port), "--host-name", _hostname()),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url2 = f"http://127.0.0.1:{port}"
+    wait_ready(url2, second)
     codes: list[int] = []
     lock = threading.Lock()
 

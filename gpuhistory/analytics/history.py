@@ -267,6 +267,8 @@ def history_buckets_doc(conn: sa.Connection, entry: LatestSample, since_ms: int,
                                            resolution, points)
     return {
         "gpu_id": entry.gpu.index,
+        "uuid": entry.gpu.uuid,
+        "host": entry.gpu.host,
         "since": iso_utc(since_ms),
         "until": iso_utc(until_ms),
         "resolution": plan.source,

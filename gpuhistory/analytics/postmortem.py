@@ -94,7 +94,7 @@ def incident_doc(row: sa.Row[Any], now_ms: int) -> dict[str, Any]:
 
 
 def list_incidents(conn: sa.Connection, host: str | None, now_ms: int, *,
-                   gpu_index: int | None = None, since_ms: int | None = None,
+                   gpu_ids: list[int] | None = None, since_ms: int | None = None,
                    until_ms: int | None = None, severity: str | None = None,
                    limit: int = 100) -> list[dict[str, Any]]:
     """Incidents overlapping [since, until], newest start first (``host`` None: all hosts).
@@ -104,12 +104,12 @@ def list_incidents(conn: sa.Connection, host: str | None, now_ms: int, *,
     query = _select_incidents()
     if host is not None:
         query = query.where(gpus.c.host == host)
-    if gpu_index is not None:
-        # By gpus.id, so one GPU's incidents are a walk of uq_incidents_gpu_start.
-        ids = select_gpu_ids(conn, host, gpu_index)
-        if not ids:
+    if gpu_ids is not None:
+        # By gpus.id (the cards gpuhistory.identity names), so one GPU's incidents are a
+        # walk of uq_incidents_gpu_start.
+        if not gpu_ids:
             return []
-        query = query.where(_I.gpu_id.in_(ids))
+        query = query.where(_I.gpu_id.in_(gpu_ids))
     if severity is not None:
         query = query.where(_I.severity == severity)
     if until_ms is not None:
@@ -118,14 +118,6 @@ def list_incidents(conn: sa.Connection, host: str | None, now_ms: int, *,
         query = query.where(sa.or_(_I.end_ms.is_(None), _I.end_ms >= since_ms))
     query = query.order_by(_I.start_ms.desc(), _I.id.desc()).limit(limit)
     return [incident_doc(row, now_ms) for row in conn.execute(query)]
-
-
-def select_gpu_ids(conn: sa.Connection, host: str | None, gpu_index: int) -> list[int]:
-    """Every gpus.id that has held ``gpu_index`` (on ``host``, or on any host)."""
-    query = sa.select(gpus.c.id).where(gpus.c.gpu_index == gpu_index)
-    if host is not None:
-        query = query.where(gpus.c.host == host)
-    return list(conn.execute(query).scalars())
 
 
 def get_incident(conn: sa.Connection, incident_id: int,

@@ -1,4 +1,4 @@
-"""Helpers every blueprint uses: the service context and resolving a GPU index."""
+"""Helpers every blueprint uses: the service context and resolving a GPU (slot or UUID)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ from gpuhistory.api.schemas import ALL_HOSTS
 from gpuhistory.clock import iso_utc
 from gpuhistory.context import ServiceContext
 from gpuhistory.domain.config import Config
-from gpuhistory.storage.queries import LatestSample, latest_samples
+from gpuhistory.identity import GpuRef, UnknownGpu, resolve, resolve_latest
+from gpuhistory.identity import filter_ids as identity_filter_ids
+from gpuhistory.storage.queries import GpuRow, LatestSample
 
 View = Response | tuple[Response, int]  # what a view returns (resolvable by get_type_hints)
 
@@ -48,13 +50,33 @@ def host_filter(host: str | None) -> str | None:
     return host if host is not None else ctx().host
 
 
-def one_gpu(conn: sa.Connection, gpu_id: int, at_ms: int | None = None,
-            host: str | None = None) -> LatestSample:
-    """The GPU with this index on ``host`` (default: this server's host), with its newest
-    sample at or before ``at_ms``."""
-    host = host if host is not None else ctx().host
-    entries = latest_samples(conn, host, gpu_id, at_ms=at_ms)
-    if not entries:
-        raise ApiError(404, "gpu_not_found", f"no GPU with gpu_id {gpu_id} on {host}",
-                       {"gpu_id": gpu_id, "host": host})
-    return entries[0]
+def gpu_ref(query: Any) -> GpuRef:
+    """What a query or body names: ``gpu_id``, ``uuid`` and ``host``."""
+    return GpuRef(query.gpu_id, getattr(query, "uuid", None), getattr(query, "host", None))
+
+
+def _not_found(exc: UnknownGpu) -> ApiError:
+    return ApiError(404, "gpu_not_found", str(exc), exc.details)
+
+
+def one_gpu(conn: sa.Connection, query: Any, at_ms: int | None = None) -> LatestSample:
+    """The card the query names at ``at_ms`` (default: now) — on its ``host``, default this
+    server's — with its newest sample at or before ``at_ms``."""
+    try:
+        return resolve_latest(conn, gpu_ref(query), ctx().host, ctx().clock.now_ms(), at_ms)
+    except UnknownGpu as exc:
+        raise _not_found(exc) from None
+
+
+def card_at(conn: sa.Connection, query: Any, t_ms: int) -> GpuRow:
+    """The card the query names at ``t_ms`` (the end of a range)."""
+    try:
+        return resolve(conn, gpu_ref(query), ctx().host, t_ms)
+    except UnknownGpu as exc:
+        raise _not_found(exc) from None
+
+
+def filter_ids(conn: sa.Connection, query: Any, host: str | None) -> list[int] | None:
+    """The gpus.id rows a list's ``gpu_id``/``uuid`` filter covers (None: no filter);
+    ``host`` None (``*``): every host."""
+    return identity_filter_ids(conn, query.gpu_id, query.uuid, host)

@@ -55,7 +55,8 @@ class StreamSlot:
 
 
 def _select(since_id: int, kind: str | None, gpu_id: int | None, limit: int,
-            since_ms: int | None = None, until_ms: int | None = None) -> sa.Select:
+            since_ms: int | None = None, until_ms: int | None = None,
+            uuid: str | None = None) -> sa.Select:
     """Events after a cursor: SEARCH events USING INTEGER PRIMARY KEY (rowid>?)."""
     query = (
         sa.select(events.c.id, events.c.ts_ms, events.c.kind, events.c.payload,
@@ -67,6 +68,8 @@ def _select(since_id: int, kind: str | None, gpu_id: int | None, limit: int,
         query = query.where(events.c.kind == kind)
     if gpu_id is not None:
         query = query.where(gpus.c.gpu_index == gpu_id, gpus.c.host == ctx().host)
+    if uuid is not None:  # one card (gpu_id: every card that held the slot)
+        query = query.where(gpus.c.uuid == uuid)
     if since_ms is not None:
         query = query.where(events.c.ts_ms >= since_ms)
     if until_ms is not None:
@@ -86,7 +89,7 @@ def list_events(query: EventsQuery) -> View:
     since, until = time_range(query)
     with ctx().engine.connect() as conn:
         rows = conn.execute(_select(query.since_id, query.kind, query.gpu_id, query.limit,
-                                    since, until)).all()
+                                    since, until, query.uuid)).all()
     docs = [_doc(r) for r in rows]
     return jsonify({"count": len(docs), "last_id": docs[-1]["id"] if docs else query.since_id,
                     "events": docs})
@@ -132,7 +135,7 @@ def stream_events(query: StreamQuery) -> View:
                        {"max_streams": c.max_streams})
     slot = StreamSlot(c.streams)
     engine, lifetime = c.engine, c.stream_seconds
-    kind, gpu_id = query.kind, query.gpu_id
+    kind, gpu_id, uuid = query.kind, query.gpu_id, query.uuid
 
     def generate() -> Iterator[str]:
         nonlocal cursor
@@ -141,7 +144,7 @@ def stream_events(query: StreamQuery) -> View:
             started = last_sent = time.monotonic()
             while time.monotonic() - started < lifetime:
                 with engine.connect() as conn:
-                    rows = conn.execute(_select(cursor, kind, gpu_id, 500)).all()
+                    rows = conn.execute(_select(cursor, kind, gpu_id, 500, uuid=uuid)).all()
                 for row in rows:
                     cursor = row.id
                     yield f"id: {row.id}\nevent: {row.kind}\ndata: {json.dumps(_doc(row))}\n\n"

@@ -4,7 +4,8 @@ when something is wrong but the service still works, why it is ``degraded``.
 Degraded (200) when: the backend is failing (NVML init), a GPU is unavailable (lost, hung,
 NVML errors), a GPU reports implausible values, the database refuses the sampler's writes
 (ticks wait in memory), the database's file or WAL was deleted or replaced under the
-service (writes refused), the last tick failed, or no sample is newer than three intervals.
+service (writes refused), the last tick failed, or the samples are not current
+(gpuhistory/api/freshness.py: ``monitoring_stopped``, ``sampler_stale``).
 Down (503) when the database cannot be read. ``reasons`` says which, one line each;
 ``/api/system/status`` carries the same status and reasons.
 """
@@ -18,6 +19,7 @@ from flask import jsonify
 from flask_openapi3 import APIBlueprint, Tag
 
 from gpuhistory.api.common import View, ctx
+from gpuhistory.api.freshness import judge
 from gpuhistory.api.responses import Health
 from gpuhistory.clock import iso_utc
 from gpuhistory.context import ServiceContext
@@ -71,19 +73,21 @@ def report(c: ServiceContext) -> tuple[dict[str, Any], int]:
         with c.engine.connect() as conn:
             revision = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
             newest = newest_sample_ms(conn, c.host)
+            freshness = judge(c, conn, newest)
         body["database"] = {"ok": True, "revision": revision, "dialect": c.engine.dialect.name}
     except sa.exc.SQLAlchemyError as exc:
         body.update(status="down", database={"ok": False, "error": type(exc).__name__},
                     reasons=["the database cannot be read", *([lost] if lost else [])])
         return body, 503
-    interval = c.config().monitor_interval
     age = None if newest is None else round((now - newest) / 1000, 3)
     body["last_sample"] = {"timestamp": iso_utc(newest), "age_seconds": age}
+    body["freshness"] = freshness.to_dict()
     reasons = [lost] if lost else []
     reasons += _sampler_reasons(c, body)
-    watching = c.sampler.running if c.sampler is not None else newest is not None
-    if watching and (age is None or age > 3 * interval + 5):
-        reasons.append("no sample in the last " + ("while" if age is None else f"{age:g} s"))
+    if freshness.stale:
+        reasons.append(freshness.sentence())
+    elif c.sampler is not None and c.sampler.running and age is None:
+        reasons.append("no sample yet")
     if reasons:
         body["status"] = "degraded"
     body["reasons"] = reasons

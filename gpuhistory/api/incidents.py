@@ -21,7 +21,7 @@ from gpuhistory.analytics.postmortem import (
     postmortem,
     samples_csv,
 )
-from gpuhistory.api.common import View, ctx, host_filter, time_range
+from gpuhistory.api.common import View, ctx, filter_ids, host_filter, time_range
 from gpuhistory.api.errors import ApiError
 from gpuhistory.api.responses import IncidentList, IncidentReport, errors
 from gpuhistory.api.schemas import HostQuery, IncidentPath, IncidentQuery, IncidentsQuery
@@ -50,13 +50,14 @@ def _leases(row: sa.Row[Any], now: int) -> list[dict[str, Any]]:
 
 @bp.get("/incidents", responses={200: IncidentList, **errors(400, 422)})
 def incidents(query: IncidentsQuery) -> View:
-    """Overheat incidents, newest first: of one GPU or all, on ``host`` (``*``: every
-    host), overlapping [since, until]."""
+    """Overheat incidents, newest first: of one slot (every card that held it), one card
+    (``uuid``) or all, on ``host`` (``*``: every host), overlapping [since, until]."""
     c = ctx()
     since, until = time_range(query)
+    host = host_filter(query.host)
     with c.engine.connect() as conn:
-        docs = list_incidents(conn, host_filter(query.host), c.clock.now_ms(),
-                              gpu_index=query.gpu_id,
+        docs = list_incidents(conn, host, c.clock.now_ms(),
+                              gpu_ids=filter_ids(conn, query, host),
                               since_ms=since, until_ms=until, severity=query.severity,
                               limit=query.limit)
     return jsonify({"count": len(docs), "incidents": docs})

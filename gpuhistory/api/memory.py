@@ -46,7 +46,8 @@ def allocate(body: AllocateBody) -> View:
     c = ctx()
     lease, token = leases(body.host).grant(body.allocation_id, body.memory_mb,
                                            gpu_index=body.gpu_id,
-                                           ttl_seconds=body.ttl_seconds, owner=body.owner)
+                                           ttl_seconds=body.ttl_seconds, owner=body.owner,
+                                           uuid=body.uuid)
     return jsonify(lease.to_dict(c.clock.now_ms(), token=token)), 201
 
 
@@ -92,5 +93,6 @@ def list_leases(query: LeasesQuery) -> View:
 
 @bp.get("/available", responses={200: Capacity, **errors(400, 404, 422)})
 def available(query: GpuQuery) -> View:
-    """Lease capacity, leased and available MiB, beside the device's real used/free memory."""
-    return jsonify(leases(query.host).capacity(query.gpu_id).to_dict())
+    """Lease capacity, leased and available MiB, beside the device's real used/free memory,
+    of the card in the slot now (a card known only from a recording has none)."""
+    return jsonify(leases(query.host).capacity(query.gpu_id, query.uuid).to_dict())

@@ -2,9 +2,17 @@
 
 The app process may not be the sampler, so nothing is kept in process-wide metric objects:
 a custom collector reads the log on each scrape (one ``latest_samples`` statement, one
-capacity query, one grouped query per counter) and ``generate_latest`` renders it from a
-private registry. Names follow the Prometheus conventions: base units (bytes, seconds,
-hertz, ratios 0 to 1), ``_total`` on counters only. See docs/prometheus.md.
+capacity query, one grouped query per counter, a key seek per GPU for its newest throttle
+counters) and ``generate_latest`` renders it from a private registry. Names follow the
+Prometheus conventions: base units (bytes, seconds, hertz, ratios 0 to 1), ``_total`` on
+counters only. See docs/prometheus.md.
+
+Values are served as current only while they are (gpuhistory/api/freshness.py): when
+monitoring is stopped or the sampler has not ticked for several intervals, the readings,
+states and advice are left out, ``gpuhistory_gpu_available`` is 0 and
+``gpuhistory_sampler_stale`` says why. The error and energy counters and the per-process
+memory come from the in-process sampler's newest hardware facts (the log keeps none of
+them); with ``metrics_dcgm`` the dcgm-exporter families follow (prometheus_dcgm.py).
 """
 
 from __future__ import annotations
@@ -21,13 +29,16 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from gpuhistory import __version__
 from gpuhistory.api.common import ctx
+from gpuhistory.api.freshness import REASONS, Freshness, judge
+from gpuhistory.api.prometheus_dcgm import DcgmGpu, dcgm_families, retype
 from gpuhistory.context import ServiceContext
 from gpuhistory.documents import throttle_doc
 from gpuhistory.domain.events import EventKind
 from gpuhistory.domain.reading import CLOCK_EVENT_REASONS, Reading
 from gpuhistory.domain.states import GPUState
+from gpuhistory.sampling.hardware import COUNTER_NAMES, HardwareFacts
 from gpuhistory.storage.queries import LatestSample, latest_samples
-from gpuhistory.storage.schema import events, gpus, incidents, transitions
+from gpuhistory.storage.schema import events, gpus, incidents, throttle_counters, transitions
 
 bp = APIBlueprint("prometheus", __name__, abp_tags=[Tag(name="prometheus")])
 
@@ -80,6 +91,31 @@ _INCIDENTS = (
     .where(gpus.c.host == sa.bindparam("host"))
     .group_by(gpus.c.gpu_index)
 )
+_XIDS = (
+    sa.select(gpus.c.gpu_index, sa.func.count(), sa.func.max(events.c.id))
+    .select_from(events.join(gpus, gpus.c.id == events.c.gpu_id))
+    .where(events.c.kind == EventKind.XID.value, gpus.c.host == sa.bindparam("host"))
+    .group_by(gpus.c.gpu_index)
+)
+_EVENT_PAYLOADS = sa.select(events.c.id, events.c.payload).where(
+    events.c.id.in_(sa.bindparam("ids", expanding=True)))
+_t = throttle_counters.c
+_NEWEST_COUNTERS = (  # SEARCH throttle_counters USING PRIMARY KEY (gpu_id=?), read backwards
+    sa.select(*(_t[name] for name in COUNTER_NAMES))
+    .where(_t.gpu_id == sa.bindparam("gpu")).order_by(_t.ts_ms.desc()).limit(1)
+)
+# throttle_counters column → the reason label of gpuhistory_gpu_clock_event_seconds_total.
+COUNTER_REASONS = {"power_cap_ns": "SwPowerCap", "sw_thermal_ns": "SwThermalSlowdown",
+                   "hw_thermal_ns": "HwThermalSlowdown",
+                   "power_brake_ns": "HwPowerBrakeSlowdown"}
+# ECC series: (type label, counter label, reliability key); remapped rows: (kind, key).
+ECC = (("corrected", "volatile", "ecc_volatile_corrected"),
+       ("uncorrected", "volatile", "ecc_volatile_uncorrected"),
+       ("corrected", "aggregate", "ecc_aggregate_corrected"),
+       ("uncorrected", "aggregate", "ecc_aggregate_uncorrected"))
+REMAPPED = (("correctable", "remapped_rows_correctable"),
+            ("uncorrectable", "remapped_rows_uncorrectable"),
+            ("pending", "remapped_rows_pending"))
 _LEASE_EVENTS = (
     sa.select(events.c.kind, sa.func.count())
     .select_from(events.join(gpus, gpus.c.id == events.c.gpu_id))
@@ -108,21 +144,43 @@ class GpuHistoryCollector(Collector):
         host = {"host": c.host}
         with c.engine.connect() as conn:
             entries = latest_samples(conn, c.host)
+            newest = max((e.ts_ms for e in entries if e.ts_ms is not None), default=None)
+            freshness = judge(c, conn, newest)
             config = c.config()
-            advice = {e.gpu.index: throttle_doc(conn, e, now, config) for e in entries}
+            current = [] if freshness.stale else entries
+            advice = {e.gpu.index: throttle_doc(conn, e, now, config) for e in current}
             capacity = c.leases.capacities(conn, entries) if c.leases is not None else {}
             moved = conn.execute(_TRANSITIONS, host).all()
             overheated = conn.execute(_INCIDENTS, host).all()
             lease_events = conn.execute(_LEASE_EVENTS, host).all()
-        yield from self._readings(entries)
-        yield from self._states(entries, advice)
+            xids = conn.execute(_XIDS, host).all()
+            last_xid = _last_xid_codes(conn, xids)
+            throttle_ns = {e.gpu.index: _newest_counters(conn, e.gpu.id) for e in entries}
+        facts = self._facts(freshness)
+        yield from self._readings(current)
+        yield from self._states(entries, current, advice, now)
         if capacity:
             yield from self._leases(entries, capacity)
         yield from self._counters(entries, moved, overheated, lease_events)
-        yield from self._service(entries, now)
+        yield from self._hardware(entries, xids, throttle_ns, facts)
+        yield from self._service(entries, now, freshness)
+        if config.metrics_dcgm:
+            yield from dcgm_families([
+                DcgmGpu(e, e.reading, facts.get(e.gpu.index), throttle_ns[e.gpu.index],
+                        last_xid.get(e.gpu.index, 0))
+                for e in current
+                if e.reading is not None and e.state is not GPUState.UNAVAILABLE])
+
+    def _facts(self, freshness: Freshness) -> dict[int, HardwareFacts]:
+        """The in-process sampler's newest hardware facts, while they are current."""
+        sampler = self.context.sampler
+        if sampler is None or freshness.stale:
+            return {}
+        return dict(sampler.hardware_facts)
 
     # -- per GPU -------------------------------------------------------------------------
     def _readings(self, entries: list[LatestSample]) -> Iterator[Metric]:
+        """The readings of the GPUs whose newest sample is current and available."""
         with_reading = [(e, e.reading) for e in entries if e.reading is not None
                         and e.state is not GPUState.UNAVAILABLE]
         for name, doc, value_of in READING_GAUGES:
@@ -139,32 +197,38 @@ class GpuHistoryCollector(Collector):
         for entry, reading in with_reading:
             _add_reasons(reasons, entry, reading)
         yield reasons
-        last = GaugeMetricFamily("gpuhistory_gpu_last_sample_timestamp_seconds",
-                                 "Unix time of the GPU's newest sample.", labels=GPU_LABELS)
-        for entry in entries:
-            if entry.ts_ms is not None:
-                last.add_metric(_labels(entry), entry.ts_ms / 1000)
-        yield last
 
-    def _states(self, entries: list[LatestSample],
-                advice: dict[int, dict[str, Any]]) -> Iterator[Metric]:
+    def _states(self, entries: list[LatestSample], current: list[LatestSample],
+                advice: dict[int, dict[str, Any]], now: int) -> Iterator[Metric]:
         state = GaugeMetricFamily("gpuhistory_gpu_state",
                                   "1 for the GPU's current state, 0 for the others.",
                                   labels=(*GPU_LABELS, "state"))
         multiplier = GaugeMetricFamily(
             "gpuhistory_gpu_throttle_multiplier",
             "Advised speed multiplier, 0 to 1 (cool-downs included).", labels=GPU_LABELS)
-        available = GaugeMetricFamily("gpuhistory_gpu_available",
-                                      "1 when the GPU answered its last tick, else 0.",
-                                      labels=GPU_LABELS)
+        available = GaugeMetricFamily(
+            "gpuhistory_gpu_available",
+            "1 when the GPU answered its last tick and that tick is current, else 0.",
+            labels=GPU_LABELS)
+        last = GaugeMetricFamily("gpuhistory_gpu_last_sample_timestamp_seconds",
+                                 "Unix time of the GPU's newest sample.", labels=GPU_LABELS)
+        age = GaugeMetricFamily("gpuhistory_gpu_sample_age_seconds",
+                                "Seconds since the GPU's newest sample.", labels=GPU_LABELS)
+        fresh = {e.gpu.index for e in current}
         for entry in entries:
-            current = entry.state if entry.state is not None else GPUState.UNAVAILABLE
+            now_state = entry.state if entry.state is not None else GPUState.UNAVAILABLE
             labels = _labels(entry)
-            for each in GPUState:
-                state.add_metric([*labels, each.name], 1.0 if each is current else 0.0)
-            multiplier.add_metric(labels, float(advice[entry.gpu.index]["speed_multiplier"]))
-            available.add_metric(labels, 0.0 if current is GPUState.UNAVAILABLE else 1.0)
-        yield from (state, multiplier, available)
+            if entry.gpu.index in fresh:
+                for each in GPUState:
+                    state.add_metric([*labels, each.name], 1.0 if each is now_state else 0.0)
+                multiplier.add_metric(labels,
+                                      float(advice[entry.gpu.index]["speed_multiplier"]))
+            up = entry.gpu.index in fresh and now_state is not GPUState.UNAVAILABLE
+            available.add_metric(labels, 1.0 if up else 0.0)
+            if entry.ts_ms is not None:
+                last.add_metric(labels, entry.ts_ms / 1000)
+                age.add_metric(labels, max(0.0, (now - entry.ts_ms) / 1000))
+        yield from (state, multiplier, available, last, age)
 
     def _leases(self, entries: list[LatestSample], capacity: dict[int, Any]) -> Iterator[Metric]:
         families = {
@@ -221,8 +285,91 @@ class GpuHistoryCollector(Collector):
             family.add_metric([outcome], float(n))
         yield family
 
+    # -- what the hardware said ----------------------------------------------------------
+    def _hardware(self, entries: list[LatestSample], xids: Sequence[Any],
+                  throttle_ns: dict[int, dict[str, int | None]],
+                  facts: dict[int, HardwareFacts]) -> Iterator[Metric]:
+        per_gpu = {e.gpu.index: 0 for e in entries} | {index: n for index, n, _ in xids}
+        family = CounterMetricFamily("gpuhistory_gpu_xid_errors",
+                                     "Critical XID errors recorded in the log.",
+                                     labels=("gpu",))
+        for gpu_index, n in sorted(per_gpu.items()):
+            family.add_metric([str(gpu_index)], float(n))
+        yield family
+        family = CounterMetricFamily(
+            "gpuhistory_gpu_clock_event_seconds",
+            "Time the hardware spent slowed down for this reason (NVML's cumulative counter).",
+            labels=(*GPU_LABELS, "reason"))
+        for entry in entries:
+            counters = throttle_ns.get(entry.gpu.index, {})
+            for column, reason in COUNTER_REASONS.items():
+                value = counters.get(column)
+                if value is not None:
+                    family.add_metric([*_labels(entry), reason], value / 1e9)
+        yield family
+        yield from self._reliability(entries, facts)
+        yield from self._processes(entries, facts)
+
+    def _reliability(self, entries: list[LatestSample],
+                     facts: dict[int, HardwareFacts]) -> Iterator[Metric]:
+        known = [(e, facts[e.gpu.index].reliability) for e in entries
+                 if e.gpu.index in facts and facts[e.gpu.index].reliability]
+        ecc = CounterMetricFamily("gpuhistory_gpu_ecc_errors",
+                                  "ECC memory errors: volatile since the driver loaded, "
+                                  "aggregate over the card's life.",
+                                  labels=(*GPU_LABELS, "type", "counter"))
+        rows = GaugeMetricFamily("gpuhistory_gpu_remapped_rows",
+                                 "Memory rows remapped (or pending a remap), by error kind.",
+                                 labels=(*GPU_LABELS, "kind"))
+        failure = GaugeMetricFamily("gpuhistory_gpu_row_remap_failure",
+                                    "1 when a row remapping has failed.", labels=GPU_LABELS)
+        replays = CounterMetricFamily("gpuhistory_gpu_pcie_replays",
+                                      "PCIe replays (retransmissions).", labels=GPU_LABELS)
+        energy = CounterMetricFamily("gpuhistory_gpu_energy_joules",
+                                     "Energy used since the driver loaded (read once a "
+                                     "minute).", labels=GPU_LABELS)
+        for entry, values in known:
+            assert values is not None
+            labels = _labels(entry)
+            for kind, counter, key in ECC:
+                if values.get(key) is not None:
+                    ecc.add_metric([*labels, kind, counter], float(values[key] or 0))
+            for kind, key in REMAPPED:
+                if values.get(key) is not None:
+                    rows.add_metric([*labels, kind], float(values[key] or 0))
+            if values.get("remap_failure") is not None:
+                failure.add_metric(labels, float(values["remap_failure"] or 0))
+            if values.get("pcie_replays") is not None:
+                replays.add_metric(labels, float(values["pcie_replays"] or 0))
+            if values.get("energy_mj") is not None:
+                energy.add_metric(labels, (values["energy_mj"] or 0) / 1000)
+        yield from (ecc, rows, failure, replays, energy)
+
+    def _processes(self, entries: list[LatestSample],
+                   facts: dict[int, HardwareFacts]) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "gpuhistory_process_memory_bytes",
+            "GPU memory held by a running compute process (name and user where known).",
+            labels=("gpu", "uuid", "host", "pid", "name", "user"))
+        for entry in entries:
+            fact = facts.get(entry.gpu.index)
+            if fact is None or not fact.processes:
+                continue
+            gpu = entry.gpu
+            held: dict[int, tuple[str, str, int]] = {}
+            for p in fact.processes:  # one pid twice (MIG instances): its memory summed
+                if p.used_memory_mib is None:
+                    continue
+                _, _, before = held.get(p.pid, ("", "", 0))
+                held[p.pid] = (p.name or "", p.user or "", before + p.used_memory_mib)
+            for pid, (name, user, mib) in sorted(held.items()):
+                family.add_metric([str(gpu.index), gpu.uuid, gpu.host, str(pid), name, user],
+                                  float(mib * MIB))
+        yield family
+
     # -- the service itself --------------------------------------------------------------
-    def _service(self, entries: list[LatestSample], now: int) -> Iterator[Metric]:
+    def _service(self, entries: list[LatestSample], now: int,
+                 freshness: Freshness) -> Iterator[Metric]:
         sampler = self.context.sampler
         if sampler is not None:
             backend = sampler.backend.name
@@ -233,6 +380,13 @@ class GpuHistoryCollector(Collector):
                                  labels=("version", "backend"))
         info.add_metric([__version__, backend], 1.0)
         yield info
+        stale = GaugeMetricFamily(
+            "gpuhistory_sampler_stale",
+            "1 when this host's samples are not current, by why: monitoring_stopped (it was "
+            "stopped) or sampler_stale (no tick for several intervals).", labels=("reason",))
+        for reason in REASONS:
+            stale.add_metric([reason], 1.0 if freshness.reason == reason else 0.0)
+        yield stale
         tick = sampler.last_tick if sampler is not None else None
         if tick is not None:
             yield GaugeMetricFamily("gpuhistory_tick_duration_seconds",
@@ -252,11 +406,29 @@ def _add_reasons(family: GaugeMetricFamily, entry: LatestSample, reading: Readin
                           1.0 if reading.clock_event_reasons & bit else 0.0)
 
 
+def _last_xid_codes(conn: sa.Connection, xids: Sequence[Any]) -> dict[int, int]:
+    """The code of each GPU's newest XID event (rows of ``_XIDS``)."""
+    if not xids:
+        return {}
+    payloads = dict(conn.execute(_EVENT_PAYLOADS, {"ids": [row[2] for row in xids]}).all())
+    out = {}
+    for gpu_index, _, newest in xids:
+        code = (payloads.get(newest) or {}).get("code")
+        if isinstance(code, int):
+            out[gpu_index] = code
+    return out
+
+
+def _newest_counters(conn: sa.Connection, gpu_id: int) -> dict[str, int | None]:
+    row = conn.execute(_NEWEST_COUNTERS, {"gpu": gpu_id}).first()
+    return {} if row is None else dict(zip(COUNTER_NAMES, row, strict=True))
+
+
 def exposition(context: ServiceContext) -> bytes:
     """The text exposition of ``context``'s database, now."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(GpuHistoryCollector(context))
-    return generate_latest(registry)
+    return retype(generate_latest(registry))
 
 
 @bp.get("/metrics", responses={200: {"description": "Prometheus text exposition format",

@@ -46,6 +46,7 @@ class Throttle(BaseModel):
 
 class ThrottleStatus(Throttle):
     gpu_id: int
+    uuid: str
     at: Iso
 
 
@@ -83,6 +84,8 @@ class StatusAll(BaseModel):
 
 class History(BaseModel):
     gpu_id: int
+    uuid: str
+    host: str
     since: Iso
     until: Iso
     count: int
@@ -108,6 +111,8 @@ class HistoryBuckets(BaseModel):
     """The answer with ``resolution`` or ``points``: about ``points`` buckets."""
 
     gpu_id: int
+    uuid: str
+    host: str
     since: Iso
     until: Iso
     resolution: str = Field(description="the source used: raw, 1m or 1h")
@@ -125,6 +130,8 @@ class HistoryAnswer(RootModel[History | HistoryBuckets]):
 
 class Trend(BaseModel):
     gpu_id: int
+    uuid: str
+    host: str
     since: Iso
     until: Iso
     duration_minutes: float
@@ -164,6 +171,7 @@ class LeaseList(BaseModel):
 
 class Capacity(BaseModel):
     gpu_id: int
+    uuid: str | None
     capacity_mb: int
     leased_mb: int
     available_mb: int
@@ -194,6 +202,7 @@ class ConfigDoc(BaseModel):
     config: dict[str, Any]
     sources: dict[str, str]
     updated_at: Iso = None
+    version: int | None = Field(None, description="the configuration's version, as its ETag")
 
 
 class Monitoring(BaseModel):
@@ -214,6 +223,10 @@ class Health(BaseModel):
     last_tick: dict[str, Any] | None = None
     storage: dict[str, Any] | None = Field(
         None, description="the sampler's writes: ok, reason, waiting_ticks, dropped_ticks")
+    freshness: dict[str, Any] | None = Field(
+        None, description="whether the samples are current: stale, reason "
+        "(monitoring_stopped, sampler_stale), interval_seconds, stale_after_seconds, "
+        "last_tick_age_seconds")
 
 
 class SystemStatus(BaseModel):

@@ -45,6 +45,13 @@ else:
         Field(description="ISO-8601 (naive means UTC) or epoch seconds",
               examples=["2026-11-26T03:12:00Z", "1795716364"])]
 GpuIndex = Annotated[int, Field(ge=0, le=MAX_GPU_INDEX, description="GPU index on this host")]
+SlotIndex = Annotated[int, Field(
+    ge=0, le=MAX_GPU_INDEX,
+    description="the GPU's slot index on the host (default 0): the card there at the "
+                "question's time")]
+GpuUuid = Annotated[str, Field(
+    min_length=1, max_length=96, pattern=r"^[^\x00-\x1f\x7f]+$",
+    description="one card by its UUID (instead of, or with, gpu_id)")]
 AllocationId = Annotated[str, Field(
     pattern=ID_PATTERN, description="client-chosen id: letters, digits and ._:@/+- (1-128)")]
 LeaseToken = Annotated[str, Field(min_length=1, max_length=128,
@@ -95,7 +102,8 @@ class ErrorBody(BaseModel):
 
 # -- queries -----------------------------------------------------------------------------
 class GpuQuery(Strict):
-    gpu_id: GpuIndex = 0
+    gpu_id: SlotIndex | None = None
+    uuid: GpuUuid | None = None
     host: HostName | None = None
 
 
@@ -142,6 +150,7 @@ class EventsQuery(Strict):
     since_id: int = Field(0, ge=0, le=2**62, description="return events with a larger id")
     kind: str | None = Field(None, max_length=32, pattern=r"^[a-z_]+$")
     gpu_id: GpuIndex | None = None
+    uuid: GpuUuid | None = None
     since: TimeArg | None = Field(None, description="only events at or after this time")
     until: TimeArg | None = Field(None, description="only events at or before this time")
     limit: int = Field(100, ge=1, le=10_000)
@@ -152,10 +161,13 @@ class StreamQuery(Strict):
                                  description="resume after this id (or Last-Event-ID)")
     kind: str | None = Field(None, max_length=32, pattern=r"^[a-z_]+$")
     gpu_id: GpuIndex | None = None
+    uuid: GpuUuid | None = None
 
 
 class IncidentsQuery(Strict):
-    gpu_id: GpuIndex | None = Field(None, description="one GPU (default: all)")
+    gpu_id: GpuIndex | None = Field(None, description="one slot, every card it held "
+                                                      "(default: all)")
+    uuid: GpuUuid | None = None
     host: HostFilter | None = None
     since: TimeArg | None = Field(None, description="incidents still going on at or after")
     until: TimeArg | None = Field(None, description="incidents started at or before")
@@ -187,7 +199,8 @@ class StrictBody(Strict):
 class AllocateBody(StrictBody):
     allocation_id: AllocationId
     memory_mb: int = Field(ge=1, le=10_000_000, description="MiB to reserve")
-    gpu_id: GpuIndex = 0
+    gpu_id: SlotIndex | None = None
+    uuid: GpuUuid | None = None
     host: HostName | None = None
     ttl_seconds: TtlSeconds | None = None
     owner: Owner | None = None
@@ -212,7 +225,8 @@ def _config_patch_model() -> type[BaseModel]:
 
     fields: dict[str, Any] = {}
     for name, info in Config.model_fields.items():
-        base = int if info.annotation in (int, int | None) else float
+        base = (bool if info.annotation is bool
+                else int if info.annotation in (int, int | None) else float)
         fields[name] = (base | None, Field(None, description=info.description))
     return create_model("ConfigPatch", __config__=ConfigDict(extra="forbid", strict=True),
                         **fields)

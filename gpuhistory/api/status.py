@@ -13,6 +13,7 @@ from flask import jsonify
 from flask_openapi3 import APIBlueprint, Tag
 
 from gpuhistory.api.common import View, config_at, ctx, one_gpu
+from gpuhistory.api.errors import ApiError
 from gpuhistory.api.responses import Status, StatusAll, errors
 from gpuhistory.api.schemas import ALL_HOSTS, StatusAllQuery, StatusQuery
 from gpuhistory.clock import iso_utc
@@ -68,11 +69,17 @@ def _full_status(conn: sa.Connection, entries: list[LatestSample], now: int,
 
 @bp.get("/status", responses={200: Status, **errors(400, 404, 422)})
 def status(query: StatusQuery) -> View:
-    """One GPU (``gpu_id``, default 0, on ``host``), now or ``at`` a past time."""
+    """One GPU (``gpu_id``, default 0, on ``host``; or ``uuid``), now or ``at`` a past time:
+    the card in the slot at that time. 404 ``no_samples`` when it has no sample by ``at``."""
     c = ctx()
     at: int | None = query.at
     with c.engine.connect() as conn:
-        entry = one_gpu(conn, query.gpu_id, at, host=query.host)
+        entry = one_gpu(conn, query, at)
+        if at is not None and entry.ts_ms is None:
+            raise ApiError(404, "no_samples", f"GPU {entry.gpu.uuid} (gpu_id {entry.gpu.index} "
+                           f"on {entry.gpu.host}) has no sample at or before {iso_utc(at)}",
+                           {"gpu_id": entry.gpu.index, "uuid": entry.gpu.uuid,
+                            "host": entry.gpu.host, "at": iso_utc(at)})
         now = at if at is not None else c.clock.now_ms()
         return jsonify(_full_status(conn, [entry], now, live=at is None)[0])
 
@@ -84,7 +91,8 @@ def all_status(at: int | None = None, host: str | None = None) -> dict[str, Any]
     host = host if host is not None else c.host
     now = at if at is not None else c.clock.now_ms()
     with c.engine.connect() as conn:
-        entries = latest_samples(conn, None if host == ALL_HOSTS else host, at_ms=at)
+        entries = latest_samples(conn, None if host == ALL_HOSTS else host, at_ms=at,
+                                 now_ms=now)
         docs = _full_status(conn, entries, now, live=at is None)
     return {"host": host, "hosts": sorted({e.gpu.host for e in entries}),
             "timestamp": iso_utc(now), "count": len(docs), "gpus": docs}

@@ -21,6 +21,7 @@ def throttle_status(query: ThrottleQuery) -> View:
     at: int | None = query.at
     when = at if at is not None else c.clock.now_ms()
     with c.engine.connect() as conn:
-        entry = one_gpu(conn, query.gpu_id, at, host=query.host)
+        entry = one_gpu(conn, query, at)
         doc = throttle_doc(conn, entry, when, config_at(when, live=at is None))
-    return jsonify({"gpu_id": query.gpu_id, "at": iso_utc(when), **doc})
+    return jsonify({"gpu_id": entry.gpu.index, "uuid": entry.gpu.uuid, "at": iso_utc(when),
+                    **doc})

@@ -42,7 +42,8 @@ def _cell(value: Any, unit: str = "") -> str:
 
 def history_table(doc: dict[str, Any]) -> str:
     """The buckets as a table under a one-line summary of what was asked and answered."""
-    lines = [f"GPU {doc['gpu_id']}  {doc['since']} .. {doc['until']}  source {doc['resolution']}"
+    lines = [f"GPU {doc['gpu_id']} ({doc.get('uuid')})  {doc['since']} .. {doc['until']}"
+             f"  source {doc['resolution']}"
              f"  buckets of {duration(doc['bucket_seconds'])}  ({doc['count']} buckets)"]
     headers = ["TIME", "SAMPLES", "TEMP MIN", "TEMP AVG", "TEMP MAX", "MEM MAX", "LOAD",
                "POWER AVG", "POWER MAX", "STATE", "REASONS"]
@@ -73,8 +74,9 @@ def history_csv(doc: dict[str, Any]) -> str:
     return out.getvalue().rstrip("\n")
 
 
-def _from_server(url: str, host: str | None, gpu_id: int, since: int | None,
-                 until: int | None, resolution: str, points: int) -> dict[str, Any]:
+def _from_server(url: str, host: str | None, gpu_id: int | None, uuid: str | None,
+                 since: int | None, until: int | None, resolution: str,
+                 points: int) -> dict[str, Any]:
     from gpuhistory.cli.lease import fail
     from gpuhistory.client import ApiError, Client
 
@@ -84,18 +86,21 @@ def _from_server(url: str, host: str | None, gpu_id: int, since: int | None,
         raise click.BadParameter(str(exc), param_hint="--url") from None
     try:
         return client.request("GET", "/api/gpu/metrics/history", {
-            "gpu_id": gpu_id, "host": host, "since": None if since is None else since / 1000,
+            "gpu_id": gpu_id, "uuid": uuid, "host": host,
+            "since": None if since is None else since / 1000,
             "until": None if until is None else until / 1000, "resolution": resolution,
             "points": points})
     except ApiError as exc:
         fail(exc)
 
 
-def _from_db(db: str | None, host_name: str | None, gpu_id: int, since: int | None,
-             until: int | None, resolution: str, points: int) -> dict[str, Any]:
+def _from_db(db: str | None, host_name: str | None, gpu_id: int | None, uuid: str | None,
+             since: int | None, until: int | None, resolution: str,
+             points: int) -> dict[str, Any]:
     from gpuhistory.analytics.history import history_buckets_doc
+    from gpuhistory.identity import GpuRef, UnknownGpu, resolve
     from gpuhistory.storage.engine import make_engine, upgrade
-    from gpuhistory.storage.queries import latest_samples
+    from gpuhistory.storage.queries import latest_sample_of
 
     host = local_host(host_name, fleet=False)
     require_existing(db)
@@ -108,12 +113,13 @@ def _from_db(db: str | None, host_name: str | None, gpu_id: int, since: int | No
         since = until - DEFAULT_RANGE_MS
     try:
         with engine.connect() as conn:
-            entries = latest_samples(conn, host, gpu_id)
-            if not entries:
-                click.echo(f"error: gpu_not_found: no GPU with gpu_id {gpu_id} on {host}",
-                           err=True)
+            try:  # the card in the slot at the end of the range
+                card = resolve(conn, GpuRef(gpu_id, uuid, host_name and host), host, until)
+            except UnknownGpu as exc:
+                click.echo(f"error: gpu_not_found: {exc}", err=True)
                 sys.exit(EXIT_NOT_FOUND)
-            return history_buckets_doc(conn, entries[0], since, until, resolution, points)
+            return history_buckets_doc(conn, latest_sample_of(conn, card), since, until,
+                                       resolution, points)
     finally:
         engine.dispose()
 
@@ -122,8 +128,9 @@ def _from_db(db: str | None, host_name: str | None, gpu_id: int, since: int | No
 @click.option("--db", envvar="GPUHISTORY_DB", show_envvar=True,
               help="Database: a SQLite file path or a SQLAlchemy URL (default: the user's "
                    "data dir).")
-@click.option("--gpu-id", default=0, show_default=True, type=click.IntRange(0, 1023),
-              help="The GPU's index on the host.")
+@click.option("--gpu-id", type=click.IntRange(0, 1023),
+              help="The GPU's slot index on the host (default 0): the card there at --until.")
+@click.option("--uuid", help="One card by its UUID instead (or as well).")
 @click.option("--since", callback=time_value,
               help="Start (ISO-8601 or epoch seconds; default: an hour before --until).")
 @click.option("--until", callback=time_value, help="End (default: now).")
@@ -140,17 +147,17 @@ def _from_db(db: str | None, host_name: str | None, gpu_id: int, since: int | No
               help="Ask a running server's API instead of reading the database "
                    "(--db is then not used).")
 @click.pass_context
-def history(ctx: click.Context, db: str | None, gpu_id: int, since: int | None, until: int | None,
-            resolution: str, points: int, fmt: str, host_name: str | None,
-            url: str | None) -> None:
+def history(ctx: click.Context, db: str | None, gpu_id: int | None, uuid: str | None,
+            since: int | None, until: int | None, resolution: str, points: int, fmt: str,
+            host_name: str | None, url: str | None) -> None:
     """One GPU's history in [--since, --until] as about --points buckets."""
     if since is not None and until is not None and since > until:
         raise click.UsageError("--since must not be after --until")
     if url:
-        doc = _from_server(url, server_host(ctx, fleet=False), gpu_id, since, until,
+        doc = _from_server(url, server_host(ctx, fleet=False), gpu_id, uuid, since, until,
                            resolution, points)
     else:
-        doc = _from_db(db, host_name, gpu_id, since, until, resolution, points)
+        doc = _from_db(db, host_name, gpu_id, uuid, since, until, resolution, points)
     if fmt == "json":
         click.echo(json.dumps(doc, indent=2))
     elif fmt == "csv":

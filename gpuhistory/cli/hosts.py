@@ -10,7 +10,7 @@ host unless told otherwise.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, overload
 
 import click
 from click.core import ParameterSource
@@ -28,6 +28,10 @@ def host_option(fleet: bool = True) -> Callable[[F], F]:
              "server's host).")
 
 
+@overload
+def local_host(host_name: str | None, fleet: Literal[False]) -> str: ...
+@overload
+def local_host(host_name: str | None, fleet: bool = True) -> str | None: ...
 def local_host(host_name: str | None, fleet: bool = True) -> str | None:
     """The host to read from the database: named, or this machine; ``None`` for ``*``."""
     from gpuhistory.context import machine_name

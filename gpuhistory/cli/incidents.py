@@ -93,7 +93,9 @@ def _client(url: str) -> Any:
 
 @click.group(invoke_without_command=True)
 @source_options
-@click.option("--gpu-id", type=click.IntRange(0, 1023), help="One GPU (default: all).")
+@click.option("--gpu-id", type=click.IntRange(0, 1023),
+              help="One GPU slot, every card it held (default: all).")
+@click.option("--uuid", help="One card by its UUID.")
 @click.option("--since", callback=time_value,
               help="Incidents still going on at or after this time.")
 @click.option("--until", callback=time_value,
@@ -105,7 +107,7 @@ def _client(url: str) -> Any:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (the API's documents).")
 @click.pass_context
 def incidents(ctx: click.Context, db: str | None, host_name: str | None, url: str | None,
-              no_detect: bool | None, gpu_id: int | None, since: int | None,
+              no_detect: bool | None, gpu_id: int | None, uuid: str | None, since: int | None,
               until: int | None, severity: str | None, limit: int, as_json: bool) -> None:
     """Overheat incidents, newest first; `incidents show ID` prints a post-mortem."""
     ctx.obj = {"db": db, "host_name": host_name, "url": url, "no_detect": no_detect,
@@ -118,18 +120,21 @@ def incidents(ctx: click.Context, db: str | None, host_name: str | None, url: st
 
         try:
             docs = _client(url).request("GET", "/api/gpu/incidents", {
-                "gpu_id": gpu_id, "host": server_host(ctx), "since": _seconds(since),
+                "gpu_id": gpu_id, "uuid": uuid, "host": server_host(ctx),
+                "since": _seconds(since),
                 "until": _seconds(until), "severity": severity, "limit": limit})["incidents"]
         except ApiError as exc:
             fail(exc)
     else:
         from gpuhistory.analytics.postmortem import list_incidents
+        from gpuhistory.identity import filter_ids
 
         local = _Local(db, host_name)
         if not no_detect:
             local.detect()
         with local.engine.connect() as conn:
-            docs = list_incidents(conn, local.host, local.clock.now_ms(), gpu_index=gpu_id,
+            ids = filter_ids(conn, gpu_id, uuid, local.host)
+            docs = list_incidents(conn, local.host, local.clock.now_ms(), gpu_ids=ids,
                                   since_ms=since, until_ms=until, severity=severity,
                                   limit=limit)
     if as_json:

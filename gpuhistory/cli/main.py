@@ -24,7 +24,8 @@ from gpuhistory.cli.hosts import ALL_HOSTS, host_option, local_host, server_host
 from gpuhistory.cli.incidents import incidents
 from gpuhistory.cli.lease import lease
 from gpuhistory.cli.times import time_value
-from gpuhistory.clock import SystemClock
+from gpuhistory.clock import SystemClock, iso_utc
+from gpuhistory.sampling.claim import SamplerBusy
 from gpuhistory.wsgi.settings import ConnectionLimits
 
 LIMITS = ConnectionLimits()
@@ -143,7 +144,11 @@ def _run_service(role: str, **options: Any) -> None:
     if service.backend is not None and service.backend.name == "sim":
         click.secho(f"NOTE: simulated GPUs (backend sim, trace {service.backend.trace.name}); "
                     "answers say \"backend\": \"sim\".", fg="yellow", err=True)
-    service.run()
+    try:
+        service.run()
+    except SamplerBusy as exc:
+        service.engine.dispose()
+        raise click.ClickException(str(exc)) from None
     if service.unsaved:
         logging.getLogger("gpuhistory").error(
             "stopped, but the database refused the final writes (%s): exit status %d",
@@ -274,7 +279,9 @@ Frame = tuple[str | None, list[dict[str, Any]], dict[tuple[str, int], list[dict[
 
 @cli.command()
 @db_option
-@click.option("--gpu-id", type=click.IntRange(0, 1023), help="One GPU (default: all).")
+@click.option("--gpu-id", type=click.IntRange(0, 1023),
+              help="One GPU slot (default: all): the card there at --at, or now.")
+@click.option("--uuid", help="One card by its UUID.")
 @click.option("--at", callback=time_value,
               help="Ask about a past time instead of now (ISO-8601, epoch seconds, or -10m).")
 @host_option()
@@ -289,18 +296,18 @@ Frame = tuple[str | None, list[dict[str, Any]], dict[tuple[str, int], list[dict[
               help="The running compute processes under each GPU: pid, name, user (when "
                    "recorded), MiB.")
 @click.pass_context
-def status(ctx: click.Context, db: str | None, gpu_id: int | None, at: int | None,
-           host_name: str | None, as_json: bool, url: str | None, watch: float | None,
-           show_processes: bool) -> None:
+def status(ctx: click.Context, db: str | None, gpu_id: int | None, uuid: str | None,
+           at: int | None, host_name: str | None, as_json: bool, url: str | None,
+           watch: float | None, show_processes: bool) -> None:
     """Each GPU's latest state and reading, read from the log (or a server with --url);
     --host '*' shows every host sharing the database. Colour on a terminal only (NO_COLOR
     turns it off)."""
     if watch is not None and (as_json or at is not None):
         raise click.UsageError("--watch redraws the table of now: not with --json or --at")
     if url:
-        fetch = _server_frames(url, gpu_id, at, server_host(ctx), show_processes)
+        fetch = _server_frames(url, gpu_id, uuid, at, server_host(ctx), show_processes)
     else:
-        fetch = _db_frames(db, gpu_id, at, host_name, show_processes)
+        fetch = _db_frames(db, gpu_id, uuid, at, host_name, show_processes)
     if watch is None:
         host, docs, processes = fetch()
         _print_status(host, docs, as_json, processes)
@@ -317,13 +324,16 @@ def status(ctx: click.Context, db: str | None, gpu_id: int | None, at: int | Non
     watch_frames(frame, watch, f"gpuhistory status ({where})", output.console())
 
 
-def _db_frames(db: str | None, gpu_id: int | None, at: int | None, host_name: str | None,
-               show_processes: bool) -> Callable[[], Frame]:
-    """A function that reads the status documents (and processes) from the database."""
+def _db_frames(db: str | None, gpu_id: int | None, uuid: str | None, at: int | None,
+               host_name: str | None, show_processes: bool) -> Callable[[], Frame]:
+    """A function that reads the status documents (and processes) from the database: a
+    slot or UUID resolves to its card by the one identity rule; asked about a time before
+    a card's first sample, the card has nothing to say (exit 3 when none has)."""
     from gpuhistory.cli.processes import running_processes
     from gpuhistory.config.layers import load_static
     from gpuhistory.config.store import ConfigStore
     from gpuhistory.documents import status_doc
+    from gpuhistory.identity import GpuRef, UnknownGpu, resolve_latest
     from gpuhistory.storage.engine import make_engine, upgrade
     from gpuhistory.storage.queries import latest_samples
 
@@ -339,7 +349,22 @@ def _db_frames(db: str | None, gpu_id: int | None, at: int | None, host_name: st
         now = at if at is not None else clock.now_ms()
         config = store.current()  # runtime changes included
         with engine.connect() as conn:
-            entries = latest_samples(conn, host, gpu_id, at_ms=at)
+            if (gpu_id is not None or uuid is not None) and (
+                    host is not None or uuid is not None):
+                try:
+                    entries = [resolve_latest(conn, GpuRef(gpu_id, uuid, host_name and host),
+                                              host or "", clock.now_ms(), at)]
+                except UnknownGpu as exc:
+                    click.echo(f"error: gpu_not_found: {exc}", err=True)
+                    sys.exit(3)
+            else:
+                entries = latest_samples(conn, host, gpu_id, at_ms=at, now_ms=now)
+            if at is not None:  # a card with no sample by then has nothing to say about it
+                entries = [e for e in entries if e.ts_ms is not None]
+                if not entries:
+                    click.echo(f"no samples recorded for {_asked(host, gpu_id, uuid)} at or "
+                               f"before {iso_utc(at)}", err=True)
+                    sys.exit(3)
             docs = [status_doc(conn, e, now, config) for e in entries]
             processes = running_processes(
                 conn, [(e.gpu.id, e.gpu.host, e.gpu.index) for e in entries], at) \
@@ -349,8 +374,15 @@ def _db_frames(db: str | None, gpu_id: int | None, at: int | None, host_name: st
     return fetch
 
 
-def _server_frames(url: str, gpu_id: int | None, at_ms: int | None, host: str | None,
-                   show_processes: bool) -> Callable[[], Frame]:
+def _asked(host: str | None, gpu_id: int | None, uuid: str | None) -> str:
+    if uuid is not None:
+        return f"GPU {uuid}"
+    where = f"host {host!r}" if host is not None else "any host"
+    return where if gpu_id is None else f"GPU {gpu_id} of {where}"
+
+
+def _server_frames(url: str, gpu_id: int | None, uuid: str | None, at_ms: int | None,
+                   host: str | None, show_processes: bool) -> Callable[[], Frame]:
     """A function that asks the server's API for the status documents (exit 3/6 as
     lease). The API serves no processes: with -p, a note says so."""
     from gpuhistory.cli.lease import fail
@@ -367,6 +399,10 @@ def _server_frames(url: str, gpu_id: int | None, at_ms: int | None, host: str | 
 
     def fetch() -> Frame:
         try:
+            if uuid is not None:
+                doc = client.request("GET", "/api/gpu/status",
+                                     {"gpu_id": gpu_id, "uuid": uuid, "at": at, "host": host})
+                return doc.get("host"), [doc], None
             if gpu_id is None:
                 body = client.request("GET", "/api/gpu/status/all", {"at": at, "host": host})
                 return body["host"], body["gpus"], None

@@ -104,4 +104,5 @@ def render_summary(summary: dict[str, Any]) -> str:
             f"{summary['path']} ({summary['format']})\n"
             f"  {summary['first']} .. {summary['last']}\n"
             f"  {summary['transitions']} state transitions, {summary['events']} events, "
+            f"{summary.get('incidents', 0)} overheat incident(s), "
             f"{duration(summary['seconds'])} ({rate:,.0f} samples/s)")

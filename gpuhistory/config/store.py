@@ -3,12 +3,21 @@
 The effective configuration is the static layers with every runtime change folded over
 them in event order; a change to ``null`` removes the runtime value of that key. Every
 process on the database sees a change within ``refresh_ms`` (one index seek to check).
+
+A change is a compare-and-set: one writer at a time on the database (SQLite ``BEGIN
+IMMEDIATE``; a PostgreSQL advisory lock), which reads the changes stored so far, validates
+the configuration the change will produce and writes it in that same transaction. Two
+changes each valid alone but invalid together can therefore never both be stored: the
+second is validated against the first. The configuration's *version* is the id of its last
+``config_changed`` event (0 for none); a change may require the version it was based on
+(``If-Match``) and is refused with ``VersionMismatch`` when another change came first.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -18,6 +27,7 @@ from gpuhistory.clock import Clock
 from gpuhistory.config.layers import StaticLayers
 from gpuhistory.domain.config import Config
 from gpuhistory.domain.events import EventKind
+from gpuhistory.storage.engine import inserted_id
 from gpuhistory.storage.schema import events
 
 log = logging.getLogger(__name__)
@@ -28,6 +38,36 @@ class UnknownConfigKeys(ValueError):
     def __init__(self, keys: list[str]) -> None:
         self.keys = keys
         super().__init__(f"unknown configuration key(s): {', '.join(keys)}")
+
+
+class VersionMismatch(Exception):
+    """The configuration changed since the version a change was based on."""
+
+    def __init__(self, expected: str, current: int) -> None:
+        self.expected, self.current = expected, current
+        super().__init__(f"the configuration is at version {current}, not {expected}")
+
+
+CONFIG_LOCK_KEY = 0x67706366  # "gpcf": PostgreSQL advisory lock of configuration writers
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One consistent reading: the configuration, its sources, version and change time."""
+
+    config: Config
+    sources: dict[str, str]
+    version: int
+    updated_ms: int | None
+
+
+@dataclass(frozen=True)
+class Change:
+    """What a stored change produced: the configuration, the diff, and its version."""
+
+    config: Config
+    diff: dict[str, Any]
+    version: int
 
 
 class ConfigStore:
@@ -133,38 +173,87 @@ class ConfigStore:
     def updated_ms(self) -> int | None:
         return self._updated_ms
 
+    @property
+    def version(self) -> int:
+        """The id of the last ``config_changed`` event read (0: no runtime change)."""
+        return self._last_id
+
+    def snapshot(self) -> Snapshot:
+        """The configuration in force with its sources and version, read together."""
+        self.current()
+        with self._lock:
+            sources = {k: "api" if k in self._runtime else self.static.sources.get(k, "default")
+                       for k in Config.model_fields}
+            return Snapshot(self._config, sources, self._last_id, self._updated_ms)
+
     # -- changing ----------------------------------------------------------------------
     def update(self, changes: dict[str, Any], actor: str = "api") -> tuple[Config, dict]:
-        """Validate and apply ``changes`` as one event; nothing changes if any key is bad.
+        """``change`` without a version check: the configuration produced, and the diff."""
+        done = self.change(changes, actor)
+        return done.config, done.diff
 
-        Raises UnknownConfigKeys or pydantic's ValidationError (naming each bad key).
+    def change(self, changes: dict[str, Any], actor: str = "api",
+               if_version: set[str] | None = None) -> Change:
+        """Validate ``changes`` against the configuration they produce and store them as one
+        event, atomically; nothing changes if any key is bad.
+
+        ``if_version``: versions (as strings) the change may apply to; ``"*"`` matches any.
+        Raises UnknownConfigKeys, VersionMismatch, or pydantic's ValidationError (naming
+        each bad key).
         """
         unknown = sorted(set(changes) - set(Config.model_fields))
         if unknown:
             raise UnknownConfigKeys(unknown)
+        with self.engine.connect() as conn:
+            conn = conn.execution_options(sqlite_begin="IMMEDIATE")
+            with conn.begin():
+                if conn.dialect.name == "postgresql":
+                    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"),
+                                 {"k": CONFIG_LOCK_KEY})
+                # Under the lock: the changes stored so far, as they are now.
+                rows = conn.execute(
+                    sa.select(events.c.id, events.c.payload)
+                    .where(events.c.kind == KIND).order_by(events.c.id)
+                ).all()
+                version = rows[-1].id if rows else 0
+                if if_version is not None and "*" not in if_version \
+                        and str(version) not in if_version:
+                    raise VersionMismatch(", ".join(sorted(if_version)), version)
+                runtime = replay(row.payload for row in rows)
+                old_config = self._fold(runtime)
+                for key, value in changes.items():
+                    if value is None:
+                        runtime.pop(key, None)
+                    else:
+                        runtime[key] = value
+                new_config = Config.model_validate({**self.static.values, **runtime})
+                diff = {
+                    key: {"old": getattr(old_config, key), "new": getattr(new_config, key),
+                          **({"cleared": True} if changes[key] is None else {})}
+                    for key in changes
+                    if changes[key] is None
+                    or getattr(old_config, key) != getattr(new_config, key)
+                }
+                if diff:
+                    # A cleared key stores new=None so that replay removes the runtime value.
+                    stored = {k: ({"old": v["old"], "new": None, "cleared": True}
+                                  if v.get("cleared") else v) for k, v in diff.items()}
+                    version = inserted_id(conn.execute(events.insert().values(
+                        ts_ms=self.clock.now_ms(), gpu_id=None, kind=KIND,
+                        payload={"changes": stored, "actor": actor})))
         self.refresh(force=True)
-        with self._lock:
-            runtime = dict(self._runtime)
-        old_config = self._config
-        for key, value in changes.items():
-            if value is None:
+        return Change(new_config, diff, version)
+
+
+def replay(payloads: Any) -> dict[str, Any]:
+    """The runtime values that a sequence of ``config_changed`` payloads leaves."""
+    runtime: dict[str, Any] = {}
+    for payload in payloads:
+        for key, change in (payload.get("changes") or {}).items():
+            if key not in Config.model_fields:
+                continue
+            if change.get("new") is None and change.get("cleared"):
                 runtime.pop(key, None)
             else:
-                runtime[key] = value
-        new_config = Config.model_validate({**self.static.values, **runtime})
-        diff = {
-            key: {"old": getattr(old_config, key), "new": getattr(new_config, key),
-                  **({"cleared": True} if changes[key] is None else {})}
-            for key in changes
-            if changes[key] is None or getattr(old_config, key) != getattr(new_config, key)
-        }
-        if diff:
-            # A cleared key stores new=None so that replay removes the runtime value.
-            stored = {k: ({"old": v["old"], "new": None, "cleared": True} if v.get("cleared")
-                          else v) for k, v in diff.items()}
-            with self.engine.begin() as conn:
-                conn.execute(events.insert().values(
-                    ts_ms=self.clock.now_ms(), gpu_id=None, kind=KIND,
-                    payload={"changes": stored, "actor": actor}))
-            self.refresh(force=True)
-        return self._config, diff
+                runtime[key] = change.get("new")
+    return runtime

@@ -89,6 +89,11 @@ class Config(BaseModel):
     retention_delivery_days: float = Field(
         30, ge=1, le=36_500, description="Days webhook delivery-log rows are kept."
     )
+    metrics_dcgm: bool = Field(
+        False,
+        description="Also serve dcgm-exporter's metric names and labels on /metrics "
+        "(for DCGM dashboards).",
+    )
 
     @model_validator(mode="after")
     def _thresholds_increase(self) -> Config:

@@ -38,6 +38,8 @@ from gpuhistory.callbacks import CallbackRegistry, Event, make_event
 from gpuhistory.clock import Clock, iso_utc
 from gpuhistory.domain.config import Config
 from gpuhistory.domain.events import EventDraft, EventKind
+from gpuhistory.domain.slots import RECORDED_BACKENDS
+from gpuhistory.identity import GpuRef, UnknownGpu, resolve_latest
 from gpuhistory.leases.model import (
     REASON_EXPIRED,
     REASON_RELEASED,
@@ -55,7 +57,7 @@ from gpuhistory.leases.model import (
 )
 from gpuhistory.storage.engine import driver_connection, inserted_id
 from gpuhistory.storage.log import LogStore, TickRecord, event_row
-from gpuhistory.storage.queries import LatestSample, latest_samples
+from gpuhistory.storage.queries import LatestSample
 from gpuhistory.storage.schema import gpus, leases
 
 log = logging.getLogger(__name__)
@@ -130,15 +132,17 @@ class LeaseManager:
         return LeaseManager(self.engine, host, self.clock, self.config, self.callbacks)
 
     # -- commands ----------------------------------------------------------------------
-    def grant(self, allocation_id: str, memory_mb: int, gpu_index: int = 0,
-              ttl_seconds: float | None = None, owner: str | None = None) -> tuple[Lease, str]:
-        """Lease ``memory_mb`` MiB of GPU ``gpu_index``; returns the lease and its token.
+    def grant(self, allocation_id: str, memory_mb: int, gpu_index: int | None = 0,
+              ttl_seconds: float | None = None, owner: str | None = None,
+              uuid: str | None = None) -> tuple[Lease, str]:
+        """Lease ``memory_mb`` MiB of the card in slot ``gpu_index`` now (or of the card
+        ``uuid``); returns the lease and its token.
 
         Raises GpuNotFound, DuplicateAllocation (an active lease has this id already) or
         OverCapacity (with the MiB available); ValueError for malformed arguments.
         """
         allocation_id = _check_allocation_id(allocation_id)
-        gpu_index = _check_gpu_index(gpu_index)
+        gpu_index = None if gpu_index is None else _check_gpu_index(gpu_index)
         if isinstance(memory_mb, bool) or not isinstance(memory_mb, int):
             raise ValueError("memory_mb must be an integer")
         if not 1 <= memory_mb <= MAX_MEMORY_MB:
@@ -152,7 +156,7 @@ class LeaseManager:
         # The device is looked up before the write lock: the lock covers only the sum and
         # the insert, which keeps concurrent grants short (they queue on that lock).
         with self.engine.connect() as conn:
-            latest = self._resolve_gpu(conn, gpu_index)
+            latest = self._resolve_gpu(conn, gpu_index, uuid)
         gpu_db_id = latest.gpu.id
         token_hash = hash_token(token)
         try:
@@ -174,7 +178,7 @@ class LeaseManager:
                                               iso_utc(existing.expires_ms))
                 capacity = self._capacity(latest, cfg, usage.leased, usage.active)
                 if memory_mb > capacity.available_mb:
-                    raise OverCapacity(gpu_index, memory_mb, capacity)
+                    raise OverCapacity(latest.gpu.index, memory_mb, capacity)
                 row = {
                     "host": self.host, "allocation_id": allocation_id, "gpu_id": gpu_db_id,
                     "memory_mib": memory_mb, "owner": owner, "token_hash": token_hash,
@@ -305,12 +309,13 @@ class LeaseManager:
             rows = conn.execute(query.order_by(_L.id.desc()).limit(limit))
             return [_lease(r) for r in rows]
 
-    def capacity(self, gpu_index: int = 0) -> Capacity:
-        """What GPU ``gpu_index`` can lease now (GpuNotFound for an unknown GPU)."""
-        gpu_index = _check_gpu_index(gpu_index)
+    def capacity(self, gpu_index: int | None = 0, uuid: str | None = None) -> Capacity:
+        """What the card in slot ``gpu_index`` now (or card ``uuid``) can lease now
+        (GpuNotFound for an unknown GPU)."""
+        gpu_index = None if gpu_index is None else _check_gpu_index(gpu_index)
         cfg = self.config()
         with self.engine.connect() as conn:
-            latest = self._resolve_gpu(conn, gpu_index)
+            latest = self._resolve_gpu(conn, gpu_index, uuid)
             usage = conn.execute(_GPU_USAGE, {"gpu_id": latest.gpu.id,
                                               "now": self.clock.now_ms()}).one()
         return self._capacity(latest, cfg, usage.leased, usage.active)
@@ -371,9 +376,12 @@ class LeaseManager:
         """Renew or release: find the active lease, check the token, apply ``change``."""
         failure: Exception | None = None
         with self._transaction() as tx:
+            # The lease's row is locked first (PostgreSQL; SQLite's BEGIN IMMEDIATE already
+            # holds the database's write lock) and the clock read after: no expiry, renewal
+            # or release of this lease can commit between the check and the write.
+            row = tx.conn.execute(_UNRELEASED_LOCKED, {"host": self.host,
+                                                       "allocation_id": allocation_id}).first()
             now = self.clock.now_ms()
-            row = tx.conn.execute(_UNRELEASED, {"host": self.host,
-                                                "allocation_id": allocation_id}).first()
             lease = None if row is None else _lease(row)
             if lease is not None and lease.expires_ms <= now:
                 self._expire_overdue(tx, now, allocation_id=allocation_id)
@@ -411,15 +419,17 @@ class LeaseManager:
             query = query.where(sa.or_(*scope))
         marked = 0
         for lease in [_lease(r) for r in tx.conn.execute(query.order_by(_L.id))]:
-            done = tx.conn.execute(
-                leases.update().where(_L.id == lease.id, _L.released_ms.is_(None))
-                .values(released_ms=lease.expires_ms, release_reason=REASON_EXPIRED)
-            ).rowcount
-            if done != 1:  # another reaper recorded it first
+            # The row read above may be stale by now (PostgreSQL): a renewal or release may
+            # have committed since, or be about to. The UPDATE waits for the row's lock and
+            # then re-checks overdue-and-unreleased on the row as it is, recording the
+            # expiry it really has — never a renewed lease at its old expiry.
+            expires_ms = tx.conn.execute(_EXPIRE, {"lease_id": lease.id, "now": now}).scalar()
+            if expires_ms is None:  # renewed, released or recorded by another writer first
                 continue
             marked += 1
+            lease = replace(lease, expires_ms=expires_ms)
             expired = replace(lease, released_ms=lease.expires_ms,
-                               release_reason=REASON_EXPIRED)
+                              release_reason=REASON_EXPIRED)
             # Stamped with the moment it stopped counting, not the moment it was noticed.
             self._event(tx, EventKind.LEASE_EXPIRED, expired, lease.expires_ms,
                         memory_mb=lease.memory_mb, owner=lease.owner,
@@ -437,12 +447,15 @@ class LeaseManager:
         tx.events.append(make_event(event_id, str(kind), lease.gpu_id, ts_ms, dict(body)))
 
     # -- reads shared by commands and queries ------------------------------------------
-    def _resolve_gpu(self, conn: sa.Connection, gpu_index: int) -> LatestSample:
-        """This host's device at ``gpu_index`` (the one with the newest sample)."""
-        found = latest_samples(conn, self.host, gpu_index)
-        if not found:
-            raise GpuNotFound(gpu_index, self.host)
-        return found[0]
+    def _resolve_gpu(self, conn: sa.Connection, gpu_index: int | None,
+                     uuid: str | None = None) -> LatestSample:
+        """The card in this host's slot ``gpu_index`` now, or the card ``uuid``."""
+        try:
+            return resolve_latest(conn, GpuRef(gpu_index, uuid, self.host), self.host,
+                                  self.clock.now_ms())
+        except UnknownGpu as exc:
+            raise GpuNotFound(0 if gpu_index is None else gpu_index, self.host, str(exc),
+                              exc.details) from None
 
     def _grant_view(self, conn: sa.Connection, gpu_db_id: int, allocation_id: str,
                     now: int) -> tuple[sa.Row[Any], Lease | None]:
@@ -456,9 +469,12 @@ class LeaseManager:
         if total is None and latest.reading is not None:
             total = latest.reading.memory_total_mib
         used = None if latest.reading is None else latest.reading.memory_used_mib
+        # A card known only from a recording is not in the slot now: nothing to lease.
+        recorded = latest.gpu.backend in RECORDED_BACKENDS
         return Capacity(
-            gpu_id=latest.gpu.index,
-            capacity_mb=lease_capacity_mb(total, cfg.memory_limit_mb, cfg.memory_reserve_mb),
+            gpu_id=latest.gpu.index, uuid=latest.gpu.uuid,
+            capacity_mb=0 if recorded else lease_capacity_mb(total, cfg.memory_limit_mb,
+                                                             cfg.memory_reserve_mb),
             leased_mb=int(leased), active_leases=int(active),
             device_total_mb=total, device_used_mb=used,
             device_free_mb=None if total is None or used is None else total - used,
@@ -491,13 +507,20 @@ def _lease_select() -> sa.Select[Any]:
 
 # Statements built once (the hot path of a grant runs them under the write lock).
 _NOW: sa.BindParameter[int] = sa.bindparam("now")
+# A lease holds its memory until it ends: its release, its recorded expiry, or (unreleased)
+# its expiry. The leases a grant counts are those alive at the grant's time, including one
+# whose release or expiry was committed by a transaction that read the clock after it
+# (PostgreSQL: that commit can land between the grant's clock read and this statement):
+# the log then never shows two leases sharing memory for even a millisecond.
+_ALIVE = sa.func.coalesce(_L.released_ms, _L.expires_ms) > _NOW
 _GPU_USAGE = sa.select(
-    sa.func.coalesce(
-        sa.func.sum(sa.case((_L.expires_ms > _NOW, _L.memory_mib), else_=0)), 0
-    ).label("leased"),
-    sa.func.count(sa.case((_L.expires_ms > _NOW, 1))).label("active"),
-    sa.func.count(sa.case((_L.expires_ms <= _NOW, 1))).label("overdue"),
-).where(_L.gpu_id == sa.bindparam("gpu_id"), _L.released_ms.is_(None))
+    sa.func.coalesce(sa.func.sum(sa.case((_ALIVE, _L.memory_mib), else_=0)), 0).label("leased"),
+    sa.func.count(sa.case((_ALIVE, 1))).label("active"),
+    sa.func.count(
+        sa.case((sa.and_(_L.released_ms.is_(None), _L.expires_ms <= _NOW), 1))
+    ).label("overdue"),
+).where(_L.gpu_id == sa.bindparam("gpu_id"),
+        sa.or_(_L.released_ms.is_(None), _L.released_ms > _NOW))
 _USAGE_BY_GPU = (
     sa.select(_L.gpu_id, sa.func.coalesce(sa.func.sum(_L.memory_mib), 0), sa.func.count())
     .where(_L.gpu_id.in_(sa.bindparam("ids", expanding=True)), _L.released_ms.is_(None),
@@ -507,6 +530,17 @@ _USAGE_BY_GPU = (
 _UNRELEASED = _lease_select().where(
     _L.host == sa.bindparam("host"), _L.allocation_id == sa.bindparam("allocation_id"),
     _L.released_ms.is_(None),
+)
+# Renew and release lock the lease's row before they read the clock (PostgreSQL; a no-op
+# on SQLite, whose BEGIN IMMEDIATE holds the whole database's write lock).
+_UNRELEASED_LOCKED = _UNRELEASED.with_for_update(of=leases, key_share=True)
+# Record an expiry only if the row, as it is once locked, is still unreleased and overdue.
+_EXPIRE = (
+    leases.update()
+    .where(_L.id == sa.bindparam("lease_id"), _L.released_ms.is_(None),
+           _L.expires_ms <= _NOW)
+    .values(released_ms=_L.expires_ms, release_reason=REASON_EXPIRED)
+    .returning(_L.expires_ms)
 )
 _INSERT_LEASE = leases.insert()
 _LOCK_GPU = (sa.select(gpus.c.id).where(gpus.c.id == sa.bindparam("gpu_id"))

@@ -89,6 +89,7 @@ class Capacity:
     device_free_mb: int | None
     memory_limit_mb: int | None
     memory_reserve_mb: int
+    uuid: str | None = None  # the card in the slot now
 
     @property
     def available_mb(self) -> int:
@@ -97,6 +98,7 @@ class Capacity:
     def to_dict(self) -> dict[str, Any]:
         return {
             "gpu_id": self.gpu_id,
+            "uuid": self.uuid,
             "capacity_mb": self.capacity_mb,
             "leased_mb": self.leased_mb,
             "available_mb": self.available_mb,
@@ -141,9 +143,10 @@ class LeaseError(Exception):
 class GpuNotFound(LeaseError):
     status, code = 404, "gpu_not_found"
 
-    def __init__(self, gpu_id: int, host: str) -> None:
-        super().__init__(f"no GPU {gpu_id} is known on host {host!r}",
-                         {"gpu_id": gpu_id, "host": host})
+    def __init__(self, gpu_id: int, host: str, message: str | None = None,
+                 details: dict[str, Any] | None = None) -> None:
+        super().__init__(message or f"no GPU {gpu_id} is known on host {host!r}",
+                         details or {"gpu_id": gpu_id, "host": host})
 
 
 class LeaseNotFound(LeaseError):

@@ -42,6 +42,15 @@ COUNTER_BITS: dict[str, int] = {
     "power_brake_ns": 0x80,  # HwPowerBrakeSlowdown
 }
 LAST_SEEN_EVERY_MS = 60_000  # a running process's last_seen_ms is refreshed this often
+# Error and energy counters (cumulative, as NVML reports them; kept in memory, not in the
+# log): ECC error totals since the driver loaded (volatile) and over the card's life
+# (aggregate), remapped memory rows and whether remapping failed, PCIe replays, and the
+# energy used since the driver loaded in millijoules.
+RELIABILITY_NAMES: tuple[str, ...] = (
+    "ecc_volatile_corrected", "ecc_volatile_uncorrected", "ecc_aggregate_corrected",
+    "ecc_aggregate_uncorrected", "remapped_rows_correctable", "remapped_rows_uncorrectable",
+    "remapped_rows_pending", "remap_failure", "pcie_replays", "energy_mj",
+)
 
 
 class ProcessInfo(NamedTuple):
@@ -50,6 +59,7 @@ class ProcessInfo(NamedTuple):
     pid: int
     name: str | None = None  # None: the name could not be read (gone, denied, other namespace)
     used_memory_mib: int | None = None  # None: NVML could not say
+    user: str | None = None  # the user it runs as; None: unknown (not stored in the log)
 
 
 class Xid(NamedTuple):
@@ -66,13 +76,18 @@ class HardwareFacts:
     ``processes`` is None when the list could not be read (unsupported, or the GPU failed
     this time): then nothing is concluded about processes; ``[]`` means none run.
     ``counters`` maps each of ``COUNTER_NAMES`` to nanoseconds or None (unsupported), and
-    is None as a whole when no counter could be read.
+    is None as a whole when no counter could be read. ``reliability`` maps each of
+    ``RELIABILITY_NAMES`` to its count or None (unsupported), None as a whole when none is
+    known. ``pci_bus_id`` and ``driver_version`` label the GPU where the source knows them.
     """
 
     index: int
     processes: list[ProcessInfo] | None = None
     counters: dict[str, int | None] | None = None
     xids: list[Xid] = field(default_factory=list)
+    reliability: dict[str, int | None] | None = None
+    pci_bus_id: str | None = None
+    driver_version: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,13 +4,16 @@ Init is lazy, locked and done once; handles and identity facts are cached. A fie
 answers NOT_SUPPORTED for is None and is not asked again; any other NVML error makes only
 that GPU's reading unavailable, and it is retried on the next read. A failing ``nvmlInit``
 is retried with exponential backoff on the injected clock. The energy counter is never read
-(it costs ~3 ms per call on an H100).
+per tick (it costs ~3 ms per call on an H100): only with the hardware facts, once a minute.
 
 ``read_hardware`` adds the slower facts (gpuhistory/sampling/hardware.py): the compute
 processes (pid and used memory from NVML, the name from psutil), the cumulative
 throttle-time counters (one field-values call) and the critical XID errors pending in an
 NVML event set (drained with a 0 ms wait). Each part that a GPU answers NOT_SUPPORTED for
-is None and not asked again; where event sets are unsupported, health says so.
+is None and not asked again; where event sets are unsupported, health says so. Slow-moving
+error counters (ECC, row remapping, PCIe replays) and the energy counter are read on the
+first hardware read and then at most once a minute (``RELIABILITY_EVERY_MS``); the PCI bus
+id and the driver version once.
 
 Every NVML call runs on one long-lived worker thread (gpuhistory/sampling/worker.py): a
 read is one hand-off, and the caller waits at most ``timeout_s``. A GPU whose call does not
@@ -38,7 +41,13 @@ import pynvml
 from gpuhistory.clock import Clock, SystemClock
 from gpuhistory.domain.reading import GpuIdentity, Reading, unavailable
 from gpuhistory.sampling.backend import BackendHealth
-from gpuhistory.sampling.hardware import COUNTER_NAMES, HardwareFacts, ProcessInfo, Xid
+from gpuhistory.sampling.hardware import (
+    COUNTER_NAMES,
+    RELIABILITY_NAMES,
+    HardwareFacts,
+    ProcessInfo,
+    Xid,
+)
 from gpuhistory.sampling.worker import CallTimedOut, Job, Worker
 
 log = logging.getLogger(__name__)
@@ -71,6 +80,23 @@ _COUNTER_FIELDS = (
 )
 assert tuple(name for name, _, _, _ in _COUNTER_FIELDS) == COUNTER_NAMES
 SLOW_COUNTERS_EVERY_MS = 60_000
+RELIABILITY_EVERY_MS = 60_000  # ECC, row remapping, PCIe replays and energy: once a minute
+# ECC totals: (reliability name, NVML memory error type, NVML counter type) by constant name.
+_ECC = (
+    ("ecc_volatile_corrected", "NVML_MEMORY_ERROR_TYPE_CORRECTED", "NVML_VOLATILE_ECC"),
+    ("ecc_volatile_uncorrected", "NVML_MEMORY_ERROR_TYPE_UNCORRECTED", "NVML_VOLATILE_ECC"),
+    ("ecc_aggregate_corrected", "NVML_MEMORY_ERROR_TYPE_CORRECTED", "NVML_AGGREGATE_ECC"),
+    ("ecc_aggregate_uncorrected", "NVML_MEMORY_ERROR_TYPE_UNCORRECTED", "NVML_AGGREGATE_ECC"),
+)
+
+
+def _ecc_total(nvml: Any, handle: Any, error_type: int, counter_type: int) -> Any:
+    """One ECC total; the handle comes second, so ``_field`` can pass it to a partial."""
+    return nvml.nvmlDeviceGetTotalEccErrors(handle, error_type, counter_type)
+
+
+_ECC_FALLBACK = {"NVML_MEMORY_ERROR_TYPE_CORRECTED": 0, "NVML_MEMORY_ERROR_TYPE_UNCORRECTED": 1,
+                 "NVML_VOLATILE_ECC": 0, "NVML_AGGREGATE_ECC": 1}
 HW_SLOWDOWN_BITS = 0x08 | 0x40 | 0x80  # HwSlowdown, HwThermalSlowdown, HwPowerBrakeSlowdown
 XID_CRITICAL_ERROR = 0x8  # nvmlEventTypeXidCriticalError
 MAX_EVENTS_PER_READ = 256  # a storm of events is drained over several reads
@@ -98,6 +124,14 @@ def process_name(pid: int) -> str | None:
     try:
         return psutil.Process(pid).name()[:255] or None
     except (psutil.Error, OSError, ValueError):
+        return None
+
+
+def process_user(pid: int) -> str | None:
+    """The user a local process runs as, or None when it is gone or unknown."""
+    try:
+        return psutil.Process(pid).username()[:255] or None
+    except (psutil.Error, OSError, ValueError, KeyError):
         return None
 
 
@@ -161,6 +195,11 @@ class _Gpu:
     xid_note: str | None = None
     hardware_error: str | None = None
     process_names: dict[int, str | None] = field(default_factory=dict)
+    process_users: dict[int, str | None] = field(default_factory=dict)
+    # Error and energy counters last read (RELIABILITY_NAMES), when; the PCI bus id.
+    reliability: dict[str, int | None] = field(default_factory=dict)
+    reliability_read_ms: int | None = None
+    pci_bus_id: str | None = None
     # The throttle-time counters last read, when the slow ones were, the last reasons mask.
     counters: dict[str, int | None] = field(default_factory=dict)
     slow_counters_read_ms: int | None = None
@@ -189,6 +228,7 @@ class NvmlBackend:
                               else process_names)
         self._event_set: Any = None
         self._event_set_note: str | None = None  # why there is no event set
+        self._driver_version: str | None = None  # read once, with the first hardware facts
         self._lock = threading.Lock()  # one caller at a time (the tick, /healthz, close)
         # Guards what a job shares with its caller once it may have been abandoned: which
         # GPUs are hung, the results handed back, the GPU records.
@@ -674,6 +714,8 @@ class NvmlBackend:
         try:
             processes = self._processes(gpu)
             counters = self._counters(gpu, now)
+            reliability = self._reliability(gpu, now)
+            self._identity_labels(gpu)
         except n.NVMLError as exc:
             if exc.value == n.NVML_ERROR_GPU_IS_LOST:
                 gpu.handle = None
@@ -688,7 +730,8 @@ class NvmlBackend:
             return HardwareFacts(index=gpu.index, xids=xids)
         gpu.hardware_error = None
         return HardwareFacts(index=gpu.index, processes=processes, counters=counters,
-                             xids=xids)
+                             xids=xids, reliability=reliability,
+                             pci_bus_id=gpu.pci_bus_id, driver_version=self._driver_version)
 
     def _processes(self, gpu: _Gpu) -> list[ProcessInfo] | None:
         """The compute processes on the GPU (v3 of the call where the binding has it)."""
@@ -699,6 +742,7 @@ class NvmlBackend:
         if infos is None:
             return None
         names: dict[int, str | None] = {}
+        users: dict[int, str | None] = {}
         out = []
         for info in infos:
             pid = int(info.pid)
@@ -707,9 +751,57 @@ class NvmlBackend:
             if pid not in names:
                 names[pid] = (gpu.process_names[pid] if pid in gpu.process_names
                               else process_name(pid) if self.process_names else None)
-            out.append(ProcessInfo(pid, names[pid], mib))
+                users[pid] = (gpu.process_users[pid] if pid in gpu.process_users
+                              else process_user(pid) if self.process_names else None)
+            out.append(ProcessInfo(pid, names[pid], mib, users[pid]))
         gpu.process_names = names  # looked up once per pid while it runs
+        gpu.process_users = users
         return out
+
+    def _reliability(self, gpu: _Gpu, now: int) -> dict[str, int | None] | None:
+        """ECC, row-remapping, PCIe-replay and energy counters; None when none is known.
+
+        Read when due (the first read, then once a minute); between reads, and after a
+        transient refusal, each keeps its last value. NOT_SUPPORTED: None, not asked again.
+        """
+        last = gpu.reliability_read_ms
+        if last is None or now - last >= RELIABILITY_EVERY_MS:
+            gpu.reliability_read_ms = now
+            n = self.nvml
+            found = gpu.reliability
+            for name, error_type, counter_type in _ECC:
+                kind = getattr(n, error_type, _ECC_FALLBACK[error_type])
+                where = getattr(n, counter_type, _ECC_FALLBACK[counter_type])
+                value = self._field(gpu, name, functools.partial(
+                    _ecc_total, n, error_type=kind, counter_type=where))
+                if value is not None:
+                    found[name] = int(value)
+            rows = self._field(gpu, "remapped_rows", n.nvmlDeviceGetRemappedRows)
+            if rows is not None:  # (correctable, uncorrectable, pending, failure occurred)
+                corrected, uncorrected, pending, failed = (int(x) for x in rows)
+                found.update(remapped_rows_correctable=corrected,
+                             remapped_rows_uncorrectable=uncorrected,
+                             remapped_rows_pending=pending, remap_failure=failed)
+            for name, call in (("pcie_replays", n.nvmlDeviceGetPcieReplayCounter),
+                               ("energy_mj", n.nvmlDeviceGetTotalEnergyConsumption)):
+                value = self._field(gpu, name, call)
+                if value is not None:
+                    found[name] = int(value)
+        out = {name: gpu.reliability.get(name) for name in RELIABILITY_NAMES}
+        return None if all(v is None for v in out.values()) else out
+
+    def _identity_labels(self, gpu: _Gpu) -> None:
+        """The PCI bus id of the GPU and the driver version, once (labels for /metrics)."""
+        n = self.nvml
+        if gpu.pci_bus_id is None:
+            info = self._field(gpu, "pci_info", n.nvmlDeviceGetPciInfo)
+            if info is not None:
+                gpu.pci_bus_id = _text(info.busId) or None
+        if self._driver_version is None and "driver_version" not in gpu.unsupported:
+            try:
+                self._driver_version = _text(n.nvmlSystemGetDriverVersion()) or None
+            except n.NVMLError:
+                gpu.unsupported.add("driver_version")  # not asked again through this GPU
 
     def _counters(self, gpu: _Gpu, now: int) -> dict[str, int | None] | None:
         """The throttle-time counters in one field-values call; None when none is known.

@@ -13,6 +13,12 @@ Ticks reach the log through a WriteBuffer (gpuhistory/sampling/write_buffer.py):
 database cannot take writes, ticks wait in memory (``write_buffer_ticks`` at most) and are
 written in order once it can; then ``storage_recovered`` (and ``ticks_dropped``, if the
 buffer overflowed) are logged. Callbacks see a tick's events once they are committed.
+
+With ``background_writes`` (``serve`` and ``sampler``), the scheduled ticks hand their
+records to a writer thread and return: a tick never waits for the database's write lock (an
+import holding SQLite's lock for seconds, a slow commit), so every tick is taken on time and
+its samples are written, in order, as soon as the log takes them. A direct ``tick()`` call
+waits for its own write.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -38,7 +45,7 @@ from gpuhistory.sampling.backend import Backend, HardwareSource
 from gpuhistory.sampling.clockwatch import ClockWatch
 from gpuhistory.sampling.hardware import HardwareChanges, HardwareFacts
 from gpuhistory.sampling.pipeline import Pipeline
-from gpuhistory.sampling.write_buffer import STORAGE_ERRORS, Outage, WriteBuffer
+from gpuhistory.sampling.write_buffer import STORAGE_ERRORS, Outage, WriteBuffer, Written
 from gpuhistory.storage.engine import unavailable_reason
 from gpuhistory.storage.log import LogStore, TickRecord
 
@@ -71,6 +78,7 @@ class Sampler:
         interval: Callable[[], float] | float = 3.0,
         callbacks: CallbackRegistry | None = None,
         hardware_every: int | None = None,
+        background_writes: bool = False,
     ) -> None:
         self.backend = backend
         self.pipeline = pipeline
@@ -80,9 +88,13 @@ class Sampler:
         self.callbacks = callbacks if callbacks is not None else CallbackRegistry()
         self.last_tick: TickStats | None = None
         self.last_success_ms: int | None = None
+        self.stopped_ms: int | None = None  # when monitoring was stopped (None: running/never)
         # Ticks between hardware reads; None: default_hardware_every(interval).
         self.hardware_every = hardware_every
         self.hardware_error: str | None = None  # why the last hardware read failed, if it did
+        # The newest hardware facts by GPU index (what /metrics serves of processes and of the
+        # error and energy counters, which the log does not keep).
+        self.hardware_facts: dict[int, HardwareFacts] = {}
         self._ticks = 0
         self._scheduler: BackgroundScheduler | None = None
         self._owns_scheduler = False
@@ -93,44 +105,138 @@ class Sampler:
         self._clock_watch: ClockWatch | None = None
         # What a stop could not write because the database refused it (one line each).
         self.unsaved: list[str] = []
+        self.background_writes = background_writes
+        self._writes: queue.SimpleQueue[tuple[TickRecord, int, threading.Event] | None] = (
+            queue.SimpleQueue())
+        self._writer: threading.Thread | None = None
 
     @property
     def interval(self) -> float:
         return float(self._interval() if callable(self._interval) else self._interval)
 
     # -- one tick ----------------------------------------------------------------------
-    def tick(self) -> TickRecord:
+    def tick(self, write_later: bool = False) -> TickRecord:
         """Sample every GPU once and append the result to the log (or keep it until the log
-        can take it: see the module's docstring). A storage fault never raises here."""
+        can take it: see the module's docstring). A storage fault never raises here.
+        ``write_later``: with the writer thread running, return once the tick is handed to
+        it (the scheduled job); a direct call waits for its write."""
+        if self._writer is not None:
+            return self._tick_to_writer(write_later)
         with self._tick_lock:
-            started = time.perf_counter()
-            readings, facts = self._read()
-            ts_ms = self.clock.now_ms()
-            try:
-                record = self.pipeline.process(
-                    ts_ms, readings, {i.uuid: i for i in self.backend.identities()}
-                )
-            except STORAGE_ERRORS as exc:  # a new device's gpus row could not be written
-                self.buffer.count_lost(ts_ms, exc)
-                self.last_tick = TickStats(ts_ms, 0, time.perf_counter() - started,
-                                           self._storage_error())
-                return TickRecord()
-            changes = self._hardware_changes(facts, record)
-            if changes is not None:  # the record is in the log, or waits to be: in order
-                self.pipeline.hardware.commit(changes)
-            written = self.buffer.submit(record, ts_ms)
-            outage = self.buffer.end_outage()
-            if self.buffer.outage is None:
-                self.last_success_ms = ts_ms
-            self.last_tick = TickStats(ts_ms, len(record.samples),
-                                       time.perf_counter() - started, self._storage_error())
+            record, outage, written = self._tick_now()
+        self._after_write(outage, written)
+        return record
+
+    def _classify(self) -> tuple[TickRecord, int, float] | None:
+        """Read and classify a tick (the caller holds the tick lock): the record, its time
+        and when it started; None when a new device's gpus row could not be written."""
+        started = time.perf_counter()
+        readings, facts = self._read()
+        ts_ms = self.clock.now_ms()
+        try:
+            record = self.pipeline.process(
+                ts_ms, readings, {i.uuid: i for i in self.backend.identities()}
+            )
+        except STORAGE_ERRORS as exc:
+            self.buffer.count_lost(ts_ms, exc)
+            self.last_tick = TickStats(ts_ms, 0, time.perf_counter() - started,
+                                       self._storage_error())
+            return None
+        changes = self._hardware_changes(facts, record)
+        if changes is not None:  # the record is in the log, or waits to be: in order
+            self.pipeline.hardware.commit(changes)
+        return record, ts_ms, started
+
+    def _tick_now(self) -> tuple[TickRecord, Outage | None, list[Written]]:
+        """A tick written before it returns (the caller holds the tick lock)."""
+        tick = self._classify()
+        if tick is None:
+            return TickRecord(), None, []
+        record, ts_ms, started = tick
+        written = self.buffer.submit(record, ts_ms)
+        outage = self.buffer.end_outage()
+        if self.buffer.outage is None:
+            self.last_success_ms = ts_ms
+        self.last_tick = TickStats(ts_ms, len(record.samples),
+                                   time.perf_counter() - started, self._storage_error())
+        return record, outage, written
+
+    def _after_write(self, outage: Outage | None, written: list[Written]) -> None:
+        """Outside the tick lock: log a recovered outage, then the committed events'
+        callbacks."""
         if outage is not None:
             self._recovered(outage)
         if self.callbacks:
             for done in written:
                 if done.record.drafts:
                     self.callbacks.dispatch(self._events(done.record.drafts, done.event_ids))
+
+    def _tick_to_writer(self, write_later: bool) -> TickRecord:
+        with self._tick_lock:
+            stopped = self._writer is None  # stopped meanwhile: written here instead
+            if not stopped:
+                record, done = self._hand_over()
+        if stopped:
+            return self.tick()
+        if not write_later:
+            done.wait()
         return record
+
+    def _hand_over(self) -> tuple[TickRecord, threading.Event]:
+        """Read and classify a tick, and hand it to the writer (the caller holds the lock)."""
+        done = threading.Event()
+        tick = self._classify()
+        if tick is None:
+            done.set()
+            return TickRecord(), done
+        record, ts_ms, started = tick
+        self._writes.put((record, ts_ms, done))
+        self.last_tick = TickStats(ts_ms, len(record.samples), time.perf_counter() - started,
+                                   self._storage_error())
+        return record, done
+
+    def _write_loop(self) -> None:
+        """The writer thread: move every handed-over tick into the buffer, then write what
+        the log takes, oldest first; until the stop sentinel."""
+        stopping = False
+        while not stopping:
+            items = [self._writes.get()]
+            while True:
+                try:
+                    items.append(self._writes.get_nowait())
+                except queue.Empty:
+                    break
+            handed = [i for i in items if i is not None]
+            stopping = len(handed) != len(items)
+            for record, _ts, _done in handed:
+                self.buffer.add(record)
+            now = handed[-1][1] if handed else self.clock.now_ms()
+            try:
+                written = self.buffer.flush(now)
+                outage = self.buffer.end_outage()
+                if self.buffer.outage is None and handed:
+                    self.last_success_ms = now
+                self._after_write(outage, written)
+            except Exception:  # the writer must outlive any one failure
+                log.exception("writing ticks failed")
+            finally:
+                for _record, _ts, done in handed:
+                    done.set()
+
+    def _start_writer(self) -> None:
+        if self.background_writes and self._writer is None:
+            self._writer = threading.Thread(target=self._write_loop, name="gpuhistory-writer",
+                                            daemon=True)
+            self._writer.start()
+
+    def _stop_writer(self) -> None:
+        """Write what was handed over (as far as the log takes it) and end the thread."""
+        with self._tick_lock:
+            writer, self._writer = self._writer, None
+            if writer is not None:
+                self._writes.put(None)
+        if writer is not None:
+            writer.join()
 
     @property
     def storage(self) -> dict[str, object]:
@@ -198,6 +304,8 @@ class Sampler:
         if self.hardware_error is not None:
             log.info("hardware facts read again (after: %s)", self.hardware_error)
         self.hardware_error = None
+        if facts:
+            self.hardware_facts = {fact.index: fact for fact in facts}
         return facts
 
     def _hardware_changes(self, facts: list[HardwareFacts] | None,
@@ -227,7 +335,10 @@ class Sampler:
     def safe_tick(self) -> None:
         """The scheduled job: a failing tick is logged and recorded, never raised."""
         try:
-            self.tick()
+            if self._writer is not None:
+                self.tick(write_later=True)
+            else:
+                self.tick()
             self._follow_interval()
         except Exception as exc:  # the next tick must still run
             log.exception("sampling tick failed")
@@ -237,6 +348,11 @@ class Sampler:
     @property
     def running(self) -> bool:
         return self._job_interval is not None
+
+    @property
+    def scheduler(self) -> BackgroundScheduler | None:
+        """The scheduler the sampling job runs on (None before start or attach)."""
+        return self._scheduler
 
     def attach(self, scheduler: BackgroundScheduler) -> None:
         """Use a scheduler shared with other jobs (the service's); started by its owner."""
@@ -260,6 +376,7 @@ class Sampler:
                              interval_seconds=self.interval, backend=self.backend.name,
                              requested_by=requested_by)
             interval = self.interval
+            self._start_writer()
             self._scheduler.add_job(
                 self.safe_tick, "interval", seconds=interval, id=SAMPLE_JOB_ID,
                 name="sample every GPU", next_run_time=datetime.now().astimezone(),
@@ -267,6 +384,7 @@ class Sampler:
                 replace_existing=True,
             )
             self._job_interval = interval
+            self.stopped_ms = None
             if requested_by is None:
                 self._append(EventKind.MONITORING_STARTED, interval_seconds=interval,
                              backend=self.backend.name, requested_by=None)
@@ -303,6 +421,7 @@ class Sampler:
                 self._append(EventKind.MONITORING_STOPPED, durable=True, reason=reason,
                              requested_by=requested_by)
             self._job_interval = None
+            self.stopped_ms = self.clock.now_ms()
             with contextlib.suppress(JobLookupError):
                 self._scheduler.remove_job(SAMPLE_JOB_ID)
             if self._owns_scheduler:
@@ -311,7 +430,10 @@ class Sampler:
                     self._clock_watch = None
                 self._scheduler.shutdown(wait=True)
                 self._scheduler = None
-            with self._tick_lock:  # the tick in flight finishes and commits first
+            with self._tick_lock:  # the tick in flight finishes first
+                pass
+            self._stop_writer()  # then what it handed over is written
+            with self._tick_lock:
                 self._flush_waiting()
             if requested_by is None:
                 self._append(EventKind.MONITORING_STOPPED, reason=reason, requested_by=None)

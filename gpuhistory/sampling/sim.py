@@ -8,7 +8,8 @@ trace to more GPUs than it holds by reusing its GPUs with a time offset each.
 memory above its idle level, one compute process (pid 4200 + index, ``python3``, using the
 memory above idle); and throttle-time counters that accrue the trace's time in each
 clock-event reason (SwPowerCap → power_cap_ns, SwThermal, HwThermal, HwPowerBrake), exactly
-and continuously, so they do not depend on how often they are read. No XIDs.
+and continuously, so they do not depend on how often they are read; and an energy counter
+that integrates the trace's power the same way. No XIDs, no ECC, remapping or PCIe counters.
 """
 
 from __future__ import annotations
@@ -23,7 +24,12 @@ from gpuhistory.clock import Clock
 from gpuhistory.domain.reading import GpuIdentity, Reading
 from gpuhistory.formats.trace_csv import bundled_trace, read_trace
 from gpuhistory.sampling.backend import BackendHealth, BackendUnavailable
-from gpuhistory.sampling.hardware import COUNTER_BITS, HardwareFacts, ProcessInfo
+from gpuhistory.sampling.hardware import (
+    COUNTER_BITS,
+    RELIABILITY_NAMES,
+    HardwareFacts,
+    ProcessInfo,
+)
 
 SIM_PID_BASE = 4200
 SIM_PROCESS_NAME = "python3"
@@ -73,6 +79,7 @@ class SimBackend:
             times, readings = timelines[src]
             self._gpus.append((index, offset, times, readings))
         self._throttle = {src: self._throttle_time(*timelines[src]) for src in source}
+        self._energy = {src: self._energy_j(*timelines[src]) for src in source}
         self._idle_mib = {src: min((r.memory_used_mib for r in timelines[src][1]
                                     if r.memory_used_mib is not None), default=0)
                           for src in source}
@@ -126,6 +133,17 @@ class SimBackend:
             out[name] = (before, on, total)
         return out
 
+    def _energy_j(self, times: list[float], readings: list[Reading]
+                  ) -> tuple[list[float], float]:
+        """Joules used before each row (each row's power held until the next), and in one
+        whole play of the trace."""
+        before, total = [], 0.0
+        for i, t in enumerate(times):
+            before.append(total)
+            end = times[i + 1] if i + 1 < len(times) else self.duration_s
+            total += (end - t) * (readings[i].power_w or 0.0)
+        return before, total
+
     def read_hardware(self) -> list[HardwareFacts]:
         out = []
         for (index, offset, times, readings), src in zip(self._gpus, self._source, strict=True):
@@ -141,7 +159,13 @@ class SimBackend:
             busy = used > 0 and ((reading.utilization_pct or 0) > 0 or used > BUSY_MEMORY_MIB)
             processes = [ProcessInfo(SIM_PID_BASE + index, SIM_PROCESS_NAME, used)] if busy \
                 else []
-            out.append(HardwareFacts(index=index, processes=processes, counters=counters))
+            before_j, total_j = self._energy[src]
+            joules = loops * total_j + before_j[i] + max(0.0, position - times[i]) * (
+                reading.power_w or 0.0)
+            reliability: dict[str, int | None] = dict.fromkeys(RELIABILITY_NAMES)
+            reliability["energy_mj"] = round(joules * 1000)
+            out.append(HardwareFacts(index=index, processes=processes, counters=counters,
+                                     reliability=reliability))
         return out
 
     def health(self) -> BackendHealth:

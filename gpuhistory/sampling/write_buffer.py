@@ -103,6 +103,12 @@ class WriteBuffer:
         self._trim()
         return written
 
+    def add(self, record: TickRecord) -> None:
+        """Queue a tick behind the waiting ones without writing (a writer thread's
+        :meth:`flush` writes it), dropping the oldest beyond the capacity."""
+        self._pending.append(record)
+        self._trim()
+
     def flush(self, now_ms: int, fresh: TickRecord | None = None) -> list[Written]:
         """Write what waits, oldest first, until a write fails or nothing is left."""
         written: list[Written] = []

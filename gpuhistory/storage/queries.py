@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.compiler import compiles
 
 from gpuhistory.domain.reading import Reading
+from gpuhistory.domain.slots import card_at
 from gpuhistory.domain.states import GPUState
 from gpuhistory.domain.trend import TrendSums
 from gpuhistory.storage.schema import gpus, rollup_progress, samples, samples_1m, transitions
@@ -51,7 +52,7 @@ class LatestSample:
     left_critical_ms: int | None = None
 
 
-def _gpu(row: sa.Row[Any]) -> GpuRow:
+def gpu_row(row: sa.Row[Any]) -> GpuRow:
     return GpuRow(row.id, row.host, row.gpu_index, row.uuid, row.name, row.memory_total_mib,
                   row.power_limit_w, row.slowdown_temp_c, row.shutdown_temp_c, row.backend,
                   row.first_seen_ms, row.last_seen_ms)
@@ -104,7 +105,8 @@ def _last_change(gpu_id: Any, pairs: tuple[tuple[int, int], ...],
 
 
 @functools.cache
-def _latest_statement(one_gpu: bool, timed: bool, one_host: bool = True) -> sa.Select[Any]:
+def _latest_statement(one_gpu: bool, timed: bool, one_host: bool = True,
+                      by_id: bool = False) -> sa.Select[Any]:
     """Built once per shape (and compiled once by SQLAlchemy's cache); values are bound."""
     at: sa.BindParameter[int] | None = sa.bindparam("at") if timed else None
     s2 = samples.alias("newest")
@@ -124,20 +126,36 @@ def _latest_statement(one_gpu: bool, timed: bool, one_host: bool = True) -> sa.S
         query = query.where(gpus.c.host == sa.bindparam("host"))
     if one_gpu:
         query = query.where(gpus.c.gpu_index == sa.bindparam("gpu_index"))
+    if by_id:
+        query = query.where(gpus.c.id == sa.bindparam("gpu_db_id"))
     return query.order_by(gpus.c.host, gpus.c.gpu_index, gpus.c.id)
+
+
+def _entry(row: sa.Row[Any]) -> LatestSample:
+    gpu = gpu_row(row)
+    has_sample = row.sample_ts is not None
+    return LatestSample(
+        gpu=gpu,
+        ts_ms=row.sample_ts,
+        state=GPUState(row.state) if has_sample else None,
+        reading=reading_from_row(gpu, row) if has_sample else None,
+        left_hot_ms=row.left_hot_ms,
+        left_critical_ms=row.left_critical_ms,
+    )
 
 
 def latest_samples(
     conn: sa.Connection, host: str | None, gpu_index: int | None = None,
-    at_ms: int | None = None,
+    at_ms: int | None = None, now_ms: int | None = None,
 ) -> list[LatestSample]:
-    """Each GPU index on ``host`` (``None``: on every host, ordered by host) with its newest
-    sample (at or before ``at_ms``).
+    """Each GPU slot on ``host`` (``None``: on every host, ordered by host) with the card
+    that held it at ``at_ms`` (else now: ``now_ms``, or the card that arrived last) and
+    that card's newest sample at or before ``at_ms``.
 
     One statement for all GPUs: the newest sample is a per-GPU seek on the samples key
     (``max(ts_ms)`` with ``gpu_id=?``: SEARCH samples USING PRIMARY KEY), never a
-    ``GROUP BY`` over the samples. When one index was held by several devices over time
-    (a sim run, then real cards; a swapped card), the device with the newest sample wins.
+    ``GROUP BY`` over the samples. Which card answers for a slot that several cards held
+    is :func:`gpuhistory.domain.slots.card_at`, the rule of every interface.
     """
     params: dict[str, Any] = {}
     if host is not None:
@@ -147,23 +165,28 @@ def latest_samples(
     if at_ms is not None:
         params["at"] = at_ms
     statement = _latest_statement(gpu_index is not None, at_ms is not None, host is not None)
-    best: dict[tuple[str, int], LatestSample] = {}
+    slots: dict[tuple[str, int], list[LatestSample]] = {}
     for row in conn.execute(statement, params):
-        gpu = _gpu(row)
-        has_sample = row.sample_ts is not None
-        entry = LatestSample(
-            gpu=gpu,
-            ts_ms=row.sample_ts,
-            state=GPUState(row.state) if has_sample else None,
-            reading=reading_from_row(gpu, row) if has_sample else None,
-            left_hot_ms=row.left_hot_ms,
-            left_critical_ms=row.left_critical_ms,
-        )
-        key = (gpu.host, gpu.index)
-        current = best.get(key)
-        if current is None or (entry.ts_ms or -1) > (current.ts_ms or -1):
-            best[key] = entry
-    return [best[key] for key in sorted(best)]
+        entry = _entry(row)
+        slots.setdefault((entry.gpu.host, entry.gpu.index), []).append(entry)
+    t = at_ms if at_ms is not None else now_ms if now_ms is not None else _END_OF_TIME
+    found = []
+    for key in sorted(slots):
+        by_card = {e.gpu.id: e for e in slots[key]}
+        found.append(by_card[card_at([e.gpu for e in slots[key]], t).id])
+    return found
+
+
+_END_OF_TIME = 2**62
+
+
+def latest_sample_of(conn: sa.Connection, gpu: GpuRow, at_ms: int | None = None) -> LatestSample:
+    """One card with its newest sample (at or before ``at_ms``)."""
+    params: dict[str, Any] = {"gpu_db_id": gpu.id}
+    if at_ms is not None:
+        params["at"] = at_ms
+    statement = _latest_statement(False, at_ms is not None, False, by_id=True)
+    return _entry(conn.execute(statement, params).one())
 
 
 _COOLDOWN_STARTS = sa.select(

@@ -286,3 +286,19 @@ webhook_deliveries = sa.Table(
     sa.Index("ix_webhook_deliveries_event", "event_id"),
     sa.Index("ix_webhook_deliveries_ts", "ts_ms"),
 )
+
+# One sampler per host per database (gpuhistory/sampling/claim.py; docs/deployment.md): the
+# claim of the process sampling ``host``, renewed by a heartbeat. Stale after
+# ``stale_after_ms`` without one, or when its pid is gone from the same machine (``node``).
+sampler_claims = sa.Table(
+    "sampler_claims",
+    metadata,
+    sa.Column("host", sa.String(255), primary_key=True),
+    sa.Column("owner", sa.String(64), nullable=False),
+    sa.Column("node", sa.String(255), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("process", sa.String(32), nullable=False),
+    sa.Column("acquired_ms", sa.BigInteger, nullable=False),
+    sa.Column("heartbeat_ms", sa.BigInteger, nullable=False),
+    sa.Column("stale_after_ms", sa.BigInteger, nullable=False),
+)

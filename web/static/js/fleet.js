@@ -12,6 +12,7 @@ const SPARK_SECONDS = 15 * 60;
 class Card {
   constructor(gpu) {
     this.gpuId = gpu.gpu_id;
+    this.uuid = gpu.uuid; // the card in the slot now: the sparkline is its history
     this.spark = null;
     this.sparkData = [[], []];
     this.stateEventId = 0;
@@ -57,7 +58,7 @@ class Card {
     const until = serverNow();
     try {
       const answer = await getJSON("/api/gpu/metrics/history", {
-        gpu_id: this.gpuId, since: iso(until - SPARK_SECONDS * 1000), until: iso(until),
+        uuid: this.uuid, since: iso(until - SPARK_SECONDS * 1000), until: iso(until),
         points: 90,
       });
       const half = answer.bucket_seconds / 2;
@@ -110,6 +111,7 @@ class Card {
     const m = gpu.metrics || {};
     this.setState(gpu.state);
     this.el.classList.toggle("unavailable", !gpu.available || gpu.state === "UNAVAILABLE");
+    this.uuid = gpu.uuid;
     this.name.textContent = `${gpu.name || "unknown GPU"} · ${gpu.uuid}`;
     this.temperature.textContent = withUnit(m.temperature_celsius, "°C") +
       (m.memory_temperature_celsius !== null && m.memory_temperature_celsius !== undefined

@@ -131,8 +131,10 @@ export function mount(root, params) {
   // The post-mortem without its samples, then its window from the history API: a
   // bounded number of buckets whatever the incident's length (the CSV has every sample).
   getJSON(`/api/gpu/incidents/${id}`, {max_samples: 0}).then(async (doc) => {
+    // By the incident's card (its UUID on its host), never "whatever is in the slot".
     const history = await getJSON("/api/gpu/metrics/history", {
-      gpu_id: doc.gpu_id, since: doc.window.since, until: doc.window.until, points: POINTS});
+      uuid: doc.uuid, host: doc.host, since: doc.window.since, until: doc.window.until,
+      points: POINTS});
     if (cancelled) return;
     const mainEl = h("div", {class: "chart", id: "incident-timeline", role: "img",
                              "aria-label": `Timeline of incident ${id}: temperature and power`});

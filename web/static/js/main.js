@@ -2,7 +2,7 @@
 
 import {connection, serverNow} from "./api.js";
 import {h, replace} from "./dom.js";
-import {clock, utcOffset, zoneName} from "./format.js";
+import {clock, duration, utcOffset, zoneName} from "./format.js";
 import {live} from "./live.js";
 import * as fleet from "./fleet.js";
 import * as historyPage from "./history.js";
@@ -79,13 +79,23 @@ function renderBanners() {
       "unavailable (not detected, lost, or NVML failing)."]);
   }
   const health = live.health;
-  if (connection.state === "up" && health?.status === "degraded") {
-    const why = health.backend && !health.backend.ok ? `the backend reports: ${health.backend.detail}`
-      : health.last_tick?.error ? `the last tick failed: ${health.last_tick.error}`
-        : "the newest sample is stale";
-    list.push(["warning", "degraded", `Monitoring is degraded: ${why}.`]);
+  const freshness = health?.freshness;
+  if (connection.state === "up" && freshness?.stale) {
+    const age = freshness.last_tick_age_seconds;
+    const since = age == null ? "" : ` The last sample is ${duration(age)} old.`;
+    list.push(["warning", "stale", freshness.reason === "monitoring_stopped"
+      ? `Monitoring is stopped: the values shown are not current.${since}`
+      : `The sampler has not sampled for more than ${duration(freshness.stale_after_seconds)} ` +
+        `(it samples every ${duration(freshness.interval_seconds)}): it may have died or hang. ` +
+        `The values shown are not current.${since}`]);
   }
-  if (connection.state === "up" && status && gpus[0]?.monitoring?.monitoring === false) {
+  const others = (health?.reasons ?? []).filter((r) =>
+    !r.startsWith("monitoring_stopped:") && !r.startsWith("sampler_stale:"));
+  if (connection.state === "up" && health?.status === "degraded" && others.length) {
+    list.push(["warning", "degraded", `Monitoring is degraded: ${others.join("; ")}.`]);
+  }
+  if (connection.state === "up" && status && gpus[0]?.monitoring?.monitoring === false &&
+      !freshness?.stale) {
     list.push(["info", "monitoring-stopped",
       "Monitoring is stopped: no new samples are being taken."]);
   }
