@@ -614,7 +614,7 @@ def test_an_event_still_to_commit_is_waited_for(pg_engine) -> None:
 # -- storage ------------------------------------------------------------------------------
 def test_migration_0007_down_and_up_again(db: sa.Engine) -> None:
     """0007 creates the two tables (as schema.py defines them), downgrading to 0006 drops
-    them, upgrading again restores them."""
+    them (and every later migration's), upgrading to head again restores them."""
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
 
@@ -624,13 +624,13 @@ def test_migration_0007_down_and_up_again(db: sa.Engine) -> None:
     def tables() -> set[str]:
         return set(sa.inspect(db).get_table_names())
 
-    assert head_revision() == "0007" and current_revision(db) == "0007"
+    assert current_revision(db) == head_revision() >= "0007"
     assert {"webhooks", "webhook_deliveries"} <= tables()
     downgrade(db, "0006")
     assert current_revision(db) == "0006"
     assert not {"webhooks", "webhook_deliveries"} & tables()
     upgrade(db)
-    assert current_revision(db) == "0007"
+    assert current_revision(db) == head_revision()
     with db.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), metadata) == []
 
