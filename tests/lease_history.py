@@ -451,7 +451,11 @@ def _check_lease(allocation_id: str, seq: list[Op], row: Row | None, problems: l
     if not (as_acknowledged or happened):
         problem(f"after a {doubt.kind} in doubt (sent at {doubt.invoke_ms}), the log says "
                 f"{_describe(row)}; acknowledged alive until {expires}")
-    return (row.gpu_id, row.granted_ms, max(expires, row.end_ms), row.memory_mb)
+    # An operation in doubt that happened ends the lease where the log says: a release in
+    # doubt that committed freed the memory at its logged time, before the acknowledged
+    # expiry, and grants after that time rightly counted the memory as free again.
+    end = row.end_ms if happened else max(expires, row.end_ms)
+    return (row.gpu_id, row.granted_ms, end, row.memory_mb)
 
 
 def _matches(row: Row, expires: int, released: int | None) -> bool:

@@ -78,6 +78,10 @@ def wait_until_blocked(engine: sa.Engine, database: str, thread: threading.Threa
                 blocked = conn.execute(sa.text(
                     "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
                     " AND wait_event_type = 'Lock'")).scalar_one() > 0
+                # PostgreSQL takes one snapshot of pg_stat_activity per transaction: end it,
+                # or every later poll sees the first one again (taken, under load, before
+                # the other writer reached its lock).
+                conn.rollback()
             else:
                 frame = sys._current_frames().get(thread.ident)
                 blocked = False
