@@ -7,7 +7,6 @@ from __future__ import annotations
 import time
 
 import requests
-from prometheus_client.parser import text_string_to_metric_families
 
 from gpuhistory.config.layers import load_static
 from gpuhistory.domain.events import EventDraft, EventKind
@@ -16,6 +15,7 @@ from gpuhistory.sampling.pipeline import Pipeline
 from gpuhistory.sampling.sampler import Sampler
 from gpuhistory.storage.log import LogStore
 from tests.fake_pynvml import FakeNvml, scenario
+from tests.test_metrics_endpoint import scrape_url
 
 MIB = 1024 * 1024
 DCGM_LABELS = {"gpu", "UUID", "device", "modelName", "Hostname"}
@@ -23,12 +23,7 @@ DCGM_LABELS = {"gpu", "UUID", "device", "modelName", "Hostname"}
 
 def scrape(url: str) -> tuple[str, dict[str, list]]:
     """The body and its samples by sample name (as the official parser names them)."""
-    response = requests.get(f"{url}/metrics", timeout=10)
-    assert response.status_code == 200, response.text
-    by_name: dict[str, list] = {}
-    for family in text_string_to_metric_families(response.text):
-        for sample in family.samples:
-            by_name.setdefault(sample.name, []).append(sample)
+    response, by_name = scrape_url(url)
     return response.text, by_name
 
 

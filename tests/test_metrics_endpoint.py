@@ -21,7 +21,12 @@ STATES = ("OPTIMAL", "NORMAL", "THROTTLED", "CRITICAL", "UNAVAILABLE")
 
 def scrape(app) -> tuple[requests.Response, dict[str, list]]:
     """The raw response and its samples by sample name (``_total`` included for counters)."""
-    response = requests.get(f"{app.url}/metrics", timeout=10)
+    return scrape_url(app.url)
+
+
+def scrape_url(url: str) -> tuple[requests.Response, dict[str, list]]:
+    """:func:`scrape` of the server at ``url``."""
+    response = requests.get(f"{url}/metrics", timeout=10)
     assert response.status_code == 200, response.text
     by_name: dict[str, list] = {}
     for family in text_string_to_metric_families(response.text):
