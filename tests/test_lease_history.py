@@ -146,7 +146,11 @@ def assert_exercised(result: Verdict) -> None:
     assert not result.problems, "\n".join(result.problems[:20])
     # Some renewal was done (server time) within 50 ms of the expiry it replaced.
     assert figures.get("closest_renewal_to_the_old_expiry_ms", 10**9) <= 50, figures
-    assert figures.get("renew_refused", 0) > 0, figures  # some renewals came too late
+    # Some renewals reached their lease's old expiry: refused as too late, or sent before it
+    # and acknowledged after it. Either outcome is the race; which one a short run shows
+    # depends on timing, so neither alone is required.
+    assert (figures.get("renew_refused", 0)
+            + figures.get("renewals_acknowledged_across_the_old_expiry", 0)) > 0, figures
     assert figures.get("grant_refused", 0) > 0, figures  # cards were full
     assert figures.get("expiries_recorded", 0) > 0, figures
     assert figures.get("release_ok", 0) > 0, figures
