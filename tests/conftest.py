@@ -287,7 +287,8 @@ class LiveServer:
 
         from waitress.server import create_server
 
-        self.server = create_server(app, host="127.0.0.1", port=0, threads=4)
+        self.server = create_server(app, host="127.0.0.1", port=0, threads=4,
+                                    channel_request_lookahead=1)  # as HttpServer
         self.url = f"http://127.0.0.1:{self.server.effective_port}"
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()

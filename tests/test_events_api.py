@@ -120,3 +120,31 @@ def test_head_on_the_stream_takes_no_slot_and_closed_streams_give_theirs_back(en
         refused = client.get("/api/gpu/events/stream")
         assert refused.status_code == 429
         assert client.head("/api/gpu/events/stream").status_code == 200  # HEAD: no slot
+
+
+def test_a_stream_whose_client_left_frees_its_slot_within_a_poll(make_app) -> None:
+    """A reloaded dashboard drops its stream without a word. With streams that would live a
+    minute and both slots taken, the slots come back as soon as the clients close (the
+    stream asks the server whether its client is gone), not at the stream's end or next
+    write (the keep-alive, every HEARTBEAT_SECONDS): a new stream is answered 200 well
+    within that."""
+    import time
+
+    from gpuhistory.api.events_api import HEARTBEAT_SECONDS, POLL_SECONDS
+
+    app = make_app(stream_seconds=60.0)
+    url = f"{app.url}/api/gpu/events/stream"
+    held = [requests.get(url, stream=True, timeout=10) for _ in range(2)]
+    assert [response.status_code for response in held] == [200, 200]
+    assert requests.get(url, timeout=5).status_code == 429
+    for response in held:
+        response.close()
+    deadline = time.monotonic() + HEARTBEAT_SECONDS - 4 * POLL_SECONDS
+    while True:
+        again = requests.get(url, stream=True, timeout=10)
+        again.close()
+        if again.status_code == 200:
+            break
+        assert again.status_code == 429
+        assert time.monotonic() < deadline, "closed streams kept their slots"
+        time.sleep(0.1)

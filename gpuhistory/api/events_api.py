@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import sqlalchemy as sa
@@ -136,13 +136,17 @@ def stream_events(query: StreamQuery) -> View:
     slot = StreamSlot(c.streams)
     engine, lifetime = c.engine, c.stream_seconds
     kind, gpu_id, uuid = query.kind, query.gpu_id, query.uuid
+    # The server's way to ask whether the client has gone (waitress with request lookahead):
+    # a reloaded page frees its slot within one poll, not at the next write.
+    gone: Callable[[], bool] = request.environ.get(
+        "waitress.client_disconnected", lambda: False)
 
     def generate() -> Iterator[str]:
         nonlocal cursor
         try:
             yield "retry: 2000\n\n"
             started = last_sent = time.monotonic()
-            while time.monotonic() - started < lifetime:
+            while time.monotonic() - started < lifetime and not gone():
                 with engine.connect() as conn:
                     rows = conn.execute(_select(cursor, kind, gpu_id, 500, uuid=uuid)).all()
                 for row in rows:

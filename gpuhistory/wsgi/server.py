@@ -39,6 +39,9 @@ class HttpServer:
             channel_timeout=self.limits.idle_timeout,
             cleanup_interval=1,  # the read timeout is checked every second
             asyncore_use_poll=True,  # select() fails beyond 1024 descriptors
+            # reading one request ahead lets a long response (the event stream) ask
+            # whether its client has gone (environ["waitress.client_disconnected"])
+            channel_request_lookahead=1,
         )
         self._map: dict[int, Any] = {}
         self._dispatcher = ThreadedTaskDispatcher()
