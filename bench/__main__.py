@@ -27,6 +27,7 @@ BENCHMARKS = {
     "cost": "bench.cost",
     "scaling": "bench.scaling",
     "prometheus": "bench.prometheus",
+    "wsgi": "bench.wsgi_servers",
 }
 
 
