@@ -45,8 +45,9 @@ def h200(index: int = 0, used_mib: int = 0, reserved_mib: int = RESERVED,
 def make_backend(clock: FakeClock) -> Iterator[MakeBackend]:
     made: list[NvmlBackend] = []
 
-    def make(nvml: FakeNvml) -> NvmlBackend:
-        backend = NvmlBackend(nvml=nvml, clock=clock, process_names=False)  # type: ignore[arg-type]
+    def make(nvml: FakeNvml, **kwargs: object) -> NvmlBackend:
+        backend = NvmlBackend(nvml=nvml, clock=clock, process_names=False,  # type: ignore[arg-type]
+                              **kwargs)
         made.append(backend)
         return backend
 
@@ -115,11 +116,10 @@ def test_a_failing_v2_call_fails_the_gpu_without_giving_up_v2(make_backend) -> N
 def test_a_hang_in_memory_info_names_the_field(make_backend) -> None:
     """The hang guard still covers the memory call and names it."""
     nvml = FakeNvml([h200()])
-    backend = make_backend(nvml)
+    backend = make_backend(nvml, timeout_s=0.2)
     backend.read()
     release = nvml.hang(0, "nvmlDeviceGetMemoryInfo")
     try:
-        backend.session._timeout_s = 0.2
         (reading,) = backend.read()
         assert not reading.available and "reading memory" in (reading.error or "")
     finally:

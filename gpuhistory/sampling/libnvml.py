@@ -60,11 +60,6 @@ _MEMORY_V2_REFUSALS = ("NVML_ERROR_FUNCTION_NOT_FOUND", "NVML_ERROR_NOT_SUPPORTE
                        "NVML_ERROR_ARGUMENT_VERSION_MISMATCH")
 
 
-def default_binding() -> ModuleType:
-    """The real binding (tests hand a fake one to the session instead)."""
-    return pynvml
-
-
 def text(value: Any) -> str:
     """NVML strings arrive as str from current bindings, as bytes from older ones."""
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
