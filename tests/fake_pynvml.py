@@ -14,6 +14,13 @@ Error and energy counters: a device's ``ecc`` totals, ``remapped_rows``, ``pcie_
 and ``energy_mj`` (None: NOT_SUPPORTED, as a consumer card answers for ECC and remapping),
 its ``pci_bus_id``; ``driver_version`` is the module's.
 
+Memory: ``memory_used`` is what ``nvidia-smi`` shows as used and ``memory_reserved`` what the
+driver holds back. v2 memory info (``version=nvmlMemory_v2``) reports them apart; v1 counts
+the reservation as used, as real drivers do. A device with ``memory_v2`` set to an error
+code refuses v2 with it (an older driver: FUNCTION_NOT_FOUND); a module made with
+``memory_v2_binding=False`` has neither ``nvmlMemory_v2`` nor the ``version`` parameter (a
+binding older than v2). ``memory_versions`` counts the calls of each version.
+
 Hangs: ``FakeNvml.hang(index, function)`` makes that function block for that GPU (and
 ``hang_init()`` makes nvmlInit block) until the returned event is set, as a wedged driver
 does; a blocked call gives up by itself after ``HANG_LIMIT_S`` so no test leaks a thread.
@@ -75,6 +82,8 @@ class FakeDevice:
     name: str = "NVIDIA H100 80GB HBM3"
     memory_total: int = 81559 * MIB
     memory_used: int = 20480 * MIB + 123
+    memory_reserved: int = 0  # held back by the driver (nvidia-smi's "Reserved")
+    memory_v2: int | None = None  # an NVML error code: v2 memory info refused with it
     temperature: int = 45
     memory_temperature: float = 52
     memory_temperature_type: int = pynvml.NVML_VALUE_TYPE_UNSIGNED_INT
@@ -154,6 +163,7 @@ class FakeNvml(types.ModuleType):
     NVML_ERROR_GPU_IS_LOST = pynvml.NVML_ERROR_GPU_IS_LOST
     NVML_ERROR_NO_DATA = pynvml.NVML_ERROR_NO_DATA
     NVML_ERROR_UNKNOWN = pynvml.NVML_ERROR_UNKNOWN
+    NVML_ERROR_ARGUMENT_VERSION_MISMATCH = pynvml.NVML_ERROR_ARGUMENT_VERSION_MISMATCH
     NVML_TEMPERATURE_GPU = pynvml.NVML_TEMPERATURE_GPU
     NVML_TEMPERATURE_THRESHOLD_SHUTDOWN = pynvml.NVML_TEMPERATURE_THRESHOLD_SHUTDOWN
     NVML_TEMPERATURE_THRESHOLD_SLOWDOWN = pynvml.NVML_TEMPERATURE_THRESHOLD_SLOWDOWN
@@ -179,8 +189,13 @@ class FakeNvml(types.ModuleType):
     NVML_AGGREGATE_ECC = pynvml.NVML_AGGREGATE_ECC
 
     def __init__(self, devices: list[FakeDevice] | None = None, *,
-                 library_missing: bool = False, strings_as_bytes: bool = False) -> None:
+                 library_missing: bool = False, strings_as_bytes: bool = False,
+                 memory_v2_binding: bool = True) -> None:
         super().__init__("fake_pynvml")
+        self.memory_v2_binding = memory_v2_binding
+        if memory_v2_binding:
+            self.nvmlMemory_v2 = pynvml.nvmlMemory_v2
+        self.memory_versions: Counter[int] = Counter()  # 1 and 2: calls of each version
         self.devices = list(devices or [])
         self.library_missing = library_missing
         self.strings_as_bytes = strings_as_bytes
@@ -309,10 +324,25 @@ class FakeNvml(types.ModuleType):
     def nvmlDeviceGetName(self, handle: FakeHandle) -> str | bytes:
         return self._text(self._device("nvmlDeviceGetName", handle).name)
 
-    def nvmlDeviceGetMemoryInfo(self, handle: FakeHandle) -> pynvml.c_nvmlMemory_t:
+    def nvmlDeviceGetMemoryInfo(self, handle: FakeHandle, *args: Any, **kwargs: Any) -> Any:
+        """v1 (no version: used includes the reservation) or v2 (``version=``, as pynvml
+        takes it: the reservation apart); a binding without v2 takes no version at all."""
+        if not self.memory_v2_binding and (args or kwargs):
+            raise TypeError("nvmlDeviceGetMemoryInfo() takes 1 positional argument")
+        version = kwargs.get("version", args[0] if args else None)
         device = self._device("nvmlDeviceGetMemoryInfo", handle)
-        return pynvml.c_nvmlMemory_t(total=device.memory_total, used=device.memory_used,
-                                     free=device.memory_total - device.memory_used)
+        total, used, reserved = device.memory_total, device.memory_used, device.memory_reserved
+        if not version:
+            self.memory_versions[1] += 1
+            return pynvml.c_nvmlMemory_t(total=total, used=used + reserved,
+                                         free=total - used - reserved)
+        self.memory_versions[2] += 1
+        if device.memory_v2 is not None:
+            raise NVMLError(device.memory_v2)
+        if version != pynvml.nvmlMemory_v2:
+            raise NVMLError(self.NVML_ERROR_ARGUMENT_VERSION_MISMATCH)
+        return pynvml.c_nvmlMemory_v2_t(version=version, total=total, reserved=reserved,
+                                        used=used, free=total - used - reserved)
 
     def nvmlDeviceGetEnforcedPowerLimit(self, handle: FakeHandle) -> int:
         return self._device("nvmlDeviceGetEnforcedPowerLimit", handle).power_limit_mw

@@ -7,6 +7,8 @@ support (the fan on an H100) may be None.
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 
@@ -240,3 +242,49 @@ def test_metrics_lines_on_real_hardware(engine, clock) -> None:
                and "DCGM_FI_DRIVER_VERSION=" in line for line in lines), body[:2000]
     assert any(line.startswith("gpuhistory_gpu_energy_joules_total{") for line in lines)
     assert any(line.startswith("gpuhistory_gpu_xid_errors_total{") for line in lines)
+
+
+def _nvidia_smi_memory() -> dict[int, tuple[int, int, int]]:
+    """(used, reserved, total) MiB per GPU index as ``nvidia-smi`` shows them; skips the
+    test, with the reason, where nvidia-smi is missing or does not know memory.reserved."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        pytest.skip("nvidia-smi is not on PATH: nothing to compare the memory figures with")
+    done = subprocess.run(
+        [smi, "--query-gpu=index,memory.used,memory.reserved,memory.total",
+         "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=60,
+        check=False)
+    if done.returncode != 0:
+        pytest.skip(f"nvidia-smi --query-gpu=...memory.reserved failed ({done.returncode}): "
+                    f"{(done.stderr or done.stdout).strip()[:200]}")
+    out: dict[int, tuple[int, int, int]] = {}
+    for line in done.stdout.strip().splitlines():
+        index, used, reserved, total = (cell.strip() for cell in line.split(","))
+        if not reserved.isdigit():
+            pytest.skip(f"nvidia-smi reports memory.reserved as {reserved!r} here")
+        out[int(index)] = (int(used), int(reserved), int(total))
+    return out
+
+
+def test_memory_figures_match_nvidia_smi_at_idle() -> None:
+    """Used, reserved and total of every GPU within 1 MiB of ``nvidia-smi --query-gpu=
+    memory.used,memory.reserved,memory.total`` (read before and after ours: the GPUs must
+    be idle, their memory unchanged in between)."""
+    before = _nvidia_smi_memory()
+    real = NvmlBackend(process_names=False)
+    try:
+        ours = {r.index: (r.memory_used_mib, r.memory_reserved_mib, r.memory_total_mib)
+                for r in real.read()}
+    finally:
+        real.close()
+    after = _nvidia_smi_memory()
+    print({"nvidia-smi (used, reserved, total MiB)": before, "gpuhistory": ours})
+    if before != after:
+        pytest.skip(f"GPU memory changed while comparing (not idle): {before} then {after}")
+    assert set(ours) == set(before)
+    for index, (used, reserved, total) in before.items():
+        mine = ours[index]
+        assert None not in mine, f"GPU {index}: no v2 memory info from NVML: {mine}"
+        assert abs(mine[0] - used) <= 1, (index, "used", mine, before[index])
+        assert abs(mine[1] - reserved) <= 1, (index, "reserved", mine, before[index])
+        assert abs(mine[2] - total) <= 1, (index, "total", mine, before[index])

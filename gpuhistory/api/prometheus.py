@@ -63,8 +63,10 @@ READING_GAUGES: tuple[tuple[str, str, Any], ...] = (
      lambda r: r.temperature_c),
     ("gpuhistory_gpu_memory_temperature_celsius", "GPU memory (HBM) temperature.",
      lambda r: r.memory_temperature_c),
-    ("gpuhistory_gpu_memory_used_bytes", "Device memory in use.",
-     lambda r: _scale(r.memory_used_mib, MIB)),
+    ("gpuhistory_gpu_memory_used_bytes", "Device memory in use (as nvidia-smi shows it: "
+     "without what the driver reserves).", lambda r: _scale(r.memory_used_mib, MIB)),
+    ("gpuhistory_gpu_memory_reserved_bytes", "Device memory the driver reserves.",
+     lambda r: _scale(r.memory_reserved_mib, MIB)),
     ("gpuhistory_gpu_memory_total_bytes", "Device memory in total.",
      lambda r: _scale(r.memory_total_mib, MIB)),
     ("gpuhistory_gpu_utilization_ratio", "GPU utilization, 0 to 1.",

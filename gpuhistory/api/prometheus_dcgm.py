@@ -45,12 +45,6 @@ def _labels(g: DcgmGpu) -> dict[str, str]:
     return labels
 
 
-def _free_mib(r: Reading) -> int | None:
-    if r.memory_total_mib is None or r.memory_used_mib is None:
-        return None
-    return max(0, r.memory_total_mib - r.memory_used_mib)
-
-
 def _thermal_ns(g: DcgmGpu) -> int | None:
     parts = [g.throttle_ns.get("sw_thermal_ns"), g.throttle_ns.get("hw_thermal_ns")]
     known = [p for p in parts if p is not None]
@@ -92,9 +86,11 @@ FAMILIES: tuple[tuple[str, str, str, Callable[[DcgmGpu], Any]], ...] = (
     ("DCGM_FI_DEV_CLOCK_THROTTLE_REASONS", "gauge", "Current clock throttle reasons.",
      lambda g: g.reading.clock_event_reasons),
     ("DCGM_FI_DEV_FB_FREE", "gauge", "Framebuffer memory free (in MiB).",
-     lambda g: _free_mib(g.reading)),
+     lambda g: g.reading.memory_free_mib),
     ("DCGM_FI_DEV_FB_USED", "gauge", "Framebuffer memory used (in MiB).",
      lambda g: g.reading.memory_used_mib),
+    ("DCGM_FI_DEV_FB_RESERVED", "gauge", "Framebuffer memory reserved (in MiB).",
+     lambda g: g.reading.memory_reserved_mib),
     ("DCGM_FI_DEV_ECC_SBE_VOL_TOTAL", "counter",
      "Total number of single-bit volatile ECC errors.", _reliability("ecc_volatile_corrected")),
     ("DCGM_FI_DEV_ECC_DBE_VOL_TOTAL", "counter",

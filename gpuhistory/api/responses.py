@@ -21,7 +21,13 @@ class Metrics(BaseModel):
     load_percent: int | None
     memory_used_mb: int | None
     memory_total_mb: int | None
-    memory_percent: float | None
+    memory_percent: float | None = Field(description="memory_used_mb / memory_total_mb, "
+                                                     "as nvidia-smi's figures")
+    memory_reserved_mb: int | None = Field(description="held back by the driver "
+                                                       "(nvidia-smi's Reserved); null where "
+                                                       "unknown")
+    memory_free_mb: int | None = Field(description="total - reserved - used "
+                                                   "(nvidia-smi's Free)")
     temperature_celsius: int | None
     memory_temperature_celsius: int | None
     power_watts: float | None

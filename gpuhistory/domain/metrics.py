@@ -23,6 +23,8 @@ class GPUMetrics:
     memory_used_mb: int | None
     memory_total_mb: int | None
     memory_percent: float | None
+    memory_reserved_mb: int | None  # held back by the driver; None where unknown
+    memory_free_mb: int | None  # total - reserved - used, as nvidia-smi shows it
     temperature_celsius: int | None
     memory_temperature_celsius: int | None
     power_watts: float | None
@@ -46,6 +48,8 @@ class GPUMetrics:
             load_percent=reading.utilization_pct, memory_used_mb=reading.memory_used_mib,
             memory_total_mb=reading.memory_total_mib,
             memory_percent=None if pct is None else round(pct, 2),
+            memory_reserved_mb=reading.memory_reserved_mib,
+            memory_free_mb=reading.memory_free_mib,
             temperature_celsius=reading.temperature_c,
             memory_temperature_celsius=reading.memory_temperature_c,
             power_watts=None if reading.power_w is None else round(reading.power_w, 1),

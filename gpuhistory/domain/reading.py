@@ -49,6 +49,11 @@ class Reading:
     Every measurement is nullable: data-centre cards answer NOT_SUPPORTED for some fields
     (fan), consumer cards for others. ``available`` is False when the GPU is lost or NVML
     is failing for it; then ``error`` says why and the measurements are None.
+
+    Memory is as ``nvidia-smi`` shows it: ``memory_used_mib`` without what the driver
+    reserves, ``memory_reserved_mib`` that reservation (None where unknown: NVML's v1 memory
+    info, which counts it as used, or a source that does not say); free is total - reserved
+    - used (see ``memory_free_mib``).
     """
 
     index: int
@@ -68,7 +73,16 @@ class Reading:
     clock_event_reasons: int | None = None
     pstate: int | None = None
     fan_pct: int | None = None
+    memory_reserved_mib: int | None = None
     extra: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def memory_free_mib(self) -> int | None:
+        """Free device memory as ``nvidia-smi`` shows it: total - reserved - used."""
+        if self.memory_used_mib is None or self.memory_total_mib is None:
+            return None
+        return max(0, self.memory_total_mib - (self.memory_reserved_mib or 0)
+                   - self.memory_used_mib)
 
     @property
     def memory_percent(self) -> float | None:

@@ -36,6 +36,7 @@ FIELDS: dict[str, tuple[tuple[str, ...], str, str | None]] = {
     "memory_temperature_c": (("temperature.memory",), "int", "C"),
     "memory_used_mib": (("memory.used",), "int", "MiB"),
     "memory_total_mib": (("memory.total",), "int", "MiB"),
+    "memory_reserved_mib": (("memory.reserved",), "int", "MiB"),
     "utilization_pct": (("utilization.gpu",), "int", "%"),
     "power_w": (("power.draw", "power.draw.average", "power.draw.instant"), "float", "W"),
     "power_limit_w": (("power.limit", "enforced.power.limit"), "float", "W"),

@@ -468,7 +468,9 @@ class LeaseManager:
         total = latest.gpu.memory_total_mib
         if total is None and latest.reading is not None:
             total = latest.reading.memory_total_mib
+        # Used and free as nvidia-smi shows them: the driver's reservation is in neither.
         used = None if latest.reading is None else latest.reading.memory_used_mib
+        reserved = None if latest.reading is None else latest.reading.memory_reserved_mib
         # A card known only from a recording is not in the slot now: nothing to lease.
         recorded = latest.gpu.backend in RECORDED_BACKENDS
         return Capacity(
@@ -477,7 +479,8 @@ class LeaseManager:
                                                              cfg.memory_reserve_mb),
             leased_mb=int(leased), active_leases=int(active),
             device_total_mb=total, device_used_mb=used,
-            device_free_mb=None if total is None or used is None else total - used,
+            device_free_mb=(None if total is None or used is None
+                            else max(0, total - (reserved or 0) - used)),
             memory_limit_mb=cfg.memory_limit_mb, memory_reserve_mb=cfg.memory_reserve_mb,
         )
 

@@ -35,7 +35,18 @@ LAST_SEEN_EVERY_MS = 60_000
 # SQLite bulk path: the driver's own executemany with tuples in column order. SQLAlchemy's
 # per-row parameter processing (construct_params) costs ~5 µs a row, the insert itself ~2.
 _SQLITE_INSERT_SAMPLES = str(samples.insert().compile(dialect=sqlite.dialect()))
-_sample_values = itemgetter(*(c.name for c in samples.columns))
+_SAMPLE_COLUMNS = tuple(c.name for c in samples.columns)
+_sample_values_of_whole_rows = itemgetter(*_SAMPLE_COLUMNS)
+
+
+def _sample_values(row: dict[str, Any]) -> tuple[Any, ...]:
+    """A samples row's values in column order; a row built without a nullable column added
+    later (``memory_reserved_mib``) has NULL there."""
+    try:
+        return _sample_values_of_whole_rows(row)
+    except KeyError:
+        return tuple(map(row.get, _SAMPLE_COLUMNS))
+
 # PostgreSQL bulk path (imports, catch-up of buffered ticks): COPY on the transaction's own
 # connection, ~3.5x an INSERT executemany; a tick's few rows stay an INSERT.
 COPY_FROM_ROWS = 1000
@@ -94,6 +105,7 @@ def sample_row(gpu_id: int, ts_ms: int, state: int, r: Reading) -> dict[str, Any
         "clock_event_reasons": r.clock_event_reasons,
         "pstate": r.pstate,
         "fan_pct": r.fan_pct,
+        "memory_reserved_mib": r.memory_reserved_mib,
     }
 
 

@@ -69,7 +69,7 @@ def reading_from_row(gpu: GpuRow, row: sa.Row[Any]) -> Reading:
         power_w=None if row.power_dw is None else row.power_dw / 10,
         power_limit_w=gpu.power_limit_w, sm_clock_mhz=row.sm_clock_mhz,
         mem_clock_mhz=row.mem_clock_mhz, clock_event_reasons=row.clock_event_reasons,
-        pstate=row.pstate, fan_pct=row.fan_pct,
+        pstate=row.pstate, fan_pct=row.fan_pct, memory_reserved_mib=row.memory_reserved_mib,
     )
 
 

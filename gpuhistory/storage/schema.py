@@ -53,6 +53,9 @@ samples = sa.Table(
     sa.Column("clock_event_reasons", sa.BigInteger),
     sa.Column("pstate", sa.SmallInteger),
     sa.Column("fan_pct", sa.SmallInteger),
+    # What the driver holds back (nvidia-smi's "Reserved"); memory_used_mib excludes it.
+    # NULL where unknown: NVML's v1 memory info (which counts it as used), recordings.
+    sa.Column("memory_reserved_mib", sa.Integer),
     sqlite_with_rowid=False,
 )
 
