@@ -228,3 +228,29 @@ def test_unleased_usage_waits_for_the_near_capacity_setting(rig: Rig) -> None:
     rig.tick()
     (event,) = rig.events("unleased_usage")
     assert event["payload"]["near_capacity_pct"] == 10
+
+
+@pytest.mark.parametrize("database", ["sqlite"], indirect=True)
+def test_the_per_tick_lease_read_is_an_index_seek(engine: sa.Engine) -> None:
+    """The sampler's read of the active leases (once per hardware tick while processes
+    run), as active_leases sends it, seeks ix_leases_gpu_released by GPU and unreleased,
+    never scans the leases."""
+    from gpuhistory.leases.manager import active_leases
+
+    sent: list[tuple[str, tuple]] = []
+
+    def capture(_conn, _cursor, sql, parameters, _context, _many) -> None:
+        sent.append((sql, parameters))
+
+    sa.event.listen(engine, "before_cursor_execute", capture)
+    try:
+        with engine.connect() as conn:
+            assert active_leases(conn, [1, 2], 5) == []
+            sql, parameters = sent[-1]
+            rows = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", parameters).all()
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", capture)
+    text = "\n".join(r[-1] for r in rows)
+    assert "SEARCH leases USING INDEX ix_leases_gpu_released (gpu_id=? AND released_ms=?)" \
+        in text, text
+    assert "SCAN leases" not in text, text
