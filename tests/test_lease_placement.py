@@ -14,8 +14,11 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 
 from gpuhistory.clock import FakeClock
-from gpuhistory.leases.model import Capacity
-from gpuhistory.leases.placement import best_fit
+from gpuhistory.domain.config import DEFAULT_CONFIG
+from gpuhistory.domain.states import GPUState
+from gpuhistory.leases.model import Capacity, Covers
+from gpuhistory.leases.placement import best_fit, refusal
+from gpuhistory.storage.queries import GpuRow, LatestSample
 from tests.lease_rig import CAPACITY, CRITICAL_C, THROTTLED_C, Rig
 
 pytestmark = pytest.mark.postgres
@@ -261,3 +264,47 @@ def test_client_lease_any_covers_its_own_pid(rig: Rig) -> None:
         assert rig.leases.get("py").covers.pids == (os.getpid(),)
     with client.lease(1, gpu_id="any", allocation_id="none", pids=()) as lease:
         assert lease.covers["pids"] == []
+
+
+def test_gpu_manager_places_on_any_and_stores_covers(tmp_path, clock: FakeClock) -> None:
+    """GPUManager.allocate_memory(gpu_id="any") is placed by the same rule (the GPU with
+    the least room that fits, here the one already holding a lease) and keeps the covers;
+    a gpu_id that is neither raises ValueError and grants nothing."""
+    from gpuhistory.manager import GPUManager
+    from tests.conftest import FLEET4
+
+    with GPUManager(db=tmp_path / "m.db", backend="sim", trace=FLEET4, clock=clock) as m:
+        assert m.allocate_memory("first", 1000, gpu_id=2)
+        assert m.allocate_memory("placed", 1000, gpu_id="any", pids=[42], slurm_job="4711")
+        placed = m.leases.get("placed")
+        assert placed.gpu_id == 2 and placed.covers == Covers((42,), "4711", None)
+        with pytest.raises(ValueError, match='"any"'):
+            m.allocate_memory("bad", 1000, gpu_id="anyy")
+        assert [lease.allocation_id for lease in m.leases.list()] == ["placed", "first"]
+
+
+def _entry(backend: str = "nvml", state: GPUState | None = GPUState.OPTIMAL,
+           left_hot_ms: int | None = None, left_critical_ms: int | None = None) -> LatestSample:
+    gpu = GpuRow(id=1, host="h", index=0, uuid="GPU-x", name=None, memory_total_mib=1000,
+                 power_limit_w=None, slowdown_temp_c=None, shutdown_temp_c=None,
+                 backend=backend, first_seen_ms=0, last_seen_ms=0)
+    return LatestSample(gpu=gpu, ts_ms=None if state is None else 0, state=state, reading=None,
+                        left_hot_ms=left_hot_ms, left_critical_ms=left_critical_ms)
+
+
+def test_refusal_names_recorded_unavailable_hot_and_cooling_cards() -> None:
+    """Rule 1 by itself: a card known only from an imported recording is never chosen,
+    nor one without a sample, nor a hot one, nor one within 30 s of leaving THROTTLED or
+    60 s of leaving CRITICAL; a cool one after its cooldown may be."""
+    cfg = DEFAULT_CONFIG
+    now = 100_000
+    assert refusal(_entry(backend="trace"), now, cfg) == "recorded"
+    assert refusal(_entry(backend="nvidia-smi"), now, cfg) == "recorded"
+    assert refusal(_entry(state=None), now, cfg) == "unavailable"
+    assert refusal(_entry(state=GPUState.UNAVAILABLE), now, cfg) == "unavailable"
+    assert refusal(_entry(state=GPUState.THROTTLED), now, cfg) == "throttled"
+    assert refusal(_entry(state=GPUState.CRITICAL), now, cfg) == "critical"
+    assert refusal(_entry(left_hot_ms=now - 29_000), now, cfg) == "cooldown"
+    assert refusal(_entry(left_critical_ms=now - 59_000), now, cfg) == "cooldown"
+    assert refusal(_entry(state=GPUState.NORMAL, left_hot_ms=now - 30_000), now, cfg) is None
+    assert refusal(_entry(), now, cfg) is None
