@@ -25,7 +25,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime
 from types import TracebackType
 from typing import Any
@@ -287,15 +287,23 @@ class Client:
                         limit=limit, host=host or self.host)
         return doc["leases"]
 
-    def allocate(self, allocation_id: str, memory_mb: int, gpu_id: int = 0,
-                 ttl_seconds: float | None = None, owner: str | None = None) -> dict[str, Any]:
+    def allocate(self, allocation_id: str, memory_mb: int, gpu_id: int | str = 0,
+                 ttl_seconds: float | None = None, owner: str | None = None,
+                 uuid: str | None = None, pids: Sequence[int] | None = None,
+                 slurm_job: str | None = None, container: str | None = None
+                 ) -> dict[str, Any]:
         """Lease ``memory_mb`` MiB; the lease with its ``lease_token`` (shown only here).
 
-        409 ``over_capacity`` (``details.available_mb``) or ``duplicate_allocation``.
+        ``gpu_id="any"``: the server chooses the GPU (``uuid``: only that card); the lease
+        names it. ``pids``, ``slurm_job``, ``container``: the processes it covers.
+        409 ``over_capacity`` (``details.available_mb``), ``no_gpu_fits`` (why, per GPU)
+        or ``duplicate_allocation``.
         """
         return self._post("/api/gpu/memory/allocate", allocation_id=allocation_id,
                           memory_mb=memory_mb, gpu_id=gpu_id, ttl_seconds=ttl_seconds,
-                          owner=owner, host=self.host)
+                          owner=owner, host=self.host, uuid=uuid,
+                          pids=None if pids is None else list(pids), slurm_job=slurm_job,
+                          container=container)
 
     def renew(self, allocation_id: str, lease_token: str | None,
               ttl_seconds: float | None = None) -> dict[str, Any]:
@@ -308,10 +316,15 @@ class Client:
         return self._post("/api/gpu/memory/deallocate", allocation_id=allocation_id,
                           lease_token=lease_token, host=self.host)
 
-    def lease(self, memory_mb: int, ttl_seconds: float | None = 60, gpu_id: int = 0,
+    def lease(self, memory_mb: int, ttl_seconds: float | None = 60, gpu_id: int | str = 0,
               allocation_id: str | None = None, owner: str | None = None,
-              renew_every: float | None = None) -> LeaseContext:
+              renew_every: float | None = None, pids: Sequence[int] | None = None,
+              slurm_job: str | None = None, container: str | None = None) -> LeaseContext:
         """A lease held for a ``with`` block: granted on entry, renewed, released on exit.
+
+        ``gpu_id="any"``: the server places it (``lease.gpu_id`` says where). The lease
+        covers this process (``pids`` default: ``[os.getpid()]``; ``()`` names none) and
+        ``slurm_job`` / ``container`` when given: their memory use is held against it.
 
         Renewed every ``renew_every`` seconds (default a third of the TTL) by a daemon
         thread. A renewal the server refuses (expired, released, wrong token) marks the
@@ -323,8 +336,11 @@ class Client:
         if renew_every is not None and ttl_seconds is not None and renew_every >= ttl_seconds:
             raise ValueError("renew_every must be shorter than ttl_seconds, or the lease "
                              "expires between renewals")
+        covers = {"pids": [os.getpid()] if pids is None else list(pids),
+                  "slurm_job": slurm_job, "container": container}
         return LeaseContext(self, memory_mb, ttl_seconds, gpu_id,
-                            allocation_id or default_allocation_id(), owner, renew_every)
+                            allocation_id or default_allocation_id(), owner, renew_every,
+                            covers)
 
     # -- control -----------------------------------------------------------------------
     def config(self) -> dict[str, Any]:
@@ -363,6 +379,8 @@ class Lease:
         self.allocation_id: str = doc["allocation_id"]
         self.memory_mb: int = doc["memory_mb"]
         self.gpu_id: int = doc["gpu_id"]
+        self.uuid: str | None = doc.get("uuid")
+        self.covers: dict[str, Any] = dict(doc.get("covers") or {})
         self.owner: str | None = doc.get("owner")
         self.lease_token: str = doc["lease_token"]
         self.ttl_seconds: float = doc["ttl_seconds"]
@@ -400,8 +418,8 @@ class LeaseContext:
     """The context manager ``Client.lease`` returns (see there)."""
 
     def __init__(self, client: Client, memory_mb: int, ttl_seconds: float | None,
-                 gpu_id: int, allocation_id: str, owner: str | None,
-                 renew_every: float | None) -> None:
+                 gpu_id: int | str, allocation_id: str, owner: str | None,
+                 renew_every: float | None, covers: Mapping[str, Any] | None = None) -> None:
         self.client = client
         self.memory_mb = memory_mb
         self.ttl_seconds = ttl_seconds
@@ -409,13 +427,17 @@ class LeaseContext:
         self.allocation_id = allocation_id
         self.owner = owner
         self.renew_every = renew_every
+        self.covers = dict(covers or {})
         self.lease: Lease | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> Lease:
+        pids = self.covers.get("pids")
         doc = self.client.allocate(self.allocation_id, self.memory_mb, gpu_id=self.gpu_id,
-                                   ttl_seconds=self.ttl_seconds, owner=self.owner)
+                                   ttl_seconds=self.ttl_seconds, owner=self.owner,
+                                   pids=pids or None, slurm_job=self.covers.get("slurm_job"),
+                                   container=self.covers.get("container"))
         lease = self.lease = Lease(doc)
         every = self.renew_every if self.renew_every is not None else lease.ttl_seconds / 3
         self._thread = threading.Thread(target=self._renew_loop, args=(lease, every),

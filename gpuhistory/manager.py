@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gpuhistory.callbacks import Callback, CallbackRegistry, make_event
@@ -30,7 +30,7 @@ from gpuhistory.domain.states import GPUState
 from gpuhistory.domain.trend import trend_doc
 from gpuhistory.identity import GpuRef, UnknownGpu, resolve_latest
 from gpuhistory.leases.manager import LeaseManager
-from gpuhistory.leases.model import LeaseError
+from gpuhistory.leases.model import Covers, LeaseError
 from gpuhistory.sampling.claim import HEARTBEAT_SECONDS, SamplerBusy, SamplerClaim
 from gpuhistory.sampling.pipeline import Pipeline
 from gpuhistory.sampling.sampler import Sampler
@@ -147,14 +147,21 @@ class GPUManager:
         return {"host": self.host, "count": len(gpus), "gpus": gpus}
 
     # -- leases ------------------------------------------------------------------------
-    def allocate_memory(self, allocation_id: str, memory_mb: int, gpu_id: int = 0,
-                        ttl_seconds: float | None = None, owner: str | None = None) -> bool:
-        """Lease ``memory_mb`` MiB; False when it does not fit or the id is taken."""
+    def allocate_memory(self, allocation_id: str, memory_mb: int, gpu_id: int | str = 0,
+                        ttl_seconds: float | None = None, owner: str | None = None,
+                        pids: Sequence[int] = (), slurm_job: str | None = None,
+                        container: str | None = None) -> bool:
+        """Lease ``memory_mb`` MiB; False when it does not fit or the id is taken.
+
+        ``gpu_id="any"``: placed on a GPU that fits (``leases.get(allocation_id).gpu_id``
+        says which). ``pids``, ``slurm_job``, ``container``: the processes it covers.
+        """
         if not self.pipeline.gpu_ids:
             self._fresh()  # a first sample registers the GPUs and their memory
         try:
             lease, token = self.leases.grant(allocation_id, memory_mb, gpu_index=gpu_id,
-                                             ttl_seconds=ttl_seconds, owner=owner)
+                                             ttl_seconds=ttl_seconds, owner=owner,
+                                             covers=Covers(tuple(pids), slurm_job, container))
         except LeaseError:
             return False
         self._tokens[lease.allocation_id] = token

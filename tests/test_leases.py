@@ -479,7 +479,8 @@ def test_lease_status_and_json_shape() -> None:
     body = lease.to_dict(2000)
     assert set(body) == {"allocation_id", "gpu_id", "uuid", "host", "memory_mb", "owner",
                          "ttl_seconds", "granted_at", "expires_at", "released_at",
-                         "release_reason", "status", "expires_in_seconds"}
+                         "release_reason", "status", "expires_in_seconds", "covers"}
+    assert body["covers"] == {"pids": [], "slurm_job": None, "container": None}
     assert body["expires_in_seconds"] == 0.5 and body["ttl_seconds"] == 1.5
     assert lease.to_dict(2000, token="tok")["lease_token"] == "tok"
     assert released.to_dict(2100)["expires_in_seconds"] == 0

@@ -22,6 +22,7 @@ from gpuhistory.api.schemas import (
     RenewBody,
 )
 from gpuhistory.leases.manager import LeaseManager
+from gpuhistory.leases.model import Covers
 
 bp = APIBlueprint("memory", __name__, url_prefix="/api/gpu/memory",
                   abp_tags=[Tag(name="memory leases")])
@@ -40,14 +41,20 @@ def leases(host: str | None = None) -> LeaseManager:
 def allocate(body: AllocateBody) -> View:
     """Reserve ``memory_mb`` MiB on a GPU for ``ttl_seconds``; 201 with the lease and its token.
 
+    ``gpu_id: "any"``: the service chooses the GPU (not a hot or cooling one; best fit) and
+    the answer names it. ``pids``, ``slurm_job``, ``container``: the processes the lease
+    covers, whose memory use is compared with it.
+
     409 ``duplicate_allocation`` when the id is held by an active lease; 409 ``over_capacity``
-    (with ``available_mb``) when it does not fit.
+    (with ``available_mb``) when it does not fit; 409 ``no_gpu_fits`` (why, per GPU) when
+    no GPU can take it.
     """
     c = ctx()
+    covers = Covers(tuple(body.pids or ()), body.slurm_job, body.container)
     lease, token = leases(body.host).grant(body.allocation_id, body.memory_mb,
                                            gpu_index=body.gpu_id,
                                            ttl_seconds=body.ttl_seconds, owner=body.owner,
-                                           uuid=body.uuid)
+                                           uuid=body.uuid, covers=covers)
     return jsonify(lease.to_dict(c.clock.now_ms(), token=token)), 201
 
 

@@ -160,6 +160,7 @@ class GpuHistoryCollector(Collector):
             throttle_ns = {e.gpu.index: _newest_counters(conn, e.gpu.id) for e in entries}
         facts = self._facts(freshness)
         yield from self._readings(current)
+        yield from self._accounting(entries, freshness)
         yield from self._states(entries, current, advice, now)
         if capacity:
             yield from self._leases(entries, capacity)
@@ -179,6 +180,28 @@ class GpuHistoryCollector(Collector):
         if sampler is None or freshness.stale:
             return {}
         return dict(sampler.hardware_facts)
+
+    def _accounting(self, entries: list[LatestSample],
+                    freshness: Freshness) -> Iterator[Metric]:
+        """Leases against their processes, from the in-process sampler's newest check
+        (sampling/lease_watch.py), while the samples are current."""
+        sampler = self.context.sampler
+        accounts = {} if sampler is None or freshness.stale else sampler.lease_watch.accounts
+        exceeding = GaugeMetricFamily(
+            "gpuhistory_gpu_lease_exceeding_leases",
+            "Active leases whose processes use more memory than they reserved.",
+            labels=GPU_LABELS)
+        unleased = GaugeMetricFamily(
+            "gpuhistory_gpu_unleased_memory_bytes",
+            "Memory used by compute processes that no active lease covers.", labels=GPU_LABELS)
+        for entry in entries:
+            newest = accounts.get(entry.gpu.index)
+            if newest is None:
+                continue
+            found = newest[1]
+            exceeding.add_metric(_labels(entry), float(len(found.exceeding)))
+            unleased.add_metric(_labels(entry), float(found.unleased_mib * MIB))
+        yield from (exceeding, unleased)
 
     # -- per GPU -------------------------------------------------------------------------
     def _readings(self, entries: list[LatestSample]) -> Iterator[Metric]:

@@ -76,6 +76,9 @@ class Status(BaseModel):
     thresholds: CardThresholds
     memory: dict[str, Any] | None = Field(None, description="lease capacity of the GPU (now)")
     monitoring: dict[str, Any] | None = None
+    lease_accounting: dict[str, Any] | None = Field(
+        None, description="this host's GPUs, now: each active lease's group use against its "
+                          "reservation, and the memory no lease covers (docs/leases.md)")
     leases: list[Lease] | None = Field(None, description="with ``at``: leases active then")
     config: dict[str, Any] | None = Field(None, description="with ``at``: config in force then")
 
@@ -153,6 +156,12 @@ class Trend(BaseModel):
     minutes_to_next_threshold: float | None
 
 
+class LeaseCovers(BaseModel):
+    pids: list[int]
+    slurm_job: str | None
+    container: str | None
+
+
 class Lease(BaseModel):
     allocation_id: str
     gpu_id: int
@@ -167,6 +176,7 @@ class Lease(BaseModel):
     release_reason: str | None
     status: str
     expires_in_seconds: float
+    covers: LeaseCovers
     lease_token: str | None = Field(None, description="only in the answer to allocate")
 
 

@@ -196,10 +196,23 @@ class StrictBody(Strict):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+PlacedIndex = Annotated[SlotIndex | Literal["any"], Field(
+    description='the GPU\'s slot index on the host (default 0), or "any": the service '
+                "places the lease on a GPU that fits (docs/leases.md \"Placement\")")]
+CoverId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+
+
 class AllocateBody(StrictBody):
     allocation_id: AllocationId
     memory_mb: int = Field(ge=1, le=10_000_000, description="MiB to reserve")
-    gpu_id: SlotIndex | None = None
+    gpu_id: PlacedIndex | None = None
+    pids: list[Annotated[int, Field(ge=1, le=4_194_304)]] | None = Field(
+        None, max_length=256, description="the processes the lease covers")
+    slurm_job: Annotated[CoverId, Field(max_length=64)] | None = Field(
+        None, description="the Slurm job whose processes the lease covers")
+    container: Annotated[CoverId, Field(max_length=128)] | None = Field(
+        None, description="the container (its id, 12 characters or more of it) whose "
+                          "processes the lease covers")
     uuid: GpuUuid | None = None
     host: HostName | None = None
     ttl_seconds: TtlSeconds | None = None

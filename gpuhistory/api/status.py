@@ -55,6 +55,9 @@ def _full_status(conn: sa.Connection, entries: list[LatestSample], now: int,
         for doc in docs:
             if doc["host"] == c.host:
                 doc["monitoring"] = monitoring
+                accounting = c.sampler.lease_watch.snapshot(doc["gpu_id"])
+                if accounting is not None:  # leases against the processes last read
+                    doc["lease_accounting"] = accounting
     if not live:
         # The past: the leases that were active then, and the configuration in force.
         effective = config.model_dump()

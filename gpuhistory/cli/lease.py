@@ -4,8 +4,8 @@ Talks to a running server over its API (``--url``, GPUHISTORY_URL). The exit sta
 what happened, so a script can branch on it without parsing text:
 
     0 ok · 1 other error · 2 usage error · 3 not found (404) · 4 conflict (409: over
-    capacity, duplicate id, lease not active) · 5 unauthorized/forbidden (401/403) ·
-    6 server unreachable
+    capacity, no GPU fits, duplicate id, lease not active) · 5 unauthorized/forbidden
+    (401/403) · 6 server unreachable
 
     read -r ID TOKEN < <(gpuhistory lease acquire --memory-mb 20480 --ttl 600) || exit
     trap 'gpuhistory lease release "$ID" --token "$TOKEN"' EXIT
@@ -30,6 +30,29 @@ EXIT_FORBIDDEN = 5
 EXIT_UNREACHABLE = 6
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+ANY = "any"
+
+
+class GpuChoice(click.ParamType):
+    """A GPU index 0-1023, or "any" (the server places the lease)."""
+
+    name = "INDEX|any"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> int | str:
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 1023:
+            return value
+        text = str(value).strip()
+        if text == ANY:
+            return ANY
+        if text.isascii() and text.isdigit() and int(text) <= 1023:
+            return int(text)
+        self.fail(f'{value!r} is not a GPU index (0-1023) or "any"', param, ctx)
+
+
+GPU_CHOICE = GpuChoice()
 
 
 def exit_code(error: ApiError) -> int:
@@ -114,8 +137,10 @@ def lease() -> None:
 @server_options
 @click.option("--memory-mb", required=True, type=click.IntRange(1, 10_000_000),
               help="MiB to reserve.")
-@click.option("--gpu-id", default=0, show_default=True, type=click.IntRange(0, 1023),
-              help="GPU index on the host.")
+@click.option("--gpu-id", "--gpu", "gpu_id", default="0", show_default=True, type=GPU_CHOICE,
+              help='GPU index on the host, or "any": the server chooses a GPU that fits '
+                   "(not a hot or cooling one) and the answer names it.")
+@click.option("--uuid", help="With --gpu any: only this card (by its UUID).")
 @host_option()
 @click.option("--ttl", type=click.FloatRange(0, 30 * 86_400, min_open=True),
               help="Seconds until the lease expires unless renewed "
@@ -123,22 +148,33 @@ def lease() -> None:
 @click.option("--owner", help="Who holds the lease (free text; shown by list).")
 @click.option("--id", "allocation_id",
               help="Allocation id (default: <hostname>-<pid>-<random>).")
+@click.option("--pid", "pids", multiple=True, type=click.IntRange(1, 4_194_304),
+              help="A process the lease covers (repeat for several).")
+@click.option("--slurm-job", envvar="SLURM_JOB_ID", show_envvar=True,
+              help="The Slurm job whose processes the lease covers (inside a job: its id).")
+@click.option("--container", help="The container (id) whose processes the lease covers.")
 @json_option
-def acquire(url: str, api_token: str | None, memory_mb: int, gpu_id: int, host: str | None,
-            ttl: float | None, owner: str | None, allocation_id: str | None,
-            as_json: bool) -> None:
-    """Lease MiB of a GPU; prints "<allocation_id> <lease_token>" on one line."""
+def acquire(url: str, api_token: str | None, memory_mb: int, gpu_id: int | str,
+            uuid: str | None, host: str | None, ttl: float | None, owner: str | None,
+            allocation_id: str | None, pids: tuple[int, ...], slurm_job: str | None,
+            container: str | None, as_json: bool) -> None:
+    """Lease MiB of a GPU; prints "<allocation_id> <lease_token>" on one line (with
+    --gpu any, then the GPU chosen: "<allocation_id> <lease_token> <gpu_id>")."""
     from gpuhistory.client import default_allocation_id
 
     client = _client(url, api_token)
     try:
         doc = _post(client, "/api/gpu/memory/allocate",
                     allocation_id=allocation_id or default_allocation_id(),
-                    memory_mb=memory_mb, gpu_id=gpu_id, host=host, ttl_seconds=ttl, owner=owner)
+                    memory_mb=memory_mb, gpu_id=gpu_id, uuid=uuid, host=host, ttl_seconds=ttl,
+                    owner=owner, pids=list(pids) or None, slurm_job=slurm_job or None,
+                    container=container)
     except ApiError as exc:
         fail(exc)
     if as_json:
         _print(doc)
+    elif gpu_id == ANY:
+        click.echo(f"{doc['allocation_id']} {doc['lease_token']} {doc['gpu_id']}")
     else:
         click.echo(f"{doc['allocation_id']} {doc['lease_token']}")
 

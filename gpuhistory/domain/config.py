@@ -76,6 +76,11 @@ class Config(BaseModel):
     lease_ttl_seconds: float = Field(
         300, ge=1, le=30 * 86_400, description="Default lease lifetime in seconds."
     )
+    lease_near_capacity_pct: float = Field(
+        90, ge=1, le=100,
+        description="Memory used by processes no lease covers is recorded (unleased_usage) "
+        "while a GPU's active leases hold at least this % of its lease capacity.",
+    )
     incident_merge_seconds: float = Field(
         10, ge=0, le=86_400, description="Overheat runs closer than this are one incident."
     )

@@ -24,6 +24,8 @@ class EventKind(StrEnum):
     LEASE_RENEWED = "lease_renewed"
     LEASE_RELEASED = "lease_released"
     LEASE_EXPIRED = "lease_expired"
+    LEASE_EXCEEDED = "lease_exceeded"
+    UNLEASED_USAGE = "unleased_usage"
     PROCESS_STARTED = "process_started"
     PROCESS_EXITED = "process_exited"
     XID = "xid"

@@ -1,8 +1,9 @@
 """GPU-memory leases: rows with an expiry that survive restarts and cannot oversubscribe."""
 
-from gpuhistory.leases.manager import LeaseManager, hash_token
+from gpuhistory.leases.manager import LeaseManager, check_covers, hash_token
 from gpuhistory.leases.model import (
     Capacity,
+    Covers,
     DuplicateAllocation,
     GpuNotFound,
     Lease,
@@ -10,11 +11,13 @@ from gpuhistory.leases.model import (
     LeaseNotActive,
     LeaseNotFound,
     LeaseTokenMismatch,
+    NoGpuFits,
     OverCapacity,
 )
 
 __all__ = [
     "Capacity",
+    "Covers",
     "DuplicateAllocation",
     "GpuNotFound",
     "Lease",
@@ -23,6 +26,8 @@ __all__ = [
     "LeaseNotActive",
     "LeaseNotFound",
     "LeaseTokenMismatch",
+    "NoGpuFits",
     "OverCapacity",
+    "check_covers",
     "hash_token",
 ]

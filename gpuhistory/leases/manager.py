@@ -24,6 +24,7 @@ import hashlib
 import hmac
 import logging
 import math
+import re
 import secrets
 import threading
 import weakref
@@ -45,19 +46,22 @@ from gpuhistory.leases.model import (
     REASON_RELEASED,
     STATUSES,
     Capacity,
+    Covers,
     DuplicateAllocation,
     GpuNotFound,
     Lease,
     LeaseNotActive,
     LeaseNotFound,
     LeaseTokenMismatch,
+    NoGpuFits,
     OverCapacity,
     lease_capacity_mb,
     seconds,
 )
+from gpuhistory.leases.placement import ANY, OVER_CAPACITY, best_fit, effective_state_name, refusal
 from gpuhistory.storage.engine import driver_connection, inserted_id
 from gpuhistory.storage.log import LogStore, TickRecord, event_row
-from gpuhistory.storage.queries import LatestSample
+from gpuhistory.storage.queries import LatestSample, latest_samples
 from gpuhistory.storage.schema import gpus, leases
 
 log = logging.getLogger(__name__)
@@ -66,6 +70,9 @@ MAX_ID_LENGTH = 128
 MAX_OWNER_LENGTH = 128
 MAX_MEMORY_MB = 2**31 - 1  # the column is a 32-bit integer on PostgreSQL
 MAX_TTL_SECONDS = 30 * 86_400  # as config's lease_ttl_seconds
+MAX_PIDS = 256  # pids one lease may name
+MAX_PID = 4_194_304  # Linux's PID_MAX_LIMIT
+_COVER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 DEFAULT_LIST_LIMIT = 500
 
 _L = leases.c
@@ -101,6 +108,46 @@ def _check_gpu_index(gpu_index: object) -> int:
     return gpu_index
 
 
+def _check_gpu_choice(gpu_index: object) -> bool:
+    """A grant's GPU: an index, None (with a uuid) or "any"; True for "any"."""
+    if isinstance(gpu_index, str):
+        if gpu_index != ANY:
+            raise ValueError(f'gpu_id must be an integer or "{ANY}"')
+        return True
+    if gpu_index is not None:
+        _check_gpu_index(gpu_index)
+    return False
+
+
+def check_covers(covers: object) -> Covers:
+    """A lease's covers, validated: at most MAX_PIDS positive pids (deduplicated, sorted),
+    and Slurm job and container ids of letters, digits and ``._-``."""
+    if covers is None:
+        return Covers()
+    if not isinstance(covers, Covers):
+        raise ValueError("covers must be a Covers")
+    pids = covers.pids
+    if not isinstance(pids, tuple | list) or len(pids) > MAX_PIDS or any(
+            isinstance(p, bool) or not isinstance(p, int) or not 1 <= p <= MAX_PID
+            for p in pids):
+        raise ValueError(f"pids must be at most {MAX_PIDS} integers between 1 and {MAX_PID}")
+    for name, value, longest in (("slurm_job", covers.slurm_job, 64),
+                                 ("container", covers.container, 128)):
+        if value is not None and (not isinstance(value, str)
+                                  or not _COVER_ID.fullmatch(value) or len(value) > longest):
+            raise ValueError(f"{name} must be 1-{longest} letters, digits and ._- "
+                             "(starting with a letter or digit)")
+    return replace(covers, pids=tuple(sorted(set(pids))))
+
+
+def _no_gpu_fits(host: str, memory_mb: int, refused: list[dict[str, Any]],
+                 capacities: Sequence[Capacity]) -> NoGpuFits:
+    short = [{"gpu_id": c.gpu_id, "uuid": c.uuid, "reason": OVER_CAPACITY,
+              "available_mb": c.available_mb, "capacity_mb": c.capacity_mb,
+              "leased_mb": c.leased_mb} for c in capacities]
+    return NoGpuFits(host, memory_mb, sorted(refused + short, key=lambda g: g["gpu_id"]))
+
+
 @dataclass(slots=True)
 class _Tx:
     """One open lease transaction and the events to announce once it commits."""
@@ -132,69 +179,76 @@ class LeaseManager:
         return LeaseManager(self.engine, host, self.clock, self.config, self.callbacks)
 
     # -- commands ----------------------------------------------------------------------
-    def grant(self, allocation_id: str, memory_mb: int, gpu_index: int | None = 0,
+    def grant(self, allocation_id: str, memory_mb: int, gpu_index: int | str | None = 0,
               ttl_seconds: float | None = None, owner: str | None = None,
-              uuid: str | None = None) -> tuple[Lease, str]:
+              uuid: str | None = None, covers: Covers | None = None) -> tuple[Lease, str]:
         """Lease ``memory_mb`` MiB of the card in slot ``gpu_index`` now (or of the card
-        ``uuid``); returns the lease and its token.
+        ``uuid``); returns the lease and its token. ``gpu_index="any"``: the service
+        chooses the GPU (gpuhistory/leases/placement.py), among the card ``uuid`` alone
+        when given. ``covers``: the processes the lease is held for.
 
-        Raises GpuNotFound, DuplicateAllocation (an active lease has this id already) or
-        OverCapacity (with the MiB available); ValueError for malformed arguments.
+        Raises GpuNotFound, DuplicateAllocation (an active lease has this id already),
+        OverCapacity (with the MiB available) or, for "any", NoGpuFits (why, per GPU);
+        ValueError for malformed arguments.
         """
         allocation_id = _check_allocation_id(allocation_id)
-        gpu_index = None if gpu_index is None else _check_gpu_index(gpu_index)
+        anywhere = _check_gpu_choice(gpu_index)
         if isinstance(memory_mb, bool) or not isinstance(memory_mb, int):
             raise ValueError("memory_mb must be an integer")
         if not 1 <= memory_mb <= MAX_MEMORY_MB:
             raise ValueError(f"memory_mb must be between 1 and {MAX_MEMORY_MB}")
         if owner is not None and (not isinstance(owner, str) or len(owner) > MAX_OWNER_LENGTH):
             raise ValueError(f"owner must be a string of at most {MAX_OWNER_LENGTH} characters")
+        covers = check_covers(covers)
         cfg = self.config()
         ttl_ms = _check_ttl_ms(cfg.lease_ttl_seconds if ttl_seconds is None else ttl_seconds)
         token = secrets.token_urlsafe(32)
 
-        # The device is looked up before the write lock: the lock covers only the sum and
-        # the insert, which keeps concurrent grants short (they queue on that lock).
+        # The devices (and, for "any", their health) are looked up before the write lock:
+        # the lock covers only the sums and the insert, which keeps concurrent grants short
+        # (they queue on that lock).
         with self.engine.connect() as conn:
-            latest = self._resolve_gpu(conn, gpu_index, uuid)
-        gpu_db_id = latest.gpu.id
+            if anywhere:
+                candidates, refused = self._placement_candidates(conn, uuid, cfg)
+            else:
+                index = None if gpu_index is None else int(gpu_index)
+                candidates, refused = [self._resolve_gpu(conn, index, uuid)], []
         token_hash = hash_token(token)
         try:
             with self._transaction() as tx:
                 if self._postgresql:
                     # Serializes grants per GPU (sqlite's BEGIN IMMEDIATE already holds the
-                    # database's write lock). FOR NO KEY UPDATE excludes other grants of this
-                    # GPU but not the sampler's inserts, whose foreign-key checks take only
-                    # KEY SHARE.
-                    tx.conn.execute(_LOCK_GPU, {"gpu_id": gpu_db_id})
+                    # database's write lock). FOR NO KEY UPDATE excludes other grants of these
+                    # GPUs but not the sampler's inserts, whose foreign-key checks take only
+                    # KEY SHARE. In id order, so two "any" grants never deadlock.
+                    for gpu_db_id in sorted(e.gpu.id for e in candidates):
+                        tx.conn.execute(_LOCK_GPU, {"gpu_id": gpu_db_id})
                 now = self.clock.now_ms()
-                usage, existing = self._grant_view(tx.conn, gpu_db_id, allocation_id, now)
-                if usage.overdue or (existing is not None and existing.expires_ms <= now):
-                    self._expire_overdue(tx, now, gpu_db_id=gpu_db_id,
+                usages, existing = self._grant_views(tx.conn, candidates, allocation_id, now)
+                if (any(u.overdue for u in usages.values())
+                        or (existing is not None and existing.expires_ms <= now)):
+                    self._expire_overdue(tx, now, gpu_db_ids=list(usages),
                                          allocation_id=allocation_id)
-                    usage, existing = self._grant_view(tx.conn, gpu_db_id, allocation_id, now)
+                    usages, existing = self._grant_views(tx.conn, candidates, allocation_id,
+                                                         now)
                 if existing is not None:
                     raise DuplicateAllocation(allocation_id, existing.gpu_id,
                                               iso_utc(existing.expires_ms))
-                capacity = self._capacity(latest, cfg, usage.leased, usage.active)
-                if memory_mb > capacity.available_mb:
-                    raise OverCapacity(latest.gpu.index, memory_mb, capacity)
-                row = {
-                    "host": self.host, "allocation_id": allocation_id, "gpu_id": gpu_db_id,
-                    "memory_mib": memory_mb, "owner": owner, "token_hash": token_hash,
-                    "ttl_ms": ttl_ms, "granted_ms": now, "expires_ms": now + ttl_ms,
-                    "released_ms": None, "release_reason": None,
-                }
-                lease_id = inserted_id(tx.conn.execute(_INSERT_LEASE, row))
-                lease = Lease(
-                    allocation_id=allocation_id, gpu_id=latest.gpu.index, host=self.host,
-                    gpu_uuid=latest.gpu.uuid, memory_mb=memory_mb, owner=owner,
-                    ttl_seconds=seconds(ttl_ms), granted_ms=now, expires_ms=now + ttl_ms,
-                    id=lease_id, gpu_db_id=gpu_db_id,
-                )
-                self._event(tx, EventKind.LEASE_GRANTED, lease, now,
-                            memory_mb=memory_mb, owner=owner, ttl_seconds=lease.ttl_seconds,
-                            expires_at=iso_utc(lease.expires_ms))
+                capacities = {e.gpu.index: (e, self._capacity(e, cfg, usages[e.gpu.id].leased,
+                                                              usages[e.gpu.id].active))
+                              for e in candidates}
+                if anywhere:
+                    chosen = best_fit([cap for _, cap in capacities.values()], memory_mb)
+                    if chosen is None:
+                        raise _no_gpu_fits(self.host, memory_mb, refused,
+                                           [cap for _, cap in capacities.values()])
+                    latest = capacities[chosen.gpu_id][0]
+                else:
+                    latest, capacity = capacities[candidates[0].gpu.index]
+                    if memory_mb > capacity.available_mb:
+                        raise OverCapacity(latest.gpu.index, memory_mb, capacity)
+                lease = self._insert(tx, latest, allocation_id, memory_mb, owner, token_hash,
+                                     ttl_ms, now, covers)
         except sa.exc.IntegrityError:
             # Only reachable where the lock does not serialize two grants of one id on
             # different GPUs (PostgreSQL); the partial unique index caught it.
@@ -206,6 +260,59 @@ class LeaseManager:
         log.info("lease %r granted: %d MiB of GPU %d until %s", allocation_id, memory_mb,
                  lease.gpu_id, iso_utc(lease.expires_ms))
         return lease, token
+
+    def _insert(self, tx: _Tx, latest: LatestSample, allocation_id: str, memory_mb: int,
+                owner: str | None, token_hash: str, ttl_ms: int, now: int,
+                covers: Covers) -> Lease:
+        """Insert the granted lease and its ``lease_granted`` event."""
+        gpu_db_id = latest.gpu.id
+        row = {
+            "host": self.host, "allocation_id": allocation_id, "gpu_id": gpu_db_id,
+            "memory_mib": memory_mb, "owner": owner, "token_hash": token_hash,
+            "ttl_ms": ttl_ms, "granted_ms": now, "expires_ms": now + ttl_ms,
+            "released_ms": None, "release_reason": None,
+            "pids": list(covers.pids) or None, "slurm_job": covers.slurm_job,
+            "container": covers.container,
+        }
+        lease_id = inserted_id(tx.conn.execute(_INSERT_LEASE, row))
+        lease = Lease(
+            allocation_id=allocation_id, gpu_id=latest.gpu.index, host=self.host,
+            gpu_uuid=latest.gpu.uuid, memory_mb=memory_mb, owner=owner,
+            ttl_seconds=seconds(ttl_ms), granted_ms=now, expires_ms=now + ttl_ms,
+            id=lease_id, gpu_db_id=gpu_db_id, covers=covers,
+        )
+        extra = {"covers": covers.to_dict()} if covers else {}
+        self._event(tx, EventKind.LEASE_GRANTED, lease, now,
+                    memory_mb=memory_mb, owner=owner, ttl_seconds=lease.ttl_seconds,
+                    expires_at=iso_utc(lease.expires_ms), **extra)
+        return lease
+
+    def _placement_candidates(self, conn: sa.Connection, uuid: str | None,
+                              cfg: Config) -> tuple[list[LatestSample], list[dict[str, Any]]]:
+        """The host's GPUs that placement may choose (the card ``uuid`` alone when given),
+        and why each of the others may not (GpuNotFound when none is known)."""
+        now = self.clock.now_ms()
+        entries = latest_samples(conn, self.host, now_ms=now)
+        if uuid is not None:
+            entries = [e for e in entries if e.gpu.uuid == uuid]
+            if not entries:
+                raise GpuNotFound(0, self.host, f"no GPU with uuid {uuid} on {self.host} now",
+                                  {"uuid": uuid, "host": self.host})
+        if not entries:
+            raise GpuNotFound(0, self.host, f"no GPU is known on host {self.host!r}",
+                              {"host": self.host})
+        candidates, refused = [], []
+        for entry in entries:
+            why = refusal(entry, now, cfg)
+            if why is None:
+                candidates.append(entry)
+            else:
+                refused.append({"gpu_id": entry.gpu.index, "uuid": entry.gpu.uuid,
+                                "reason": why,
+                                "state": (entry.state.name if entry.state is not None
+                                          else "UNAVAILABLE"),
+                                "effective_state": effective_state_name(entry, now, cfg)})
+        return candidates, refused
 
     def renew(self, allocation_id: str, token: str | None = None,
               ttl_seconds: float | None = None, admin: bool = False) -> Lease:
@@ -406,13 +513,13 @@ class LeaseManager:
     def _overdue(self, now: int) -> tuple[sa.ColumnElement[bool], ...]:
         return (_L.host == self.host, _L.released_ms.is_(None), _L.expires_ms <= now)
 
-    def _expire_overdue(self, tx: _Tx, now: int, gpu_db_id: int | None = None,
+    def _expire_overdue(self, tx: _Tx, now: int, gpu_db_ids: Sequence[int] = (),
                         allocation_id: str | None = None) -> int:
-        """Record overdue leases as expired (all of the host's, or those of a GPU / id)."""
+        """Record overdue leases as expired (all of the host's, or those of GPUs / an id)."""
         query = _lease_select().where(*self._overdue(now))
-        scope = []
-        if gpu_db_id is not None:
-            scope.append(_L.gpu_id == gpu_db_id)
+        scope: list[sa.ColumnElement[bool]] = []
+        if gpu_db_ids:
+            scope.append(_L.gpu_id.in_(list(gpu_db_ids)))
         if allocation_id is not None:
             scope.append(_L.allocation_id == allocation_id)
         if scope:
@@ -457,11 +564,12 @@ class LeaseManager:
             raise GpuNotFound(0 if gpu_index is None else gpu_index, self.host, str(exc),
                               exc.details) from None
 
-    def _grant_view(self, conn: sa.Connection, gpu_db_id: int, allocation_id: str,
-                    now: int) -> tuple[sa.Row[Any], Lease | None]:
-        """What a grant decides on: the GPU's unreleased leases, and the id's own."""
-        usage = conn.execute(_GPU_USAGE, {"gpu_id": gpu_db_id, "now": now}).one()
-        return usage, self._unreleased(conn, allocation_id)
+    def _grant_views(self, conn: sa.Connection, entries: Sequence[LatestSample],
+                     allocation_id: str, now: int) -> tuple[dict[int, sa.Row[Any]], Lease | None]:
+        """What a grant decides on: each GPU's unreleased leases, and the id's own."""
+        usages = {e.gpu.id: conn.execute(_GPU_USAGE, {"gpu_id": e.gpu.id, "now": now}).one()
+                  for e in entries}
+        return usages, self._unreleased(conn, allocation_id)
 
     def _capacity(self, latest: LatestSample, cfg: Config, leased: int,
                   active: int) -> Capacity:
@@ -500,6 +608,16 @@ class LeaseManager:
             _L.host == self.host, _L.allocation_id == allocation_id
         ).order_by(_L.id.desc()).limit(1)).first()
         return None if row is None else _lease(row)
+
+
+def active_leases(conn: sa.Connection, gpu_db_ids: Sequence[int], now_ms: int) -> LeaseList:
+    """The leases of the GPU rows ``gpu_db_ids`` active at ``now_ms``, oldest first (one
+    statement on ix_leases_gpu_released)."""
+    if not gpu_db_ids:
+        return []
+    query = _lease_select().where(_L.gpu_id.in_(list(gpu_db_ids)), _L.released_ms.is_(None),
+                                  _L.expires_ms > now_ms).order_by(_L.id)
+    return [_lease(r) for r in conn.execute(query)]
 
 
 def _lease_select() -> sa.Select[Any]:
@@ -578,6 +696,7 @@ def _lease(row: sa.Row[Any]) -> Lease:
         ttl_seconds=seconds(row.ttl_ms), granted_ms=row.granted_ms,
         expires_ms=row.expires_ms, released_ms=row.released_ms,
         release_reason=row.release_reason, id=row.id, gpu_db_id=row.gpu_id,
+        covers=Covers(tuple(row.pids or ()), row.slurm_job, row.container),
     )
 
 

@@ -7,7 +7,7 @@ recorded it yet. Field names in ``to_dict`` are DESIGN §5's, the same everywher
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from gpuhistory.clock import iso_utc
@@ -22,6 +22,26 @@ REASON_EXPIRED = "expired"
 def seconds(ms: int) -> int | float:
     """Milliseconds as seconds: an int when whole (300, not 300.0)."""
     return ms // 1000 if ms % 1000 == 0 else ms / 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Covers:
+    """The processes a lease is held for: pids, a Slurm job, a container (each optional).
+
+    A process on the lease's GPU is covered when its pid is listed, or it belongs to the
+    Slurm job, or to the container (docs/leases.md "Covers").
+    """
+
+    pids: tuple[int, ...] = ()
+    slurm_job: str | None = None
+    container: str | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.pids) or self.slurm_job is not None or self.container is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"pids": list(self.pids), "slurm_job": self.slurm_job,
+                "container": self.container}
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +61,7 @@ class Lease:
     release_reason: str | None = None
     id: int | None = None  # leases.id
     gpu_db_id: int | None = None  # gpus.id
+    covers: Covers = field(default_factory=lambda: Covers())
 
     def status(self, now_ms: int) -> LeaseStatus:
         if self.release_reason == REASON_EXPIRED:
@@ -71,6 +92,7 @@ class Lease:
             "status": status,
             "expires_in_seconds": seconds(remaining),
         }
+        out["covers"] = self.covers.to_dict()
         if token is not None:
             out["lease_token"] = token
         return out
@@ -195,3 +217,15 @@ class LeaseNotActive(LeaseError):
     def __init__(self, allocation_id: str, status: str) -> None:
         super().__init__(f"the lease {allocation_id!r} is {status}",
                          {"allocation_id": allocation_id, "status": status})
+
+
+class NoGpuFits(LeaseError):
+    """``gpu_id: "any"``: no GPU of the host may take the lease; ``details.gpus`` says why,
+    per GPU (its health, or the MiB it has available)."""
+
+    status, code = 409, "no_gpu_fits"
+
+    def __init__(self, host: str, requested_mb: int, gpus: list[dict[str, Any]]) -> None:
+        reasons = ", ".join(f"GPU {g['gpu_id']}: {g['reason']}" for g in gpus) or "no GPUs"
+        super().__init__(f"no GPU on host {host!r} can take {requested_mb} MiB ({reasons})",
+                         {"host": host, "requested_mb": requested_mb, "gpus": gpus})

@@ -44,6 +44,7 @@ from gpuhistory.domain.reading import Reading
 from gpuhistory.sampling.backend import Backend, HardwareSource
 from gpuhistory.sampling.clockwatch import ClockWatch
 from gpuhistory.sampling.hardware import HardwareChanges, HardwareFacts
+from gpuhistory.sampling.lease_watch import LeaseWatch
 from gpuhistory.sampling.pipeline import Pipeline
 from gpuhistory.sampling.write_buffer import STORAGE_ERRORS, Outage, WriteBuffer, Written
 from gpuhistory.storage.engine import unavailable_reason
@@ -95,6 +96,8 @@ class Sampler:
         # The newest hardware facts by GPU index (what /metrics serves of processes and of the
         # error and energy counters, which the log does not keep).
         self.hardware_facts: dict[int, HardwareFacts] = {}
+        # Leases held to account against those facts' processes.
+        self.lease_watch = LeaseWatch(store.engine, pipeline.config)
         self._ticks = 0
         self._scheduler: BackgroundScheduler | None = None
         self._owns_scheduler = False
@@ -145,6 +148,9 @@ class Sampler:
         changes = self._hardware_changes(facts, record)
         if changes is not None:  # the record is in the log, or waits to be: in order
             self.pipeline.hardware.commit(changes)
+        if facts:  # leases against the processes just read (sampling/lease_watch.py)
+            self.lease_watch.check(ts_ms, facts, self.pipeline.gpu_ids,
+                                   {r.index: r.memory_total_mib for r in readings}, record)
         return record, ts_ms, started
 
     def _tick_now(self) -> tuple[TickRecord, Outage | None, list[Written]]:

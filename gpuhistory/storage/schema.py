@@ -107,6 +107,11 @@ leases = sa.Table(
     sa.Column("expires_ms", sa.BigInteger, nullable=False),
     sa.Column("released_ms", sa.BigInteger),
     sa.Column("release_reason", sa.String(16)),
+    # What the lease covers (docs/leases.md "Covers"): pids (a JSON list), a Slurm job id
+    # and a container id; NULL: not named.
+    sa.Column("pids", sa.JSON),
+    sa.Column("slurm_job", sa.String(64)),
+    sa.Column("container", sa.String(128)),
     sa.CheckConstraint("memory_mib > 0", name="ck_leases_memory_positive"),
     sa.CheckConstraint("release_reason IN ('released', 'expired')",
                        name="ck_leases_release_reason"),

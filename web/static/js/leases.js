@@ -26,6 +26,14 @@ export function describe(event) {
       return `${p.allocation_id}` + (p.memory_mb ? ` · ${num(p.memory_mb)} MiB` : "") +
              (p.owner ? ` · ${p.owner}` : "") +
              (p.expires_at ? ` · until ${dateTime(parseTime(p.expires_at))}` : "");
+    case "lease_exceeded":
+      return `${p.allocation_id}: processes ${(p.pids || []).join(", ") || "—"} use ` +
+             `${num(p.used_mib)} MiB, ${num(p.reserved_mib)} MiB reserved` +
+             (p.owner ? ` · ${p.owner}` : "");
+    case "unleased_usage":
+      return `${num(p.unleased_mib)} MiB used by processes no lease covers ` +
+             `(pids ${(p.pids || []).join(", ")}) while leases hold ${num(p.leased_mb)} of ` +
+             `${num(p.capacity_mb)} MiB`;
     case "config_changed":
       return Object.entries(p.changes || {})
         .map(([key, change]) => `${key}: ${change.old} → ${change.new}`).join(", ");
@@ -36,6 +44,34 @@ export function describe(event) {
       return text.length > 160 ? `${text.slice(0, 157)}…` : text;
     }
   }
+}
+
+/** What a lease covers: its pids, Slurm job and container, in one cell. */
+function covers(c) {
+  if (!c) return "—";
+  const parts = [];
+  if (c.pids?.length) parts.push(`pid ${c.pids.join(", ")}`);
+  if (c.slurm_job) parts.push(`job ${c.slurm_job}`);
+  if (c.container) parts.push(`container ${c.container.slice(0, 12)}`);
+  return parts.join(" · ") || "—";
+}
+
+/** What the lease's processes use now against what it (with its group) reserved. */
+function use(u) {
+  if (!u) return "—";
+  const text = `${num(u.used_mib)} of ${num(u.reserved_mib)} MiB`;
+  return u.exceeded ? h("span", {class: "chip warn lease-exceeded"}, `${text}: exceeded`)
+    : h("span", {class: "lease-within"}, text);
+}
+
+/** Memory used by processes that no lease covers, when there is some. */
+function unleased(accounting) {
+  if (!accounting || !accounting.unleased_mib) return null;
+  const text = `Processes no lease covers (pid ${accounting.unleased_pids.join(", ")}) use ` +
+    `${num(accounting.unleased_mib)} MiB` +
+    (accounting.unleased_usage ? `, while leases hold ${accounting.near_capacity_pct} % of ` +
+      "the capacity or more." : ".");
+  return h("p", {class: accounting.unleased_usage ? "unleased error" : "unleased hint"}, text);
 }
 
 /** A time of today as 03:14:05, of another day with its date. */
@@ -78,7 +114,10 @@ class Capacity {
         fill.style.width = `${Math.min(100, cap.leased_mb / Math.max(1, cap.capacity_mb) * 100)}%`;
         used.style.left = `${Math.min(100, (cap.device_used_mb ?? 0) / Math.max(1, cap.capacity_mb) * 100)}%`;
       }
+      const accounting = gpu.lease_accounting;
+      const uses = new Map((accounting?.leases ?? []).map((u) => [u.allocation_id, u]));
       const rows = mine.map((l) => [l.allocation_id, l.owner ?? "—", num(l.memory_mb),
+        covers(l.covers), use(uses.get(l.allocation_id)),
         shortTime(parseTime(l.granted_at)), shortTime(parseTime(l.expires_at)),
         h("span", {class: "time-left", dataset: {expiresIn: l.expires_in_seconds}},
           duration(l.expires_in_seconds))]);
@@ -91,10 +130,12 @@ class Capacity {
           `${cap.active_leases} lease${cap.active_leases === 1 ? "" : "s"}; ` +
           `${num(cap.available_mb)} MiB available; the device itself uses ` +
           `${num(cap.device_used_mb)} MiB.`) : h("p", {}, "Lease capacity unknown."),
+        unleased(accounting),
         h("div", {class: "bar capacity-bar", role: "img",
                   "aria-label": cap ? `${num(cap.leased_mb)} of ${num(cap.capacity_mb)} MiB leased`
                     : "capacity unknown"}, fill, used),
-        table(["Allocation", "Owner", "MiB", `Granted (${offset})`, "Expires", "Time left"],
+        table(["Allocation", "Owner", "MiB", "Covers", "Used", `Granted (${offset})`,
+               "Expires", "Time left"],
               rows, {caption: `Active leases on GPU ${gpu.gpu_id}`,
                      empty: "No active leases."}));
     }));
@@ -208,7 +249,8 @@ export function mount(root, params) {
     h("section", {"aria-labelledby": "leases-title"},
       h("h2", {id: "leases-title"}, "Active leases"),
       h("p", {class: "hint"}, "The bar is the GPU's lease capacity (its memory less the reserve); ",
-        "the filled part is leased, the dark tick is what the device really uses."),
+        "the filled part is leased, the dark tick is what the device really uses. ",
+        "Used: what the processes a lease covers use now, against what it reserved."),
       capacity.el),
     log.el);
   capacity.load();

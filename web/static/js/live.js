@@ -8,7 +8,8 @@ export const EVENT_KINDS = [
   "state_change", "throttle", "resume", "critical", "overheat", "gpu_lost", "gpu_found",
   "service_started", "service_stopped", "monitoring_started", "monitoring_stopped",
   "config_changed", "lease_granted", "lease_renewed", "lease_released", "lease_expired",
-  "process_started", "process_exited", "xid", "backend_error",
+  "lease_exceeded", "unleased_usage", "process_started", "process_exited", "xid",
+  "backend_error",
 ];
 
 const STREAM_GRACE_MS = 6000; // a stream reconnecting for longer than this: poll events
