@@ -188,9 +188,10 @@ def test_reserved_memory_is_recorded_and_served(engine, clock) -> None:
     assert (m["memory_used_mb"], m["memory_reserved_mb"], m["memory_free_mb"],
             m["memory_total_mb"], m["memory_percent"]) == (0, RESERVED, TOTAL - RESERVED,
                                                            TOTAL, 0.0)
-    memory = status["memory"]  # lease capacity: total - memory_reserve_mb, as documented
+    # lease capacity: what processes can allocate (total - reserved) less the margin
+    memory = status["memory"]
     assert (memory["device_used_mb"], memory["device_free_mb"], memory["capacity_mb"]) == (
-        0, TOTAL - RESERVED, TOTAL - static.config().memory_reserve_mb)
+        0, TOTAL - RESERVED, TOTAL - RESERVED - static.config().memory_reserve_mb)
     assert history["samples"][0]["memory_reserved_mb"] == RESERVED
     assert by_gpu(metrics, "gpuhistory_gpu_memory_used_bytes") == {0: 0}
     assert by_gpu(metrics, "gpuhistory_gpu_memory_reserved_bytes") == {0: RESERVED * MIB}

@@ -55,6 +55,7 @@ from gpuhistory.leases.model import (
     LeaseTokenMismatch,
     NoGpuFits,
     OverCapacity,
+    allocatable_mib,
     lease_capacity_mb,
     seconds,
 )
@@ -583,7 +584,8 @@ class LeaseManager:
         recorded = latest.gpu.backend in RECORDED_BACKENDS
         return Capacity(
             gpu_id=latest.gpu.index, uuid=latest.gpu.uuid,
-            capacity_mb=0 if recorded else lease_capacity_mb(total, cfg.memory_limit_mb,
+            capacity_mb=0 if recorded else lease_capacity_mb(allocatable_mib(total, reserved),
+                                                             cfg.memory_limit_mb,
                                                              cfg.memory_reserve_mb),
             leased_mb=int(leased), active_leases=int(active),
             device_total_mb=total, device_used_mb=used,

@@ -133,6 +133,15 @@ class Capacity:
         }
 
 
+def allocatable_mib(total_mib: int | None, driver_reserved_mib: int | None) -> int | None:
+    """What processes can allocate on a card: its total less what the driver holds back
+    (NVML v2's ``reserved``; unknown counts as nothing, and ``memory_reserve_mb`` is the
+    operator's margin for it)."""
+    if total_mib is None:
+        return None
+    return max(0, total_mib - (driver_reserved_mib or 0))
+
+
 def lease_capacity_mb(device_total_mb: int | None, memory_limit_mb: int | None,
                       memory_reserve_mb: int) -> int:
     """min(card, limit if set) - reserve, never below 0; 0 when the card's size is unknown."""

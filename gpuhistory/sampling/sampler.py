@@ -41,6 +41,7 @@ from gpuhistory.clock import Clock, SystemClock, iso_utc
 from gpuhistory.domain.events import EventDraft, EventKind
 from gpuhistory.domain.metrics import GPUMetrics
 from gpuhistory.domain.reading import Reading
+from gpuhistory.leases.model import allocatable_mib
 from gpuhistory.sampling.backend import Backend, HardwareSource
 from gpuhistory.sampling.clockwatch import ClockWatch
 from gpuhistory.sampling.hardware import HardwareChanges, HardwareFacts
@@ -150,7 +151,9 @@ class Sampler:
             self.pipeline.hardware.commit(changes)
         if facts:  # leases against the processes just read (sampling/lease_watch.py)
             self.lease_watch.check(ts_ms, facts, self.pipeline.gpu_ids,
-                                   {r.index: r.memory_total_mib for r in readings}, record)
+                                   {r.index: allocatable_mib(r.memory_total_mib,
+                                                             r.memory_reserved_mib)
+                                    for r in readings}, record)
         return record, ts_ms, started
 
     def _tick_now(self) -> tuple[TickRecord, Outage | None, list[Written]]:
