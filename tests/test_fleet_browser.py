@@ -26,7 +26,8 @@ def test_fleet_page_selects_hosts_sorts_gpus_and_marks_a_stale_host(
     coloured by effective state, the host whose sampler died marked stale (in the map and
     the hosts table). Sorting by temperature puts each host's hottest GPU first and the
     hottest host first. A cell opens that host's cards, whose badges agree with their
-    advice; the host selector switches to one host and back. No console error."""
+    advice; the host selector switches to one host and back; a phone-wide window does not
+    scroll sideways. No console error."""
     SHOTS.mkdir(exist_ok=True)
     fleet = Fleet(pg_engine, FakeClock(), hosts=3)
     page = Page(browser, fleet.url)
@@ -115,6 +116,10 @@ def test_fleet_page_selects_hosts_sorts_gpus_and_marks_a_stale_host(
         page.tab.screenshot(path=str(SHOTS / "fleet-held-card.png"))
         page.tab.select_option("#fleet-host", "*")
         expect(page.tab.locator(".gpu-cell")).to_have_count(24)
+        page.tab.set_viewport_size({"width": 390, "height": 800})  # a phone: no sideways scroll
+        assert page.tab.evaluate(
+            "document.documentElement.scrollWidth - window.innerWidth") <= 0
+        page.tab.screenshot(path=str(SHOTS / "fleet-3-hosts-narrow.png"), full_page=True)
         assert page.errors == []
     finally:
         page.close()
