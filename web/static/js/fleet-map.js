@@ -126,6 +126,9 @@ export class FleetMap {
         (answer.stale_count ? `, ${answer.stale_count} stale` : "") + `. Cells show ${shown}: `,
       STATE_RANK.filter((s) => counts[s]).map((s) =>
         h("span", {class: `legend-item state-${s.toLowerCase()}`}, `${s} ${counts[s]}`)));
+    const active = document.activeElement; // a focused cell keeps the focus across a redraw
+    const focused = this.grid.contains(active) && active.classList.contains("gpu-cell")
+      ? [active.closest(".fleet-host").dataset.host, active.dataset.gpu] : null;
     replace(this.grid, ordered(answer.hosts, this.sort).map(({host, gpus}) =>
       h("div", {class: `fleet-host${host.stale ? " stale" : ""}${host.recorded ? " recorded" : ""}`,
                 role: "listitem", dataset: {host: host.host, stale: String(host.stale)}},
@@ -141,6 +144,11 @@ export class FleetMap {
                   dataset: {gpu: gpu.gpu_id, state: gpu.effective_state, rawState: gpu.state,
                             temperature: gpu.temperature_celsius ?? ""}},
             cellText(gpu, this.sort)))))));
+    if (focused) {
+      const [name, gpu] = focused;
+      [...this.grid.querySelectorAll(`.gpu-cell[data-gpu="${gpu}"]`)]
+        .find((c) => c.closest(".fleet-host").dataset.host === name)?.focus();
+    }
     replace(this.hostsWrap, hostsTable(answer.hosts));
   }
 }

@@ -33,6 +33,7 @@ export function mount(root, params) {
   let stopped = false;
   let unmountCards = null;
   let map = null;
+  let pickerKey = null;
 
   const drawPicker = (answer) => {
     const options = [[ALL, `All hosts (${answer.count} hosts, ${answer.gpu_count} GPUs)`],
@@ -41,6 +42,9 @@ export function mount(root, params) {
     if (host !== ALL && !answer.hosts.some((x) => x.host === host)) {
       options.push([host, `${host} (no GPUs)`]);
     }
+    const key = JSON.stringify(options);
+    if (key === pickerKey) return; // unchanged: an open dropdown stays open
+    pickerKey = key;
     replace(picker, select("Host", options, host,
       (value) => { location.hash = hashFor(value); }, "fleet-host"));
   };
