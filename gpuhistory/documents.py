@@ -41,6 +41,7 @@ def status_doc(conn: sa.Connection, entry: LatestSample, now_ms: int,
     """One GPU's status: identity, state, latest metrics, throttle advice, card thresholds."""
     gpu = entry.gpu
     state = entry.state if entry.state is not None else GPUState.UNAVAILABLE
+    throttling = throttle_doc(conn, entry, now_ms, config)
     return {
         "gpu_id": gpu.index,
         "uuid": gpu.uuid,
@@ -49,11 +50,12 @@ def status_doc(conn: sa.Connection, entry: LatestSample, now_ms: int,
         "backend": gpu.backend,
         "available": state is not GPUState.UNAVAILABLE,
         "state": state.name,
+        "effective_state": throttling["effective_state"],  # what the advice follows
         "timestamp": iso_utc(entry.ts_ms),
         "sample_age_seconds": (None if entry.ts_ms is None
                                else round((now_ms - entry.ts_ms) / 1000, 3)),
         "metrics": metrics_doc(entry),
-        "throttling": throttle_doc(conn, entry, now_ms, config),
+        "throttling": throttling,
         "thresholds": {
             "slowdown_temp_celsius": gpu.slowdown_temp_c,
             "shutdown_temp_celsius": gpu.shutdown_temp_c,

@@ -14,6 +14,7 @@ import requests
 import sqlalchemy as sa
 from click.testing import CliRunner
 
+from gpuhistory import __version__
 from gpuhistory.cli.main import cli
 from tests.conftest import FLEET4, H100_BURN
 from tests.test_roles import poll, stop
@@ -70,6 +71,14 @@ def test_three_samplers_one_api_one_database(fresh_postgres_url: str) -> None:
         assert uuids["node-b", 0] == "GPU-sim-h100_burn-0"
         assert all(g["backend"] == "sim" and g["memory"]["capacity_mb"] == CAPACITY
                    for g in fleet["gpus"])
+
+        # The fleet's hosts: each sampler process holds its host's claim, with its version.
+        hosts = get("/api/fleet/hosts").json()
+        assert [h["host"] for h in hosts["hosts"]] == sorted(HOSTS)
+        for h in hosts["hosts"]:
+            assert h["gpu_count"] == HOSTS[h["host"]][1] and not h["recorded"]
+            assert (h["sampler"]["process"], h["sampler"]["version"]) == ("sampler",
+                                                                          __version__)
 
         # The host filter isolates: by default the API's own host, else the one named.
         own = get("/api/gpu/status/all").json()

@@ -16,6 +16,7 @@ from gpuhistory.api import (
     config_api,
     dashboard,
     events_api,
+    fleet_api,
     health,
     incidents,
     memory,
@@ -33,7 +34,7 @@ from gpuhistory.context import ServiceContext
 
 MAX_BODY_BYTES = 64 * 1024
 BLUEPRINTS = (health, status, metrics, throttle, memory, monitoring, config_api, events_api,
-              system, incidents, prometheus, alerts)
+              system, incidents, prometheus, alerts, fleet_api)
 
 SECURITY_SCHEMES: SecuritySchemesDict = {"bearer": {"type": "http", "scheme": "bearer",
                                "description": "GPUHISTORY_TOKEN, when one is configured"}}

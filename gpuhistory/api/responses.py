@@ -42,8 +42,10 @@ class Metrics(BaseModel):
 
 
 class Throttle(BaseModel):
-    state: str
-    effective_state: str
+    state: str = Field(description="the raw state of the newest sample")
+    effective_state: str = Field(
+        description="the state the advice follows: the raw state, or THROTTLED/CRITICAL "
+                    "while a cooldown or critical pause after leaving it runs")
     speed_multiplier: float
     should_throttle: bool
     reason: str
@@ -68,7 +70,10 @@ class Status(BaseModel):
     host: str
     backend: str
     available: bool
-    state: str
+    state: str = Field(description="the raw state of the newest sample")
+    effective_state: str = Field(
+        description="the state the throttle advice follows (throttling.effective_state): "
+                    "show this one, and the raw state beside it when they differ")
     timestamp: Iso
     sample_age_seconds: float | None
     metrics: Metrics | None
@@ -316,6 +321,82 @@ class IncidentReport(Incident):
     samples_total: int
     samples_stride: int
     samples: list[Metrics]
+
+
+class FleetGpu(BaseModel):
+    """One GPU of a host, compact (``gpus=true``)."""
+
+    gpu_id: int
+    uuid: str
+    name: str | None
+    state: str = Field(description="the raw state of the newest sample")
+    effective_state: str = Field(description="the state the throttle advice follows")
+    speed_multiplier: float
+    cooldown_remaining_seconds: float
+    temperature_celsius: int | None
+    memory_used_mb: int | None
+    memory_total_mb: int | None
+    memory_percent: float | None
+    power_watts: float | None
+    power_limit_watts: float | None
+    timestamp: Iso = Field(description="the newest sample")
+    sample_age_seconds: float | None
+    state_since: Iso = Field(description="the newest state transition (null: none)")
+    state_age_seconds: float | None
+    leased_mb: int = Field(description="MiB held by active leases")
+    capacity_mb: int = Field(description="MiB that can be leased (0 for a recorded card)")
+
+
+class FleetSampler(BaseModel):
+    """The sampler claim a host's sampling process holds."""
+
+    process: str = Field(description="serve, sampler or python")
+    node: str = Field(description="the machine the process runs on")
+    pid: int
+    version: str | None = Field(description="gpuhistory's version in that process "
+                                            "(null: a sampler older than the field)")
+    acquired_at: Iso
+    heartbeat_at: Iso
+    heartbeat_age_seconds: float | None
+    stale_after_seconds: float = Field(description="a heartbeat older than this: gone")
+
+
+class FleetLeases(BaseModel):
+    active: int = Field(description="active leases on the host's GPUs")
+    used_mb: int = Field(description="MiB they hold")
+    capacity_mb: int = Field(description="MiB the host's GPUs can lease in all")
+
+
+class FleetHost(BaseModel):
+    host: str
+    recorded: bool = Field(description="every GPU known only from imported recordings and "
+                                       "no sampler: history, not a live host (never stale)")
+    gpu_count: int
+    available_gpus: int
+    worst_state: str | None = Field(description="the worst effective state of its GPUs")
+    worst_raw_state: str | None = Field(description="the worst raw state of its GPUs")
+    states: dict[str, int] = Field(description="GPUs per effective state")
+    last_tick: Iso = Field(description="the host's newest sample")
+    last_tick_age_seconds: float | None
+    stale: bool = Field(description="its values are not current: its sampler stopped, "
+                                    "died or hangs")
+    stale_reason: str | None = Field(
+        description="sampler_gone (claim heartbeat too old), monitoring_stopped, "
+                    "sampler_stale (no tick for stale_after_seconds), no_sampler (no claim "
+                    "and no recent tick)")
+    sampler: FleetSampler | None = Field(description="the sampler claim (null: none held)")
+    leases: FleetLeases
+    gpus: list[FleetGpu] | None = Field(None, description="with gpus=true")
+
+
+class FleetHosts(BaseModel):
+    timestamp: Iso
+    interval_seconds: float = Field(description="the configured monitor_interval")
+    stale_after_seconds: float = Field(description="no tick for this long: stale")
+    count: int
+    gpu_count: int
+    stale_count: int
+    hosts: list[FleetHost]
 
 
 def errors(*statuses: int) -> ResponseDict:

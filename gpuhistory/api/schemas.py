@@ -175,6 +175,11 @@ class IncidentsQuery(Strict):
     limit: int = Field(100, ge=1, le=10_000)
 
 
+class FleetHostsQuery(Strict):
+    host: HostFilter = Field(ALL_HOSTS, description="one host, or * (default) for every host")
+    gpus: bool = Field(False, description="list each host's GPUs too (compact rows)")
+
+
 class IncidentPath(BaseModel):
     incident_id: int = Field(ge=1, le=2**62, description="the incident's id")
 

@@ -35,6 +35,16 @@ def _cell(value: Any, unit: str = "") -> str:
     return "-" if value is None else f"{value}{unit}"
 
 
+def state_cell(doc: dict[str, Any]) -> tuple[str, str]:
+    """(text, effective state) of a status document's STATE cell: the effective state —
+    the one the advice follows — with the raw state beside it when they differ
+    (``CRITICAL (raw OPTIMAL)`` during the pause after leaving CRITICAL)."""
+    raw = doc["state"]
+    effective = (doc.get("effective_state")
+                 or (doc.get("throttling") or {}).get("effective_state") or raw)
+    return (effective if effective == raw else f"{effective} (raw {raw})"), effective
+
+
 def status_table(docs: list[dict[str, Any]],
                  processes: dict[tuple[str, int], list[dict[str, Any]]] | None = None
                  ) -> Table:
@@ -53,11 +63,12 @@ def status_table(docs: list[dict[str, Any]],
         m = d.get("metrics") or {}
         mem = (f"{m['memory_used_mb']}/{m['memory_total_mb']} MiB"
                if m.get("memory_used_mb") is not None else "-")
-        style = STATE_STYLES.get(d["state"], "")
+        state, effective = state_cell(d)
+        style = STATE_STYLES.get(effective, "")
         multiplier = d["throttling"]["speed_multiplier"]
         table.add_row(*[d.get("host") or "-"] * fleet,
                       str(d["gpu_id"]), (d.get("name") or "-")[:32], *[""] * users,
-                      Text(d["state"], style=style),
+                      Text(state, style=style),
                       Text(f"x{multiplier}", style="" if multiplier == 1 else style),
                       Text(_cell(m.get("temperature_celsius"), " C"), style=style), mem,
                       _cell(m.get("load_percent"), " %"), _cell(m.get("power_watts"), " W"),

@@ -20,6 +20,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from gpuhistory import __version__
 from gpuhistory.clock import Clock, iso_utc
 from gpuhistory.storage import claims
 from gpuhistory.storage.claims import ClaimRow
@@ -72,7 +73,7 @@ class SamplerClaim:
     def _row(self) -> ClaimRow:
         now = self.clock.now_ms()
         return ClaimRow(self.host, self.owner, self.node, os.getpid(), self.process, now, now,
-                        STALE_AFTER_MS)
+                        STALE_AFTER_MS, __version__)
 
     def try_acquire(self) -> ClaimRow | None:
         """Take the claim; returns the live holder when another process has it."""

@@ -27,11 +27,12 @@ class ClaimRow:
     acquired_ms: int
     heartbeat_ms: int
     stale_after_ms: int
+    version: str | None = None  # gpuhistory's version in the holding process
 
 
-def _row(row: sa.Row[Any]) -> ClaimRow:
+def claim_row(row: sa.Row[Any]) -> ClaimRow:
     return ClaimRow(row.host, row.owner, row.node, row.pid, row.process, row.acquired_ms,
-                    row.heartbeat_ms, row.stale_after_ms)
+                    row.heartbeat_ms, row.stale_after_ms, row.version)
 
 
 def take(engine: sa.Engine, claim: ClaimRow, dead_pid: int | None) -> ClaimRow | None:
@@ -51,21 +52,21 @@ def take(engine: sa.Engine, claim: ClaimRow, dead_pid: int | None) -> ClaimRow |
             return None
         holder = conn.execute(sa.select(sampler_claims).where(_C.host == claim.host)).first()
         if holder is not None:
-            return _row(holder)
+            return claim_row(holder)
         try:
             with conn.begin_nested():
                 conn.execute(sampler_claims.insert().values(**values))
         except sa.exc.IntegrityError:  # another process inserted it first
             holder = conn.execute(sa.select(sampler_claims).where(_C.host == claim.host)
                                   ).first()
-            return None if holder is None else _row(holder)
+            return None if holder is None else claim_row(holder)
     return None
 
 
 def holder(engine: sa.Engine, host: str) -> ClaimRow | None:
     with engine.connect() as conn:
         row = conn.execute(sa.select(sampler_claims).where(_C.host == host)).first()
-    return None if row is None else _row(row)
+    return None if row is None else claim_row(row)
 
 
 def renew(engine: sa.Engine, host: str, owner: str, now_ms: int) -> bool:

@@ -309,4 +309,5 @@ sampler_claims = sa.Table(
     sa.Column("acquired_ms", sa.BigInteger, nullable=False),
     sa.Column("heartbeat_ms", sa.BigInteger, nullable=False),
     sa.Column("stale_after_ms", sa.BigInteger, nullable=False),
+    sa.Column("version", sa.String(32)),  # gpuhistory's version in the holding process
 )

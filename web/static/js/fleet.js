@@ -4,15 +4,22 @@
 import {getJSON, iso, serverNow} from "./api.js";
 import {columns, COLORS, sparkline} from "./charts.js";
 import {badge, h, replace} from "./dom.js";
+import {effectiveState, STATE_RANK, stateBadges} from "./states.js";
 import {clock, duration, num, parseTime, reasonLabel, SLOWDOWN_REASONS, withUnit} from "./format.js";
 import {live} from "./live.js";
 
 const SPARK_SECONDS = 15 * 60;
 
+/** The history page of a GPU: on another host than this server's, by host and UUID. */
+const historyHref = (gpu) => (!gpu.host || gpu.host === live.status?.host
+  ? `#/history/${gpu.gpu_id}`
+  : `#/history/${gpu.gpu_id}?${new URLSearchParams({host: gpu.host, uuid: gpu.uuid})}`);
+
 class Card {
   constructor(gpu) {
     this.gpuId = gpu.gpu_id;
     this.uuid = gpu.uuid; // the card in the slot now: the sparkline is its history
+    this.host = gpu.host;
     this.spark = null;
     this.sparkData = [[], []];
     this.stateEventId = 0;
@@ -47,7 +54,7 @@ class Card {
       h("div", {class: "spark-wrap"},
         h("span", {class: "label"}, "Temperature, last 15 min "), this.sparkRange, this.sparkEl),
       h("footer", {class: "card-foot"},
-        h("a", {href: `#/history/${gpu.gpu_id}`}, `History of GPU ${gpu.gpu_id}`),
+        h("a", {href: historyHref(gpu)}, `History of GPU ${gpu.gpu_id}`),
         this.updated));
     this.memoryText = h("span", {}, "—");
     replace(this.memory, this.memoryText,
@@ -58,7 +65,8 @@ class Card {
     const until = serverNow();
     try {
       const answer = await getJSON("/api/gpu/metrics/history", {
-        uuid: this.uuid, since: iso(until - SPARK_SECONDS * 1000), until: iso(until),
+        uuid: this.uuid, host: this.host, since: iso(until - SPARK_SECONDS * 1000),
+        until: iso(until),
         points: 90,
       });
       const half = answer.bucket_seconds / 2;
@@ -102,14 +110,26 @@ class Card {
     this.sparkEl.dataset.points = String(this.sparkData[0].length); // drawn (tests, bench)
   }
 
-  setState(state) {
-    replace(this.badgeSlot, badge(state));
-    this.el.dataset.state = state;
+  /** The badge shows the effective state (the one the advice follows), the raw state
+   * beside it when they differ: never OPTIMAL next to "× 0 (CRITICAL)". */
+  setState(effective, raw = effective) {
+    this.effective = effective;
+    replace(this.badgeSlot, stateBadges(effective, raw));
+    this.el.dataset.state = effective;
+    this.el.dataset.rawState = raw;
+  }
+
+  /** A state_change event: a worse raw state is the effective one at once; a better one
+   * may be held by a cooldown, which the status poll that follows the event settles. */
+  changeState(raw) {
+    const held = STATE_RANK.indexOf(raw) < STATE_RANK.indexOf(this.effective) &&
+      raw !== "UNAVAILABLE";
+    this.setState(held ? this.effective : raw, raw);
   }
 
   update(gpu) {
     const m = gpu.metrics || {};
-    this.setState(gpu.state);
+    this.setState(effectiveState(gpu), gpu.state);
     this.el.classList.toggle("unavailable", !gpu.available || gpu.state === "UNAVAILABLE");
     this.uuid = gpu.uuid;
     this.name.textContent = `${gpu.name || "unknown GPU"} · ${gpu.uuid}`;
@@ -150,15 +170,21 @@ class Card {
   }
 }
 
-export function mount(root) {
+/** The cards of one host's GPUs: this server's host from the live feed (and its events),
+ * another host (``host``) by polling its status. ``focusGpu``: scroll to that GPU's card. */
+export function mount(root, params, {host = null, heading = true, focusGpu = null} = {}) {
   const grid = h("div", {class: "cards"});
   const emptyNote = h("p", {class: "empty", hidden: true}, "No GPUs have been sampled yet.");
   replace(root,
-    h("h1", {}, "Fleet"),
+    heading ? h("h1", {}, "Fleet") : null,
     h("p", {class: "lede"}, "Every GPU on this host, as sampled now. States: ",
-      ["OPTIMAL", "NORMAL", "THROTTLED", "CRITICAL", "UNAVAILABLE"].map((s) => [badge(s), " "])),
+      ["OPTIMAL", "NORMAL", "THROTTLED", "CRITICAL", "UNAVAILABLE"].map((s) => [badge(s), " "]),
+      "(the state the throttle advice follows; the raw state of the newest sample beside it ",
+      "when it differs)"),
     emptyNote, grid);
   const cards = new Map();
+  const own = host === null || host === live.status?.host;
+  let focused = focusGpu === null;
 
   const render = (status) => {
     const seen = new Set();
@@ -181,21 +207,50 @@ export function mount(root) {
       }
     }
     emptyNote.hidden = status.gpus.length > 0;
+    const target = focused ? null : cards.get(Number(focusGpu));
+    if (target) {
+      focused = true;
+      target.el.classList.add("focused");
+      target.el.scrollIntoView({block: "center"});
+    }
   };
 
+  if (!own) return pollHost(host, render, () => cards);
   if (live.status) render(live.status);
   const offStatus = live.on("status", render);
   const offEvent = live.on("event", (event) => {
     const card = cards.get(event.gpu_id);
     if (event.kind === "state_change" && card && event.id > card.stateEventId) {
       card.stateEventId = event.id; // events may arrive out of order (stream and list)
-      card.setState(event.payload.to);
+      card.changeState(event.payload.to);
     }
   });
   return () => {
     offStatus();
     offEvent();
     for (const card of cards.values()) card.destroy();
+  };
+}
+
+/** Another host's cards: its status polled (the live feed and its events are this host's). */
+function pollHost(host, render, cards) {
+  let timer = null;
+  let stopped = false;
+  const poll = async () => {
+    try {
+      const status = await getJSON("/api/gpu/status/all", {host});
+      if (!stopped) render(status);
+    } catch {
+      // the connection banner says so; try again at the next turn
+    } finally {
+      if (!stopped) timer = setTimeout(poll, live.intervalSeconds() * 1000);
+    }
+  };
+  poll();
+  return () => {
+    stopped = true;
+    clearTimeout(timer);
+    for (const card of cards().values()) card.destroy();
   };
 }
 

@@ -28,6 +28,9 @@ class HistoryView {
   constructor(root, params) {
     this.root = root;
     this.gpuId = Number(params.path[1] ?? 0);
+    // Another host's GPU (from the fleet page): its history by host, its marks by card.
+    this.host = params.query.get("host") || null;
+    this.uuid = this.host ? params.query.get("uuid") || null : null;
     this.range = RANGES[params.query.get("range")] ? params.query.get("range") : "1h";
     this.series = new Set((params.query.get("series") || "").split(",")
       .filter((s) => s in OPTIONAL_SERIES));
@@ -43,7 +46,7 @@ class HistoryView {
   }
 
   build() {
-    const gpus = live.status?.gpus?.map((g) => g.gpu_id) ?? [this.gpuId];
+    const gpus = (this.host ? null : live.status?.gpus?.map((g) => g.gpu_id)) ?? [this.gpuId];
     if (!gpus.includes(this.gpuId)) gpus.push(this.gpuId);
     this.presetButtons = Object.entries(RANGES).map(([key, range]) =>
       h("button", {type: "button", class: "preset", dataset: {range: key},
@@ -57,10 +60,13 @@ class HistoryView {
                              "aria-label": `GPU ${this.gpuId} temperature history`});
     this.marks = h("div", {class: "marks"});
     replace(this.root,
-      h("h1", {}, `History of GPU ${this.gpuId}`),
+      h("h1", {}, `History of GPU ${this.gpuId}${this.host ? ` on ${this.host}` : ""}`),
       h("div", {class: "controls"},
         select("GPU", gpus.sort((a, b) => a - b).map((g) => [g, `GPU ${g}`]), this.gpuId,
-               (value) => { location.hash = `#/history/${value}?range=${this.range}`; },
+               (value) => {
+                 location.hash = `#/history/${value}?range=${this.range}` +
+                   (this.host ? `&host=${encodeURIComponent(this.host)}` : "");
+               },
                "history-gpu"),
         h("div", {class: "group", role: "group", "aria-label": "Range"},
           h("span", {class: "group-label"}, "Range"), this.presetButtons),
@@ -83,6 +89,11 @@ class HistoryView {
     this.updateControls();
   }
 
+  /** The GPU's status from the live feed (this server's host only). */
+  ownGpu() {
+    return this.host ? null : live.status?.gpus?.find((g) => g.gpu_id === this.gpuId);
+  }
+
   window() {
     if (this.zoom) return this.zoom;
     const until = serverNow();
@@ -91,6 +102,8 @@ class HistoryView {
 
   saveHash() {
     const query = new URLSearchParams({range: this.range});
+    if (this.host) query.set("host", this.host);
+    if (this.uuid) query.set("uuid", this.uuid);
     if (this.series.size) query.set("series", [...this.series].join(","));
     if (this.zoom) {
       query.set("since", String(Math.round(this.zoom.since)));
@@ -164,13 +177,15 @@ class HistoryView {
     try {
       const [config, answer] = await Promise.all([
         this.config ? Promise.resolve(this.config) : getJSON("/api/gpu/config"),
-        getJSON("/api/gpu/metrics/history", {...span, points}),
+        getJSON("/api/gpu/metrics/history", {...span, host: this.host, points}),
       ]);
       if (token !== this.loads) return; // a newer request is on its way
       // The marks are asked for once the buckets are in: they never hold the chart up.
+      // Events name a GPU by index on this server's host, or by card (UUID).
+      const which = this.host ? {...span, gpu_id: null, uuid: this.uuid ?? answer.uuid} : span;
       const marks = Promise.all([
-        getJSON("/api/gpu/events", {...span, kind: "state_change", limit: MARKER_LIMIT}),
-        getJSON("/api/gpu/events", {...span, kind: "lease_granted", limit: MARKER_LIMIT}),
+        getJSON("/api/gpu/events", {...which, kind: "state_change", limit: MARKER_LIMIT}),
+        getJSON("/api/gpu/events", {...which, kind: "lease_granted", limit: MARKER_LIMIT}),
       ]);
       this.config = config;
       this.markers = [];
@@ -219,8 +234,7 @@ class HistoryView {
 
   draw(answer, since, until) {
     const config = this.config.config;
-    const totalMb = live.status?.gpus?.find((g) => g.gpu_id === this.gpuId)?.metrics
-      ?.memory_total_mb ?? null;
+    const totalMb = this.ownGpu()?.metrics?.memory_total_mb ?? null;
     const half = answer.bucket_seconds / 2;
     const show = this.series;
     const accessors = [(b) => b.temperature_min, (b) => b.temperature_max,
@@ -250,7 +264,7 @@ class HistoryView {
     const data = columns(answer.buckets, (b) => parseTime(b.timestamp) / 1000 + half,
                          accessors, answer.bucket_seconds * 2.5);
     const zones = temperatureZones(config);
-    const status = live.status?.gpus?.find((g) => g.gpu_id === this.gpuId);
+    const status = this.ownGpu();
     const slowdown = status?.thresholds?.slowdown_temp_celsius ?? null;
     this.chart?.destroy();
     replace(this.chartEl);

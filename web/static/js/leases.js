@@ -1,7 +1,8 @@
 // Leases and events: active leases per GPU with capacity bars, and the event log with filters.
 
 import {getJSON, iso, serverNow} from "./api.js";
-import {badge, h, replace, select, table} from "./dom.js";
+import {h, replace, select, table} from "./dom.js";
+import {effectiveState, stateBadges} from "./states.js";
 import {dateTime, duration, num, parseTime, timeEl, utcOffset} from "./format.js";
 import {EVENT_KINDS, live} from "./live.js";
 
@@ -123,7 +124,8 @@ class Capacity {
           duration(l.expires_in_seconds))]);
       return h("section", {class: "gpu-capacity", dataset: {gpu: gpu.gpu_id},
                            "aria-labelledby": `cap-${gpu.gpu_id}`},
-        h("h3", {id: `cap-${gpu.gpu_id}`}, `GPU ${gpu.gpu_id} `, badge(gpu.state)),
+        h("h3", {id: `cap-${gpu.gpu_id}`}, `GPU ${gpu.gpu_id} `,
+          stateBadges(effectiveState(gpu), gpu.state)),
         cap ? h("p", {class: "cap-text"},
           `Leased ${num(cap.leased_mb)} of ${num(cap.capacity_mb)} MiB ` +
           `(${num(cap.leased_mb / Math.max(1, cap.capacity_mb) * 100, 1)} %) by ` +

@@ -4,7 +4,7 @@ import {connection, serverNow} from "./api.js";
 import {h, replace} from "./dom.js";
 import {clock, duration, utcOffset, zoneName} from "./format.js";
 import {live} from "./live.js";
-import * as fleet from "./fleet.js";
+import * as fleet from "./fleet-page.js";
 import * as historyPage from "./history.js";
 import * as incidents from "./incidents.js";
 import * as incident from "./incident.js";
