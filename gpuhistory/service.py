@@ -72,6 +72,9 @@ RETENTION_EVERY_SECONDS = 3600
 RETENTION_MAX_SECONDS = 60
 
 ROLES = ("both", "sampler", "api")
+# Database connections a ``sampler`` keeps at most (docs/fleet.md#connections): its tick
+# writer, jobs and heartbeats take turns on one. ``serve`` and ``api`` keep the engine's pool.
+SAMPLER_POOL_SIZE = 1
 EXIT_UNSAVED = 75  # stopped, but the database refused the final writes (EX_TEMPFAIL)
 
 
@@ -86,6 +89,7 @@ class ServeSettings:
     interval: float | None = None
     host_name: str | None = None
     threads: int = 8
+    db_pool_size: int | None = None  # None: SAMPLER_POOL_SIZE for sampler, else the default
     config_file: str | None = None
     api_token: str | None = None
     max_connections: int = ConnectionLimits.max_connections
@@ -125,7 +129,7 @@ class Service:
         self.clock = clock or SystemClock()
         static = load_static(settings.config_file,
                              overrides={"monitor_interval": settings.interval})
-        self.engine = make_engine(settings.db)
+        self.engine = make_engine(settings.db, **self.pool_settings(settings, role))
         upgrade(self.engine)
         self.files = FileGuard.attach(self.engine)
         self.unsaved: list[str] = []  # what shutdown could not write (see EXIT_UNSAVED)
@@ -152,6 +156,15 @@ class Service:
             self.app = create_app(self.context)
         self._server: HttpServer | None = None
         self._stopping = threading.Event()
+
+    @staticmethod
+    def pool_settings(settings: ServeSettings, role: str) -> dict[str, int]:
+        """The engine's pool: ``db_pool_size`` connections and no overflow when set (a
+        ``sampler``: SAMPLER_POOL_SIZE unless set), else the engine's default pool."""
+        size = settings.db_pool_size
+        if size is None and role == "sampler":
+            size = SAMPLER_POOL_SIZE
+        return {} if size is None else {"pool_size": size, "max_overflow": 0}
 
     def _build_sampler(self, settings: ServeSettings) -> None:
         self.backend = select_backend(

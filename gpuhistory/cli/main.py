@@ -112,6 +112,11 @@ def _common_options(fn: Any) -> Any:
         click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
                      envvar="GPUHISTORY_CONFIG", show_envvar=True,
                      help="TOML file of thresholds and policies (see docs/configuration.md)."),
+        click.option("--db-pool-size", type=click.IntRange(1, 1000),
+                     envvar="GPUHISTORY_DB_POOL_SIZE", show_envvar=True,
+                     help="Database connections this process keeps at most, with no "
+                          "overflow (default: 1 for sampler; for serve and api a pool of "
+                          "5 plus 10 overflow on PostgreSQL, 32 plus 32 on SQLite)."),
     ]):
         fn = option(fn)
     return fn
