@@ -127,6 +127,7 @@ def _run_service(role: str, **options: Any) -> None:
     from gpuhistory.config.layers import ConfigFileError
     from gpuhistory.sampling.backend import BackendUnavailable
     from gpuhistory.service import EXIT_UNSAVED, ServeSettings, Service, is_loopback
+    from gpuhistory.storage.engine import DatabaseUrlError
 
     logging.getLogger("gpuhistory").setLevel(logging.INFO)
     token = os.environ.get("GPUHISTORY_TOKEN") or None
@@ -141,6 +142,8 @@ def _run_service(role: str, **options: Any) -> None:
     settings = ServeSettings(api_token=token if role != "sampler" else None, **options)
     try:
         service = Service(settings, role=role)
+    except DatabaseUrlError as exc:
+        raise click.UsageError(f"--db: {exc}") from None
     except (BackendUnavailable, ConfigFileError) as exc:
         raise click.ClickException(str(exc)) from None
     except sa.exc.OperationalError as exc:  # the database is down, unreachable or unreadable
