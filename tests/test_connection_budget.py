@@ -149,3 +149,46 @@ def test_db_pool_size_sets_any_roles_pool(db_url: str, engine: sa.Engine) -> Non
             assert (pool.size(), pool._max_overflow) == (size, 0)
         finally:
             service.shutdown()
+
+
+def test_a_tick_that_finds_the_connection_busy_is_kept_not_lost(db_url: str,
+                                                                 engine: sa.Engine) -> None:
+    """While something holds the sampler's one connection past the pool's timeout, ticks
+    are still taken (with the configuration last read) and wait in memory; once the
+    connection is free they are all written, in order. (The pool's timeout is cut to
+    50 ms for the test: the waits are real ones, on the pool.)"""
+    clock = FakeClock()
+    service = Service(ServeSettings(db=db_url, backend="sim", trace=str(FLEET4),
+                                    host_name="node-a", interval=1.0),
+                      clock=clock, role="sampler")
+    pool = service.engine.pool
+    assert isinstance(pool, sa.pool.QueuePool)
+    pool._timeout = 0.05
+    try:
+        service.claim.acquire()
+        service.schedule_jobs()
+        assert service.scheduler is not None and service.sampler is not None
+        service.scheduler.start(paused=True)
+        service.sampler.start()
+        tick = scheduled_jobs(service)[SAMPLE_JOB_ID]
+        clock.advance(1)
+        tick()  # registers the GPUs
+        clock.advance(1)
+        service.sampler.tick()  # a direct tick: returns once written
+        with service.engine.connect():  # the one connection, held by someone else
+            for _ in range(3):
+                clock.advance(1)
+                tick()
+            waited = service.sampler.buffer.outage
+        clock.advance(1)
+        service.sampler.tick()
+        assert waited is not None and waited.reason == "unavailable"
+        assert service.sampler.buffer.outage is None
+        with engine.connect() as conn:
+            ticks = conn.execute(sa.text("SELECT count(DISTINCT ts_ms) FROM samples"
+                                         )).scalar_one()
+            recovered = conn.execute(sa.text(
+                "SELECT count(*) FROM events WHERE kind = 'storage_recovered'")).scalar_one()
+        assert ticks == 6 and recovered == 1
+    finally:
+        service.shutdown()
