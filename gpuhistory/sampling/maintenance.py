@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import socket
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -33,6 +35,8 @@ from gpuhistory.clock import Clock
 from gpuhistory.storage import maintenance_runs
 
 log = logging.getLogger(__name__)
+
+PHASE_LOW, PHASE_HIGH = 0.1, 0.9  # where in its period a process's firing of a job falls
 
 
 @dataclass(frozen=True)
@@ -115,10 +119,19 @@ class FleetMaintenance:
                         job.name, exc)
         return True
 
-    def schedule(self, scheduler: Any, jobs: Sequence[MaintenanceJob]) -> None:
-        """Add each job to ``scheduler`` as an interval job firing :meth:`fire`."""
+    def schedule(self, scheduler: Any, jobs: Sequence[MaintenanceJob],
+                 rng: random.Random | None = None) -> None:
+        """Add each job to ``scheduler`` as an interval job firing :meth:`fire`, at a random
+        phase inside the period (10-90 % of it): away from the period's edges, so a firing
+        delayed by a few milliseconds stays in its period, and the samplers' firings are
+        spread over the period rather than lined up."""
+        rng = rng or random.Random()
+        now_s = time.time()  # the scheduler's own (wall) time, not the injected clock
         for job in jobs:
+            phase = rng.uniform(PHASE_LOW, PHASE_HIGH) * job.period_s
+            start = now_s // job.period_s * job.period_s + phase
             scheduler.add_job(self.fire, "interval", seconds=job.period_s, args=[job],
+                              start_date=datetime.fromtimestamp(start, UTC),
                               id=job.job_id, name=job.description, max_instances=1,
                               coalesce=True, replace_existing=True)
 
