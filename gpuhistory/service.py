@@ -17,6 +17,7 @@ is deleted or replaced, writes are refused and /healthz says why.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import os
@@ -42,6 +43,7 @@ from gpuhistory.domain.events import EventDraft, EventKind
 from gpuhistory.leases.manager import LeaseManager
 from gpuhistory.sampling.claim import SamplerClaim
 from gpuhistory.sampling.control import should_monitor
+from gpuhistory.sampling.maintenance import FleetMaintenance, MaintenanceJob, holder_id
 from gpuhistory.sampling.pipeline import Pipeline
 from gpuhistory.sampling.sampler import Sampler
 from gpuhistory.sampling.select import select_backend
@@ -54,17 +56,25 @@ from gpuhistory.wsgi.settings import ConnectionLimits
 
 log = logging.getLogger(__name__)
 
+# This host's own jobs, run by its sampler every period.
 REAP_JOB_ID = "gpuhistory.reap_leases"
 REAP_EVERY_SECONDS = 5
+# Fleet-wide jobs, claimed once per period among every sampler on the database
+# (sampling/maintenance.py); each run stops after the chunk that passes its budget.
 ROLLUP_JOB_ID = "gpuhistory.rollups"
 ROLLUP_EVERY_SECONDS = 30
 ROLLUP_MAX_SECONDS = 20  # a long catch-up goes on at the next run
 INCIDENTS_JOB_ID = "gpuhistory.detect_incidents"
 INCIDENTS_EVERY_SECONDS = 10
+INCIDENTS_MAX_SECONDS = 8
 RETENTION_JOB_ID = "gpuhistory.retention"
 RETENTION_EVERY_SECONDS = 3600
+RETENTION_MAX_SECONDS = 60
 
 ROLES = ("both", "sampler", "api")
+# Database connections a ``sampler`` keeps at most (docs/fleet.md#connections): its tick
+# writer, jobs and heartbeats take turns on one. ``serve`` and ``api`` keep the engine's pool.
+SAMPLER_POOL_SIZE = 1
 EXIT_UNSAVED = 75  # stopped, but the database refused the final writes (EX_TEMPFAIL)
 
 
@@ -79,6 +89,7 @@ class ServeSettings:
     interval: float | None = None
     host_name: str | None = None
     threads: int = 8
+    db_pool_size: int | None = None  # None: SAMPLER_POOL_SIZE for sampler, else the default
     config_file: str | None = None
     api_token: str | None = None
     max_connections: int = ConnectionLimits.max_connections
@@ -118,7 +129,7 @@ class Service:
         self.clock = clock or SystemClock()
         static = load_static(settings.config_file,
                              overrides={"monitor_interval": settings.interval})
-        self.engine = make_engine(settings.db)
+        self.engine = make_engine(settings.db, **self.pool_settings(settings, role))
         upgrade(self.engine)
         self.files = FileGuard.attach(self.engine)
         self.unsaved: list[str] = []  # what shutdown could not write (see EXIT_UNSAVED)
@@ -146,6 +157,15 @@ class Service:
         self._server: HttpServer | None = None
         self._stopping = threading.Event()
 
+    @staticmethod
+    def pool_settings(settings: ServeSettings, role: str) -> dict[str, int]:
+        """The engine's pool: ``db_pool_size`` connections and no overflow when set (a
+        ``sampler``: SAMPLER_POOL_SIZE unless set), else the engine's default pool."""
+        size = settings.db_pool_size
+        if size is None and role == "sampler":
+            size = SAMPLER_POOL_SIZE
+        return {} if size is None else {"pool_size": size, "max_overflow": 0}
+
     def _build_sampler(self, settings: ServeSettings) -> None:
         self.backend = select_backend(
             settings.backend, self.clock, settings.trace, settings.sim_gpus,
@@ -155,9 +175,24 @@ class Service:
         self.sampler = Sampler(self.backend, self.pipeline, self.store, self.clock,
                                interval=lambda: self.config().monitor_interval,
                                background_writes=True)
+        # Fleet-wide: every GPU in the database, imported hosts' included.
         self.rollups = RollupJob(self.engine, self.clock)
-        self.incidents = IncidentDetector(self.engine, self.clock, self.config, host=self.host)
+        self.incidents = IncidentDetector(self.engine, self.clock, self.config)
         self.retention = RetentionJob(self.engine, self.clock, self.config)
+        self.maintenance = FleetMaintenance(self.engine, self.clock, holder_id(self.host))
+        self.maintenance_jobs = [
+            MaintenanceJob("rollups", ROLLUP_JOB_ID, "roll samples up into 1m/1h buckets",
+                           ROLLUP_EVERY_SECONDS, ROLLUP_MAX_SECONDS,
+                           functools.partial(self.rollups.run, max_seconds=ROLLUP_MAX_SECONDS)),
+            MaintenanceJob("incidents", INCIDENTS_JOB_ID, "detect overheat incidents",
+                           INCIDENTS_EVERY_SECONDS, INCIDENTS_MAX_SECONDS,
+                           functools.partial(self.incidents.run,
+                                             max_seconds=INCIDENTS_MAX_SECONDS)),
+            MaintenanceJob("retention", RETENTION_JOB_ID, "delete samples past retention",
+                           RETENTION_EVERY_SECONDS, RETENTION_MAX_SECONDS,
+                           functools.partial(self.retention.run,
+                                             max_seconds=RETENTION_MAX_SECONDS)),
+        ]
         self.alerts = WebhookDeliverer(self.engine, self.host, self.webhooks, self.clock)
         self.scheduler = BackgroundScheduler(timezone="UTC")
         self.sampler.attach(self.scheduler)
@@ -179,31 +214,32 @@ class Service:
         self.store.append_events([EventDraft(kind=kind, ts_ms=self.clock.now_ms(),
                                              payload=payload)])
 
-    def start_background(self) -> None:
-        """Start the scheduler: lease reaper, rollups, incident detector and retention always;
-        sampling unless stopped by request. Nothing in the ``api`` role."""
-        if self.scheduler is None or self.sampler is None:
+    def schedule_jobs(self) -> None:
+        """Add every background job to the scheduler (not started yet).
+
+        This host's own: the sampler claim's heartbeat, the lease reaper (this host's
+        leases), webhook delivery (this host's events); the sampling job is added by
+        ``Sampler.start``. Fleet-wide, each claimed once per period among all samplers
+        (docs/fleet.md#maintenance-in-a-fleet): rollups, incident detection, retention.
+        """
+        if self.scheduler is None:
             return
-        if not self.claim.held:
-            self.claim.acquire()  # SamplerBusy: another process samples this host
         self.claim.attach(self.scheduler)
         self.scheduler.add_job(self.leases.reap, "interval", seconds=REAP_EVERY_SECONDS,
                                id=REAP_JOB_ID, name="expire overdue leases",
                                max_instances=1, coalesce=True, replace_existing=True)
-        self.scheduler.add_job(self.rollups.safe_run, "interval", seconds=ROLLUP_EVERY_SECONDS,
-                               kwargs={"max_seconds": ROLLUP_MAX_SECONDS},
-                               id=ROLLUP_JOB_ID, name="roll samples up into 1m/1h buckets",
-                               max_instances=1, coalesce=True, replace_existing=True)
-        self.scheduler.add_job(self.incidents.safe_run, "interval",
-                               seconds=INCIDENTS_EVERY_SECONDS, id=INCIDENTS_JOB_ID,
-                               name="detect overheat incidents",
-                               max_instances=1, coalesce=True, replace_existing=True)
-        self.scheduler.add_job(self.retention.safe_run, "interval",
-                               seconds=RETENTION_EVERY_SECONDS, id=RETENTION_JOB_ID,
-                               name="delete samples past retention",
-                               max_instances=1, coalesce=True, replace_existing=True)
+        self.maintenance.schedule(self.scheduler, self.maintenance_jobs)
         if self.alerts is not None:
             self.alerts.start(self.scheduler)  # webhooks: docs/alerts.md
+
+    def start_background(self) -> None:
+        """Start the scheduler (``schedule_jobs``'s jobs), and sampling unless stopped by
+        request. Nothing in the ``api`` role."""
+        if self.scheduler is None or self.sampler is None:
+            return
+        if not self.claim.held:
+            self.claim.acquire()  # SamplerBusy: another process samples this host
+        self.schedule_jobs()
         self.scheduler.start()
         if should_monitor(self.engine):
             self.sampler.start()

@@ -292,6 +292,6 @@ def test_serve_schedules_the_rollup_job(tmp_path: Path) -> None:
         job = service.scheduler.get_job(ROLLUP_JOB_ID)
         assert job.max_instances == 1 and job.coalesce
         assert job.trigger.interval.total_seconds() == 30
-        assert job.func == service.rollups.safe_run
+        assert job.func == service.maintenance.fire and job.args[0].name == "rollups"
     finally:
         service.shutdown()

@@ -112,6 +112,11 @@ def _common_options(fn: Any) -> Any:
         click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
                      envvar="GPUHISTORY_CONFIG", show_envvar=True,
                      help="TOML file of thresholds and policies (see docs/configuration.md)."),
+        click.option("--db-pool-size", type=click.IntRange(1, 1000),
+                     envvar="GPUHISTORY_DB_POOL_SIZE", show_envvar=True,
+                     help="Database connections this process keeps at most, with no "
+                          "overflow (default: 1 for sampler; for serve and api a pool of "
+                          "5 plus 10 overflow on PostgreSQL, 32 plus 32 on SQLite)."),
     ]):
         fn = option(fn)
     return fn
@@ -122,6 +127,7 @@ def _run_service(role: str, **options: Any) -> None:
     from gpuhistory.config.layers import ConfigFileError
     from gpuhistory.sampling.backend import BackendUnavailable
     from gpuhistory.service import EXIT_UNSAVED, ServeSettings, Service, is_loopback
+    from gpuhistory.storage.engine import DatabaseUrlError
 
     logging.getLogger("gpuhistory").setLevel(logging.INFO)
     token = os.environ.get("GPUHISTORY_TOKEN") or None
@@ -136,6 +142,8 @@ def _run_service(role: str, **options: Any) -> None:
     settings = ServeSettings(api_token=token if role != "sampler" else None, **options)
     try:
         service = Service(settings, role=role)
+    except DatabaseUrlError as exc:
+        raise click.UsageError(f"--db: {exc}") from None
     except (BackendUnavailable, ConfigFileError) as exc:
         raise click.ClickException(str(exc)) from None
     except sa.exc.OperationalError as exc:  # the database is down, unreachable or unreadable

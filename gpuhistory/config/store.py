@@ -151,14 +151,16 @@ class ConfigStore:
 
     def current(self) -> Config:
         """The configuration in force: the last one read when the database cannot be read
-        now, so a tick goes on (to the write buffer) through a database outage."""
+        now (an outage, or no pooled connection free within the pool's timeout), so a tick
+        goes on (to the write buffer) through it."""
         try:
             self.refresh()
-        except sa.exc.DBAPIError as exc:
+        except (sa.exc.DBAPIError, sa.exc.TimeoutError) as exc:
             with self._lock:
                 self._checked_ms = self.clock.now_ms()  # try again after refresh_ms
+            orig = getattr(exc, "orig", None)
             log.warning("configuration not refreshed (database: %s); using the last read",
-                        type(exc.orig).__name__ if exc.orig is not None else type(exc).__name__)
+                        type(orig).__name__ if orig is not None else type(exc).__name__)
         return self._config
 
     __call__ = current

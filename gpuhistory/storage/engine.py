@@ -28,6 +28,10 @@ from alembic.script import ScriptDirectory
 from gpuhistory.assets import migrations_dir
 
 BUSY_TIMEOUT_MS = 5000
+# A URL query parameter for PostgreSQL, taken out of the URL and given to psycopg:
+# ``prepare_threshold=none`` turns server-side prepared statements off, which a PgBouncer
+# in transaction pooling mode before 1.21 needs (docs/fleet.md#behind-pgbouncer).
+PREPARE_THRESHOLD = "prepare_threshold"
 MIGRATION_LOCK_KEY = 0x67707568  # "gpuh": the advisory lock of migrations/env.py
 
 
@@ -50,6 +54,31 @@ def database_url(db: str | os.PathLike[str] | None) -> str:
     path = Path(text).expanduser().resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{path}"
+
+
+class DatabaseUrlError(ValueError):
+    """A ``--db`` URL this project cannot use as given."""
+
+
+def _driver_options(url: str) -> tuple[str, dict[str, Any]]:
+    """``url`` less this project's own query parameters, and the driver options they ask
+    for (``prepare_threshold``: ``none`` or a count of executions, PostgreSQL only)."""
+    parsed = sa.make_url(url)
+    if PREPARE_THRESHOLD not in parsed.query:
+        return url, {}
+    value = parsed.query[PREPARE_THRESHOLD]
+    text = value if isinstance(value, str) else value[-1]
+    if parsed.get_backend_name() != "postgresql":
+        raise DatabaseUrlError(f"{PREPARE_THRESHOLD} applies to PostgreSQL URLs only")
+    if text.lower() in ("none", "off"):
+        threshold: int | None = None
+    elif text.isdigit():
+        threshold = int(text)
+    else:
+        raise DatabaseUrlError(f"{PREPARE_THRESHOLD} must be 'none' or a whole number of "
+                               f"executions, not {text!r}")
+    rest = parsed.difference_update_query([PREPARE_THRESHOLD])
+    return rest.render_as_string(hide_password=False), {"prepare_threshold": threshold}
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any,
@@ -114,9 +143,12 @@ def make_engine(db: str | os.PathLike[str] | None,
     """An engine for ``db`` with this project's per-connection settings applied.
 
     ``busy_timeout_ms``: how long a SQLite statement waits for another writer's lock
-    before it fails with "database is locked" (tests make it short).
+    before it fails with "database is locked" (tests make it short). A PostgreSQL URL may
+    carry ``prepare_threshold=none`` (see PREPARE_THRESHOLD); DatabaseUrlError otherwise.
     """
-    url = database_url(db)
+    url, driver_options = _driver_options(database_url(db))
+    if driver_options:
+        kwargs["connect_args"] = {**driver_options, **kwargs.get("connect_args", {})}
     if url.startswith("sqlite") and ":memory:" not in url:
         # Enough pooled connections for every HTTP worker thread plus the scheduler's jobs,
         # so no request waits for a connection (SQLite connections are cheap to keep).

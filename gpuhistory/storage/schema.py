@@ -311,3 +311,21 @@ sampler_claims = sa.Table(
     sa.Column("stale_after_ms", sa.BigInteger, nullable=False),
     sa.Column("version", sa.String(32)),  # gpuhistory's version in the holding process
 )
+
+# Fleet maintenance (gpuhistory/sampling/maintenance.py; docs/fleet.md): per fleet-wide job,
+# who claimed its current period (``next_due_ms`` is that period's end), how often it was
+# claimed, and how its last run went. A run in progress has ``busy_until_ms`` set: past it,
+# its holder counts as dead and the job may be claimed again.
+maintenance_runs = sa.Table(
+    "maintenance_runs",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("holder", sa.String(255), nullable=False),
+    sa.Column("runs", sa.BigInteger, nullable=False),
+    sa.Column("period_ms", sa.BigInteger, nullable=False),
+    sa.Column("next_due_ms", sa.BigInteger, nullable=False),
+    sa.Column("busy_until_ms", sa.BigInteger),
+    sa.Column("started_ms", sa.BigInteger, nullable=False),
+    sa.Column("finished_ms", sa.BigInteger),
+    sa.Column("last_error", sa.Text),
+)
