@@ -7,7 +7,7 @@ is retried with exponential backoff on the injected clock. The energy counter is
 per tick (it costs ~3 ms per call on an H100): only with the hardware facts, once a minute.
 
 ``read_hardware`` adds the slower facts (gpuhistory/sampling/hardware.py): the compute
-processes (pid and used memory from NVML, the name from psutil), the cumulative
+processes (pid and memory from NVML, name and owner from /proc), the cumulative
 throttle-time counters (one field-values call) and the critical XID errors pending in an
 NVML event set (drained with a 0 ms wait). Each part that a GPU answers NOT_SUPPORTED for
 is None and not asked again; where event sets are unsupported, health says so. Slow-moving
@@ -35,7 +35,6 @@ from dataclasses import dataclass, field, replace
 from types import ModuleType
 from typing import Any
 
-import psutil
 import pynvml
 
 from gpuhistory.clock import Clock, SystemClock
@@ -48,6 +47,7 @@ from gpuhistory.sampling.hardware import (
     ProcessInfo,
     Xid,
 )
+from gpuhistory.sampling.procinfo import Owner, ProcReader, pid_namespace_is_nested
 from gpuhistory.sampling.worker import CallTimedOut, Job, Worker
 
 log = logging.getLogger(__name__)
@@ -104,35 +104,6 @@ NOT_AVAILABLE_U64 = 2**64 - 1  # NVML_VALUE_NOT_AVAILABLE as an unsigned long lo
 NO_INSTANCE = 0xFFFFFFFF  # gpuInstanceId / computeInstanceId outside MIG
 DEFAULT_TIMEOUT_S = 5.0  # config key nvml_timeout_seconds
 INIT, EVENTS = "init", "events"  # what a job is doing when it is not reading one GPU
-
-
-def pid_namespace_is_nested() -> bool:
-    """True inside a child PID namespace (most containers): NVML reports the host's PIDs,
-    which name other processes here or none, so process names cannot be looked up."""
-    try:
-        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
-            for line in status:
-                if line.startswith("NSpid:"):
-                    return len(line.split()) > 2
-    except OSError:
-        pass
-    return False
-
-
-def process_name(pid: int) -> str | None:
-    """The name of a local process, or None when it is gone or may not be inspected."""
-    try:
-        return psutil.Process(pid).name()[:255] or None
-    except (psutil.Error, OSError, ValueError):
-        return None
-
-
-def process_user(pid: int) -> str | None:
-    """The user a local process runs as, or None when it is gone or unknown."""
-    try:
-        return psutil.Process(pid).username()[:255] or None
-    except (psutil.Error, OSError, ValueError, KeyError):
-        return None
 
 
 def _text(value: Any) -> str:
@@ -194,8 +165,7 @@ class _Gpu:
     xid_handle: Any = None
     xid_note: str | None = None
     hardware_error: str | None = None
-    process_names: dict[int, str | None] = field(default_factory=dict)
-    process_users: dict[int, str | None] = field(default_factory=dict)
+    process_details: dict[int, tuple[str | None, Owner | None]] = field(default_factory=dict)
     # Error and energy counters last read (RELIABILITY_NAMES), when; the PCI bus id.
     reliability: dict[str, int | None] = field(default_factory=dict)
     reliability_read_ms: int | None = None
@@ -218,14 +188,16 @@ class NvmlBackend:
         init_retry_max_s: float = 60.0,
         process_names: bool | None = None,
         timeout_s: float | Callable[[], float] = DEFAULT_TIMEOUT_S,
+        proc: ProcReader | None = None,
     ) -> None:
         self.nvml: Any = nvml if nvml is not None else pynvml
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.init_retry_max_s = init_retry_max_s
         self._timeout_s = timeout_s  # seconds a read waits for NVML (or a getter of it)
-        # Look process names up with psutil? None: unless in a child PID namespace.
+        # Look processes up in /proc (``proc``)? None: unless in a child PID namespace.
         self.process_names = (not pid_namespace_is_nested() if process_names is None
                               else process_names)
+        self.proc = proc if proc is not None else ProcReader()
         self._event_set: Any = None
         self._event_set_note: str | None = None  # why there is no event set
         self._driver_version: str | None = None  # read once, with the first hardware facts
@@ -741,21 +713,19 @@ class NvmlBackend:
         infos = self._field(gpu, "processes", call)
         if infos is None:
             return None
-        names: dict[int, str | None] = {}
-        users: dict[int, str | None] = {}
+        details: dict[int, tuple[str | None, Owner | None]] = {}
         out = []
         for info in infos:
             pid = int(info.pid)
             used = info.usedGpuMemory  # bytes; None (or the sentinel) where NVML cannot say
             mib = None if used is None or used >= NOT_AVAILABLE_U64 else int(used) // MIB
-            if pid not in names:
-                names[pid] = (gpu.process_names[pid] if pid in gpu.process_names
-                              else process_name(pid) if self.process_names else None)
-                users[pid] = (gpu.process_users[pid] if pid in gpu.process_users
-                              else process_user(pid) if self.process_names else None)
-            out.append(ProcessInfo(pid, names[pid], mib, users[pid]))
-        gpu.process_names = names  # looked up once per pid while it runs
-        gpu.process_users = users
+            if pid not in details:
+                details[pid] = (gpu.process_details[pid] if pid in gpu.process_details
+                                else self.proc.process(pid) if self.process_names
+                                else (None, None))
+            name, owner = details[pid]
+            out.append(ProcessInfo(pid, name, mib, owner))
+        gpu.process_details = details  # looked up once per pid while it runs
         return out
 
     def _reliability(self, gpu: _Gpu, now: int) -> dict[str, int | None] | None:
