@@ -64,9 +64,8 @@ export function summary(doc) {
     // One clause per job, container, pod or unit: "job 4711 of alice (python, 20,480 MiB)".
     const clauses = new Map();
     for (const p of doc.processes) {
-      const key = describe(p);
-      const memory = p.used_memory_mb ? `, ${num(p.used_memory_mb)} MiB` : "";
-      if (!clauses.has(key)) clauses.set(key, `${key} (${p.name ?? `pid ${p.pid}`}${memory})`);
+      const memory = p.used_memory_mb ? `${num(p.used_memory_mb)} MiB` : "";
+      if (!clauses.has(describe(p))) clauses.set(describe(p), describe(p, memory));
     }
     sentences.push(`Running on the GPU: ${prose([...clauses.values()])}.`);
   }

@@ -14,15 +14,20 @@ export function whereLabel(p) {
   return p.systemd_unit || null;
 }
 
-/** One process as a sentence's clause: "job 4711 of alice", "python (pid 42) of bob". */
-export function describe(p) {
+/**
+ * One process as a sentence's clause: "job 4711 of alice", "python (pid 42) of bob"; with
+ * a detail, "job 4711 of alice (python, 20,480 MiB)", "python (pid 42, 512 MiB) of bob".
+ */
+export function describe(p, detail = "") {
   const unit = p.systemd_unit || "";
-  const what = p.slurm_job_id ? `job ${p.slurm_job_id}`
+  const of = p.user ? ` of ${p.user}` : "";
+  const extra = detail ? `, ${detail}` : "";
+  const owned = p.slurm_job_id ? `job ${p.slurm_job_id}`
     : p.pod_uid ? `pod ${p.pod_uid.slice(0, 8)}`
     : p.container_id ? `container ${p.container_id.slice(0, 12)}`
-    : unit.endsWith(".service") ? unit
-    : `${p.name ?? "a process"} (pid ${p.pid})`;
-  return p.user ? `${what} of ${p.user}` : what;
+    : unit.endsWith(".service") ? unit : null;
+  if (owned) return `${owned}${of}${detail ? ` (${p.name ?? `pid ${p.pid}`}${extra})` : ""}`;
+  return `${p.name ?? "a process"} (pid ${p.pid}${extra})${of}`;
 }
 
 /** The card's list items: "alice · job 4711.0 · python · 20,480 MiB" per process. */
