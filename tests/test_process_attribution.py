@@ -188,3 +188,28 @@ def test_simulated_processes_take_their_owner_from_the_fake_tree(engine, clock,
         (SIM_PID_BASE + 1, "bob", None, None, CID)]
     plain = SimBackend(clock, trace=FLEET4)
     assert all(p.owner is None for f in plain.read_hardware() for p in f.processes or [])
+
+
+def test_the_migration_keeps_recorded_processes(tmp_path: Path) -> None:
+    """Processes recorded before revision 0009 survive it (with no owner), and going back
+    below it keeps them too, without the new columns."""
+    from alembic.script import ScriptDirectory
+
+    from gpuhistory.storage.engine import _alembic_config, downgrade, make_engine, upgrade
+
+    below = ScriptDirectory.from_config(_alembic_config()).get_revision("0009").down_revision
+    assert isinstance(below, str)
+    engine = make_engine(tmp_path / "m.db")
+    upgrade(engine, below)
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO gpus (host, gpu_index, uuid, first_seen_ms, "
+                             "last_seen_ms, backend) VALUES ('h', 0, 'GPU-x', 0, 0, 'nvml')"))
+        conn.execute(sa.text("INSERT INTO gpu_processes (gpu_id, pid, name, used_memory_mib, "
+                             "first_seen_ms, last_seen_ms) VALUES (1, 7, 'train', 5, 0, 0)"))
+    upgrade(engine)
+    assert owners(engine) == [(7, "train", *[None] * len(OWNER_COLUMNS))]
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE gpu_processes SET user_name = 'alice'"))
+    downgrade(engine, below)
+    assert rows(engine, "SELECT pid, name FROM gpu_processes") == [(7, "train")]
+    engine.dispose()
