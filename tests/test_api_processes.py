@@ -210,10 +210,15 @@ def test_metrics_label_each_live_process_with_user_job_and_container(cluster: Cl
         "101", "102", "103"}
 
 
-def test_cli_status_p_shows_user_and_job_or_container(cluster: Cluster) -> None:
-    """``status -p --url``: a USER and a JOB/CONTAINER column, each process under its GPU;
-    ``--json`` carries the processes with their attribution."""
-    done = CliRunner().invoke(cli, ["status", "--url", cluster.url, "-p"])
+@pytest.mark.parametrize("source", ["url", "db"])
+def test_cli_status_p_shows_user_and_job_or_container(cluster: Cluster, db_url: str,
+                                                      source: str) -> None:
+    """``status -p``, from the server (--url) or the database (--db): a USER and a
+    JOB/CONTAINER column, each process under its GPU; ``--json`` carries the processes
+    with their attribution; without -p there are none."""
+    where = ["--url", cluster.url] if source == "url" else ["--db", db_url, "--host",
+                                                              "testhost"]
+    done = CliRunner().invoke(cli, ["status", *where, "-p"])
     assert done.exit_code == 0, done.output
     lines = done.output.splitlines()
     assert lines[0].split()[:5] == ["GPU", "NAME", "USER", "JOB/CONTAINER", "STATE"]
@@ -221,13 +226,15 @@ def test_cli_status_p_shows_user_and_job_or_container(cluster: Cluster) -> None:
     assert rows[0][:5] == ["└", "100", "python", "alice", "job"] and rows[0][5] == "4711.1"
     assert rows[1][:5] == ["└", "102", "infer", "bob", "ctr"] and rows[1][5] == CID[:12]
     assert ["└", "103", "server", "bob", "pod", f"{POD[:8]}/{'9' * 12}"] == rows[3][:6]
-    as_json = CliRunner().invoke(cli, ["status", "--url", cluster.url, "-p", "--json"])
+    as_json = CliRunner().invoke(cli, ["status", *where, "-p", "--json"])
     doc = json.loads(as_json.output)
     by_gpu = {g["gpu_id"]: g["processes"] for g in doc["gpus"]}
     assert [(p["pid"], p["user"], p["slurm_job_id"]) for p in by_gpu[1]] == [
         (101, "alice", "4711")]
-    plain = CliRunner().invoke(cli, ["status", "--url", cluster.url])
+    plain = CliRunner().invoke(cli, ["status", *where])
     assert "USER" not in plain.output and "└" not in plain.output
+    assert "processes" not in json.loads(
+        CliRunner().invoke(cli, ["status", *where, "--json"]).output)["gpus"][0]
 
 
 def test_post_mortem_says_whose_job_was_running(make_app, tmp_path: Path) -> None:
