@@ -257,3 +257,22 @@ def test_post_mortem_says_whose_job_was_running(make_app, tmp_path: Path) -> Non
                                     str(incident["id"])])
     assert text.exit_code == 0, text.output
     assert f"{SIM_PID_BASE + 1}  python3  alice  job 4711.0" in text.output
+
+
+def test_the_running_clause_names_each_owner_once_and_counts_the_rest() -> None:
+    """One clause per job, pod, container or service however many processes it had; a
+    process with no owner by name and pid; past five, the rest are counted."""
+    from gpuhistory.domain.processes import running_clause
+
+    job = {"pid": 1, "name": "python", "user": "alice", "slurm_job_id": "4711"}
+    assert running_clause([job, {**job, "pid": 2}]) == "job 4711 of alice was running"
+    assert running_clause([job, {"pid": 9, "name": "nvtop"},
+                           {"pid": 3, "user": "bob", "pod_uid": POD, "container_id": CID},
+                           {"pid": 4, "systemd_unit": "ollama.service", "user": "ollama"},
+                           {"pid": 5, "systemd_unit": "session-2.scope", "name": "sh"}]) == (
+        "job 4711 of alice, nvtop (pid 9), pod 0f1d2c3b of bob, ollama.service of ollama "
+        "and sh (pid 5) were running")
+    many = [{"pid": i, "slurm_job_id": str(i)} for i in range(8)]
+    assert running_clause(many) == ("job 0, job 1, job 2, job 3, job 4 and 3 more "
+                                    "were running")
+    assert running_clause([]) is None
