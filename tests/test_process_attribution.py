@@ -78,14 +78,14 @@ def test_owner_recorded_with_the_row_and_in_the_events(engine, clock, proc) -> N
         (102, "server", 1002, "1002", None, None, CID, POD, None)]
     started = {p["pid"]: p for _, p in events(engine, "process_started")}
     assert started[100] == {"pid": 100, "name": "python", "used_memory_mib": 20_000,
-                            "uid": 1000, "user_name": "alice", "slurm_job_id": "4711",
+                            "uid": 1000, "user": "alice", "slurm_job_id": "4711",
                             "slurm_step": "0", "systemd_unit": "slurmstepd.scope"}
     assert started[101]["container_id"] == CID and "slurm_job_id" not in started[101]
     nvml.devices[0].processes = [(101, 1000 * MIB)]
     clock.advance(1)
     sampler.tick()
     (_, exited), = events(engine, "process_exited")
-    assert (exited["pid"], exited["user_name"], exited["slurm_job_id"]) == (100, "alice", "4711")
+    assert (exited["pid"], exited["user"], exited["slurm_job_id"]) == (100, "alice", "4711")
 
 
 def test_the_owner_is_not_written_per_tick(engine, clock, proc) -> None:

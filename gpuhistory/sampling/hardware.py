@@ -132,8 +132,10 @@ def _peak(a: int | None, b: int | None) -> int | None:
 
 
 def _process_payload(p: _Running | ProcessInfo) -> dict[str, Any]:
-    """An event's payload: pid, name, memory, and who runs it and where as far as known."""
-    known = {k: v for k, v in p.owner.columns().items() if v is not None} if p.owner else {}
+    """An event's payload: pid, name, memory, and who runs it and where as far as known
+    (named as in the API's process documents: ``user``, ``uid``, ``slurm_job_id``, ...)."""
+    known = {("user" if k == "user_name" else k): v
+             for k, v in _owner_columns(p.owner).items() if v is not None}
     return {"pid": p.pid, "name": p.name, "used_memory_mib": p.used_memory_mib, **known}
 
 
