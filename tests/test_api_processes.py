@@ -171,6 +171,22 @@ def test_bad_search_input_is_a_clear_4xx(cluster: Cluster, params: dict[str, str
     assert field in json.dumps(error["details"])
 
 
+def test_the_python_client_asks_which_gpus_a_job_used(cluster: Cluster) -> None:
+    """``Client.processes(job=4711)``: the same answer as the endpoint; a bad job id is an
+    ApiError with the API's code."""
+    from gpuhistory.client import ApiError, Client
+
+    client = Client(cluster.url)
+    answer = client.processes(job=4711)
+    assert [g["gpu_id"] for g in answer["gpus"]] == [0, 1, 2]
+    assert answer == cluster.get("/api/gpu/processes", job="4711").json()
+    assert [p["pid"] for p in client.processes(user=1001, since=cluster.step1 / 1000)[
+        "processes"]] == [102, 103]
+    with pytest.raises(ApiError) as raised:
+        client.processes(job="4711_3")
+    assert (raised.value.status, raised.value.code) == (422, "validation_failed")
+
+
 def test_search_range_and_unknown_gpu(cluster: Cluster) -> None:
     """since after until is 422; a GPU never recorded is 404 gpu_not_found; the endpoint
     and its parameters are in the OpenAPI document."""
