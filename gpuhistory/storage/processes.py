@@ -57,11 +57,15 @@ def running_processes(conn: sa.Connection, gpu_ids: Iterable[int],
     out: dict[int, list[dict[str, Any]]] = {gpu_id: [] for gpu_id in ids}
     if not ids:
         return out
-    query = (sa.select(gpu_processes).where(_p.gpu_id.in_(ids), _alive(at_ms))
-             .order_by(_p.gpu_id, _p.used_memory_mib.desc().nulls_last(), _p.pid))
-    for row in conn.execute(query):
+    for row in conn.execute(running_statement(ids, at_ms)):
         out[row.gpu_id].append(process_doc(row))
     return out
+
+
+def running_statement(gpu_ids: list[int], at_ms: int | None) -> sa.Select[Any]:
+    """The SELECT of :func:`running_processes`: now, a seek on (gpu, ended)."""
+    return (sa.select(gpu_processes).where(_p.gpu_id.in_(gpu_ids), _alive(at_ms))
+            .order_by(_p.gpu_id, _p.used_memory_mib.desc().nulls_last(), _p.pid))
 
 
 def processes_between(conn: sa.Connection, gpu_id: int, start_ms: int,
@@ -110,6 +114,16 @@ def _uid(user: str) -> int | None:
 def find_processes(conn: sa.Connection, where: ProcessFilter, limit: int) -> ProcessSearch:
     """The process lifetimes that match, alive at any moment of [since, until]; past
     ``limit`` of them the newest are left out (``truncated``)."""
+    rows = conn.execute(search_statement(where, limit + 1)).all()
+    kept = rows[:limit]
+    docs = [{"gpu_id": row.gpu_index, "uuid": row.uuid, "host": row.host,
+             **process_doc(row)} for row in kept]
+    return ProcessSearch(docs, _gpu_usage(kept), len(rows) > limit)
+
+
+def search_statement(where: ProcessFilter, limit: int) -> sa.Select[Any]:
+    """The SELECT of :func:`find_processes`: rows of gpu_processes with their GPU's index,
+    UUID and host, oldest first, at most ``limit``; a job or a user is an index seek."""
     query = sa.select(gpu_processes, _g.gpu_index, _g.uuid, _g.host).join(
         gpus, _g.id == _p.gpu_id)
     if where.since_ms is not None:
@@ -128,11 +142,7 @@ def find_processes(conn: sa.Connection, where: ProcessFilter, limit: int) -> Pro
         query = query.where(_p.gpu_id.in_(where.gpu_ids))
     if where.host is not None:
         query = query.where(_g.host == where.host)
-    rows = conn.execute(query.order_by(_p.first_seen_ms, _p.id).limit(limit + 1)).all()
-    kept = rows[:limit]
-    docs = [{"gpu_id": row.gpu_index, "uuid": row.uuid, "host": row.host,
-             **process_doc(row)} for row in kept]
-    return ProcessSearch(docs, _gpu_usage(kept), len(rows) > limit)
+    return query.order_by(_p.first_seen_ms, _p.id).limit(limit)
 
 
 def _gpu_usage(rows: Sequence[Any]) -> list[dict[str, Any]]:
