@@ -246,6 +246,20 @@ class Client:
         return self._get("/api/gpu/events", since_id=since_id, kind=kind,
                          gpu_id=gpu_id, limit=limit)
 
+    # -- processes ---------------------------------------------------------------------
+    def processes(self, job: str | int | None = None, user: str | int | None = None,
+                  container: str | None = None, since: TimeArg = None,
+                  until: TimeArg = None, gpu_id: int | None = None, uuid: str | None = None,
+                  host: str | None = None, limit: int | None = None) -> dict[str, Any]:
+        """The compute processes alive in [since, until] that match (a Slurm ``job``, a
+        ``user`` name or uid, a ``container`` id prefix, a GPU), and per card when they
+        ran and the most memory one held: ``{"count", "truncated", "gpus", "processes"}``
+        (``host="*"``: every host)."""
+        return self._get("/api/gpu/processes", job=None if job is None else str(job),
+                         user=None if user is None else str(user), container=container,
+                         since=time_param(since), until=time_param(until), gpu_id=gpu_id,
+                         uuid=uuid, host=host or self.host, limit=limit)
+
     # -- incidents ---------------------------------------------------------------------
     def incidents(self, gpu_id: int | None = None, since: TimeArg = None,
                   until: TimeArg = None, severity: str | None = None,

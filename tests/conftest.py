@@ -323,11 +323,12 @@ class App:
     """The whole API over real HTTP on a migrated SQLite file, with a fake clock.
 
     The sim sampler replays the 4-GPU fleet trace; ``tick(seconds)`` advances the clock
-    and samples, so tests move through the trace without sleeping.
+    and samples, so tests move through the trace without sleeping. ``proc``: a /proc
+    reader (a fake tree) that says who runs the simulated processes.
     """
 
     def __init__(self, engine: sa.Engine, clock: FakeClock, token: str | None = None,
-                 static=None, stream_seconds: float = 2.0) -> None:
+                 static=None, stream_seconds: float = 2.0, proc=None) -> None:
         from gpuhistory.api.app import create_app
         from gpuhistory.config.layers import load_static
         from gpuhistory.config.store import ConfigStore
@@ -341,7 +342,7 @@ class App:
         self.config = ConfigStore(engine, static or load_static(environ={}), clock,
                                   refresh_ms=0)
         self.store = LogStore(engine, "testhost")
-        self.backend = SimBackend(clock, trace=FLEET4)
+        self.backend = SimBackend(clock, trace=FLEET4, proc=proc)
         self.pipeline = Pipeline(self.store, "sim", self.config)
         self.sampler = Sampler(self.backend, self.pipeline, self.store, clock,
                                interval=lambda: self.config().monitor_interval)

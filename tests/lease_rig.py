@@ -30,7 +30,7 @@ class Rig:
     """Four GPUs, a sampler ticked by hand, the API on a real HTTP server."""
 
     def __init__(self, engine: sa.Engine, clock: FakeClock, environ: dict[str, str] | None = None,
-                 gpus: int = 4) -> None:
+                 gpus: int = 4, proc: Any = None) -> None:
         from gpuhistory.api.app import create_app
         from gpuhistory.context import ServiceContext
         from gpuhistory.leases.manager import LeaseManager
@@ -40,7 +40,9 @@ class Rig:
         self.nvml = FakeNvml([h100(i) for i in range(gpus)])
         for device in self.nvml.devices:
             device.temperature = COOL_C
-        self.backend = NvmlBackend(nvml=self.nvml, clock=clock, process_names=False)  # type: ignore[arg-type]
+        # ``proc``: a fake /proc reader (tests/fake_proc.py) for the processes' owners
+        self.backend = NvmlBackend(nvml=self.nvml, clock=clock,  # type: ignore[arg-type]
+                                   process_names=proc is not None, proc=proc)
         self.config = ConfigStore(engine, load_static(environ=environ or {}), clock,
                                   refresh_ms=0)
         self.store = LogStore(engine, HOST)

@@ -24,7 +24,9 @@ from playwright.sync_api import expect, sync_playwright
 
 from gpuhistory.analytics.incidents import IncidentDetector
 from gpuhistory.assets import VENDOR, vendor_file
+from gpuhistory.sampling.sim import SIM_PID_BASE
 from tests.conftest import REPO
+from tests.fake_proc import FakeProc
 
 pytestmark = pytest.mark.browser
 
@@ -204,6 +206,7 @@ def test_incident_list_and_postmortem(app, page: Page) -> None:
     expect(summary).to_contain_text("UTC+01:00")
     expect(summary).to_contain_text("SW power cap")
     expect(summary).to_contain_text("Leases active: train-42 (alice, 20,480 MiB)")
+    expect(summary).to_contain_text("Running on the GPU: python3 (pid 4201, ")  # no owner
     timeline = page.tab.locator("#incident-timeline")
     expect(timeline).to_have_attribute("data-points", re.compile(r"^[1-9]\d+$"))
     assert page.drawn_pixels("#incident-timeline") > 200
@@ -317,6 +320,31 @@ def test_narrow_window_and_keyboard(app, page: Page) -> None:
     assert overflow <= 0
     page.tab.screenshot(path=str(SCREENSHOTS / "history-narrow.png"), full_page=True)
     assert page.errors == []
+
+
+def test_a_card_shows_who_is_on_the_gpu(make_app, browser, tmp_path: Path) -> None:
+    """A busy GPU's card lists its process with the user, the Slurm job and the memory it
+    holds; an idle GPU's card says none runs. The processes' owners come from a fake /proc
+    tree (alice's job 4711 on GPU 1); and the incident page names them too."""
+    proc = FakeProc(tmp_path / "proc")
+    proc.add(SIM_PID_BASE + 1, uid=1000, cgroup=["4:memory:/slurm/uid_1000/job_4711/step_0"])
+    app = make_app(proc=proc.reader())
+    app.tick(1, times=30)  # GPUs 0 and 1 are busy from 20 s; GPU 3 stays idle
+    tab = Page(browser, app.url)
+    try:
+        tab.open()
+        line = tab.tab.locator('article.card[data-gpu="1"] .procs li.proc')
+        expect(line).to_have_count(1)
+        expect(line).to_contain_text("alice")
+        expect(line).to_contain_text("job 4711.0")
+        expect(line).to_contain_text(re.compile(r"[\d,]+ MiB"))
+        expect(tab.tab.locator('article.card[data-gpu="3"] .procs')).to_contain_text(
+            "no compute processes")
+        expect(tab.tab.locator('article.card[data-gpu="0"] .proc-user')).to_have_text("?")
+        tab.screenshot("fleet-processes")
+        assert tab.errors == []
+    finally:
+        tab.close()
 
 
 def test_the_dashboard_benchmark_runs(tmp_path: Path, browser) -> None:

@@ -288,3 +288,84 @@ def test_memory_figures_match_nvidia_smi_at_idle() -> None:
         assert abs(mine[0] - used) <= 1, (index, "used", mine, before[index])
         assert abs(mine[1] - reserved) <= 1, (index, "reserved", mine, before[index])
         assert abs(mine[2] - total) <= 1, (index, "total", mine, before[index])
+
+
+CUDA_USER = ("import sys, torch\n"
+             "x = torch.zeros(64 << 20, dtype=torch.uint8, device='cuda')\n"
+             "torch.cuda.synchronize()\n"
+             "print('ready', flush=True)\n"
+             "sys.stdin.read()\n")
+
+
+def test_a_cuda_process_shows_with_its_user_in_status_cli_and_metrics(engine, clock) -> None:
+    """A tiny PyTorch process holding 64 MiB on GPU 0 is listed by real NVML with the uid
+    and user real /proc gives (and its cgroup placement, printed); through a real sampler
+    tick it is in status/all, in ``status -p`` and in /metrics with its user. Skips when
+    torch is missing or this runs in a child PID namespace (NVML's pids are the host's)."""
+    import importlib.util
+    import os
+    import pwd
+    import subprocess
+    import sys
+
+    import requests
+    from click.testing import CliRunner
+
+    from gpuhistory.api.app import create_app
+    from gpuhistory.cli.main import cli
+    from gpuhistory.context import ServiceContext
+    from gpuhistory.domain.config import DEFAULT_CONFIG
+    from gpuhistory.sampling.pipeline import Pipeline
+    from gpuhistory.sampling.procinfo import ProcReader, pid_namespace_is_nested
+    from gpuhistory.sampling.sampler import Sampler
+    from gpuhistory.storage.log import LogStore
+    from tests.conftest import LiveServer
+
+    if importlib.util.find_spec("torch") is None:
+        pytest.skip("torch is not installed: pip install torch, to start a CUDA user")
+    if pid_namespace_is_nested():
+        pytest.skip("in a child PID namespace NVML reports host pids: no /proc lookup here")
+    child = subprocess.Popen([sys.executable, "-c", CUDA_USER], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    real = NvmlBackend()
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+        deadline = time.monotonic() + 30
+        found = None
+        while found is None and time.monotonic() < deadline:
+            found = next((p for f in real.read_hardware() for p in f.processes or []
+                          if p.pid == child.pid), None)
+            time.sleep(0.2)
+        assert found is not None, f"NVML does not list the CUDA process {child.pid}"
+        me = pwd.getpwuid(os.getuid()).pw_name
+        print(found)
+        assert found.owner is not None
+        assert (found.owner.uid, found.user) == (os.getuid(), me)
+        assert found.owner == ProcReader().owner(child.pid)  # cgroup placement as /proc says
+        store = LogStore(engine, "gpu-box")
+        sampler = Sampler(real, Pipeline(store, "nvml", lambda: DEFAULT_CONFIG), store, clock,
+                          interval=3.0)
+        sampler.tick()
+        server = LiveServer(create_app(ServiceContext(engine=engine, host="gpu-box",
+                                                      clock=clock, sampler=sampler)))
+        try:
+            status = requests.get(f"{server.url}/api/gpu/status/all", timeout=30).json()
+            listed = [p for g in status["gpus"] for p in g["processes"]
+                      if p["pid"] == child.pid]
+            print(listed)
+            assert [(p["user"], p["uid"]) for p in listed] == [(me, os.getuid())]
+            table = CliRunner().invoke(cli, ["status", "--url", server.url, "-p"]).output
+            print(table)
+            assert any(f"└ {child.pid} " in line and me in line for line in table.splitlines())
+            body = requests.get(f"{server.url}/metrics", timeout=30).text
+            lines = [line for line in body.splitlines()
+                     if line.startswith("gpuhistory_process_memory_bytes{")]
+            print("\n".join(lines))
+            assert any(f'pid="{child.pid}"' in line and f'user="{me}"' in line
+                       for line in lines)
+        finally:
+            server.close()
+    finally:
+        real.close()
+        child.kill()
+        child.wait(10)

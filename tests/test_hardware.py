@@ -23,6 +23,7 @@ from gpuhistory.sampling.sim import SIM_PID_BASE, SimBackend
 from gpuhistory.storage.log import LogStore
 from tests import fake_pynvml
 from tests.conftest import FLEET4, sqlite_only
+from tests.fake_proc import FakeProc
 from tests.fake_pynvml import MIB, POWER_CAP, FakeNvml, h100, scenario
 
 pytestmark = pytest.mark.postgres
@@ -104,19 +105,20 @@ def test_processes_are_rows_per_gpu_and_pid(engine, clock) -> None:
 
 
 def test_pid_reused_by_another_program_is_a_new_process(engine, clock, nvml,
-                                                        monkeypatch) -> None:
+                                                        tmp_path) -> None:
     """The same pid with another name between two reads: the old one exited."""
-    from gpuhistory.sampling import nvml as nvml_module
-
-    names = iter(["trainer", "server"])
-    monkeypatch.setattr(nvml_module, "process_name", lambda pid: next(names))
-    backend = NvmlBackend(nvml=nvml, clock=clock, process_names=True)  # type: ignore[arg-type]
+    proc = FakeProc(tmp_path / "proc")
+    proc.add(PID, name="trainer")
+    backend = NvmlBackend(nvml=nvml, clock=clock, process_names=True,  # type: ignore[arg-type]
+                          proc=proc.reader())
     sampler = make_sampler(engine, clock, backend)
     nvml.devices[0].processes = [(PID, MIB)]
     sampler.tick()
     clock.advance(1)
     nvml.devices[0].processes = []
     backend.read_hardware()  # the pid left between two ticks (read outside the sampler)
+    proc.remove(PID)
+    proc.add(PID, name="server")
     nvml.devices[0].processes = [(PID, MIB)]
     sampler.tick()
     assert [p["name"] for _, p in events(engine, "process_started")] == ["trainer", "server"]

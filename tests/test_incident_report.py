@@ -254,8 +254,9 @@ def test_hostile_values_stay_text(engine: sa.Engine, db_url: str, tmp_path: Path
 
 
 def test_processes_with_users_and_jobs_get_their_columns(engine: sa.Engine) -> None:
-    """A post-mortem whose processes carry user and job fields gets User and Job columns;
-    one without processes recorded says so."""
+    """A post-mortem whose processes carry a user and a Slurm job gets User, Slurm job and
+    Step columns (none for what no process has: container, pod, unit); one without
+    processes recorded says so."""
     from gpuhistory.analytics.postmortem import get_incident
     from gpuhistory.report import render_report, report_data
 
@@ -265,12 +266,13 @@ def test_processes_with_users_and_jobs_get_their_columns(engine: sa.Engine) -> N
                            START_MS + HOUR_MS, [])
     data["postmortem"]["processes"] = [{
         "pid": 4201, "name": "python3", "used_memory_mb": 62540, "user": "alice",
-        "job": "slurm-881", "first_seen_at": "2026-01-01T00:01:00.000Z",
+        "uid": None, "slurm_job_id": "881", "slurm_step": "0", "container_id": None,
+        "pod_uid": None, "systemd_unit": None, "first_seen_at": "2026-01-01T00:01:00.000Z",
         "last_seen_at": "2026-01-01T00:03:00.000Z", "ended_at": None, "running": True}]
     found = ReportFile(render_report(data, DEFAULT_CONFIG, START_MS + HOUR_MS).html)
     assert found.sections["processes"].startswith(
-        "Processes Compute processes alive on the GPU during the incident PID Name User Job "
-        "Memory First seen Ended 4201 python3 alice slurm-881 62,540 MiB")
+        "Processes Compute processes alive on the GPU during the incident PID Name User "
+        "Slurm job Step Memory First seen Ended 4201 python3 alice 881 0 62,540 MiB")
     data["postmortem"]["processes"] = None
     found = ReportFile(render_report(data, DEFAULT_CONFIG, START_MS + HOUR_MS).html)
     assert "Not recorded" in found.sections["processes"]

@@ -159,6 +159,35 @@ def test_lease_exceeded_once_per_excursion_end_to_end(rig: Rig) -> None:
     assert rig.nvml.devices[0].processes == [(5001, 4500 * MIB)]  # untouched, never killed
 
 
+def test_a_slurm_job_lease_covers_the_jobs_processes_as_proc_places_them(
+        engine: sa.Engine, clock: FakeClock, tmp_path) -> None:
+    """A lease naming Slurm job 4711 and no pid: the two processes whose /proc cgroup puts
+    them in job 4711 are covered together (3000 + 2500 MiB past its 5000: one
+    lease_exceeded naming both pids), while a process of another job on the same GPU is
+    not counted against it (it is the unleased use)."""
+    from tests.fake_proc import FakeProc
+
+    proc = FakeProc(tmp_path / "proc")
+    proc.add(6001, uid=1000, cgroup="0::/system.slice/slurmstepd.scope/job_4711/step_0/user/task_0")
+    proc.add(6002, uid=1000, cgroup="0::/system.slice/slurmstepd.scope/job_4711/step_0/user/task_1")
+    proc.add(6003, uid=1001, cgroup="0::/system.slice/slurmstepd.scope/job_9999/step_0/user/task_0")
+    built = Rig(engine, clock, proc=proc.reader())
+    try:
+        granted = built.allocate({"allocation_id": "job4711", "memory_mb": 5000, "gpu_id": 0,
+                                  "slurm_job": "4711", "pids": []})
+        assert granted.status_code == 201, granted.text
+        built.run(0, (6001, 2000), (6002, 2500), (6003, 9000))
+        built.tick()
+        assert built.events("lease_exceeded") == []  # 4500 of 5000: within
+        built.run(0, (6001, 3000), (6002, 2500), (6003, 9000))
+        built.tick()
+        (event,) = built.events("lease_exceeded")
+        assert (event["payload"]["used_mib"], sorted(event["payload"]["pids"])) == (
+            5500, [6001, 6002])
+    finally:
+        built.close()
+
+
 def test_an_excursion_survives_a_restart_without_a_second_event(rig: Rig) -> None:
     """A sampler started again over the same log while a lease is still exceeded does not
     record that excursion again; once it ends and starts anew, it does."""

@@ -177,6 +177,7 @@ def test_hardware_counters_and_process_memory(engine, clock, live_api) -> None:
     import psutil
 
     from gpuhistory.context import ServiceContext
+    from gpuhistory.sampling.procinfo import Owner, ProcReader
 
     nvml = FakeNvml([scenario("one_h100").devices[0], scenario("one_rtx4090").devices[0]])
     nvml.devices[0].processes = [(os.getpid(), 3000 * MIB), (4_000_000, None)]
@@ -216,9 +217,12 @@ def test_hardware_counters_and_process_memory(engine, clock, live_api) -> None:
     assert by_gpu(samples, "gpuhistory_gpu_xid_errors_total") == {0: 0, 1: 1}
     (process,) = samples["gpuhistory_process_memory_bytes"]  # unknown memory: no series
     me = psutil.Process()
+    here = ProcReader().owner(os.getpid()) or Owner()  # where this test runs (real /proc)
     assert process.labels == {"gpu": "0", "uuid": "GPU-fake-h100-0000", "host": "testhost",
                               "pid": str(os.getpid()), "name": me.name(),
-                              "user": me.username()}
+                              "user": me.username(), "job": here.slurm_job_id or "",
+                              "container": here.container_id or "",
+                              "pod": here.pod_uid or "", "unit": here.systemd_unit or ""}
     assert process.value == 3000 * MIB
     # The same facts under dcgm-exporter's names, labelled with the PCI bus id and driver.
     assert by_gpu(samples, "DCGM_FI_DEV_XID_ERRORS") == {0: 0, 1: 79}

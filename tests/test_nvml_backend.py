@@ -5,14 +5,16 @@ from __future__ import annotations
 import itertools
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from gpuhistory.clock import FakeClock
 from gpuhistory.domain.reading import GpuIdentity
-from gpuhistory.sampling import nvml as nvml_module
 from gpuhistory.sampling.nvml import NvmlBackend, nvml_library_present
+from gpuhistory.sampling.procinfo import Owner
 from tests import fake_pynvml
+from tests.fake_proc import DenyingReader, FakeProc
 from tests.fake_pynvml import POWER_CAP, FakeNvml, LegacyFakeNvml, h100, scenario
 
 NOT_SUPPORTED = FakeNvml.NVML_ERROR_NOT_SUPPORTED
@@ -361,7 +363,8 @@ def test_concurrent_first_reads_initialise_once(make_backend: MakeBackend) -> No
 
 # -- hardware facts: processes, throttle-time counters, XID errors ---------------------------
 def test_read_hardware_processes_counters_and_names(make_backend: MakeBackend) -> None:
-    """A process's pid and memory come from NVML (bytes → MiB), its name from psutil."""
+    """A process's pid and memory come from NVML (bytes → MiB), its name and user from the
+    real /proc (as psutil names them)."""
     import os
 
     import psutil
@@ -370,7 +373,9 @@ def test_read_hardware_processes_counters_and_names(make_backend: MakeBackend) -
     (facts,) = make_backend(nvml, process_names=True).read_hardware()
     assert facts.index == 0
     me = psutil.Process()
-    assert facts.processes == [(os.getpid(), me.name(), 20000, me.username())]
+    (p,) = facts.processes or []
+    assert (p.pid, p.name, p.used_memory_mib) == (os.getpid(), me.name(), 20000)
+    assert p.owner is not None and (p.owner.uid, p.user) == (os.getuid(), me.username())
     assert facts.counters == {"power_cap_ns": 5_000_000_000, "sw_thermal_ns": 0,
                               "hw_thermal_ns": 0, "power_brake_ns": 0}
     assert facts.xids == []
@@ -382,7 +387,7 @@ def test_read_hardware_processes_counters_and_names(make_backend: MakeBackend) -
 
 def test_process_memory_unknown_and_names_off(make_backend: MakeBackend) -> None:
     """NVML's 'not available' memory is None; without names (a child PID namespace) the
-    name is None and psutil is not asked; an unknown pid has no name either."""
+    name is None and /proc is not read; an unknown pid has no name either."""
     nvml = scenario("one_h100")
     nvml.devices[0].processes = [(4_000_000, None)]
     (facts,) = make_backend(nvml, process_names=True).read_hardware()
@@ -393,13 +398,23 @@ def test_process_memory_unknown_and_names_off(make_backend: MakeBackend) -> None
 
 
 def test_process_name_looked_up_once_per_pid(make_backend: MakeBackend,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    """Names are cached while the pid keeps appearing; a pid that left is asked again."""
+                                             tmp_path: Path) -> None:
+    """Names and owners are cached while the pid keeps appearing; a pid that left is
+    read again from /proc."""
     asked: list[int] = []
-    monkeypatch.setattr(nvml_module, "process_name", lambda pid: asked.append(pid) or "train")
+    proc = FakeProc(tmp_path / "proc")
+    proc.add(7, name="train")
+    proc.add(8, name="train")
+
+    class Counting(DenyingReader):
+        def process(self, pid: int) -> tuple[str | None, Owner | None]:
+            asked.append(pid)
+            return super().process(pid)
+
     nvml = scenario("one_h100")
     nvml.devices[0].processes = [(7, MIB_BYTES), (8, MIB_BYTES)]
-    backend = make_backend(nvml, process_names=True)
+    backend = make_backend(nvml, process_names=True,
+                           proc=Counting(proc.root, proc.denied, proc.users))
     for _ in range(3):
         backend.read_hardware()
     nvml.devices[0].processes = [(8, MIB_BYTES)]

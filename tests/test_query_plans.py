@@ -70,3 +70,19 @@ def test_event_cursor_is_a_rowid_range(engine) -> None:
     statement = sa.select(events).where(events.c.id > 5).order_by(events.c.id).limit(100)
     text = plan(engine, statement)
     assert "SEARCH events USING INTEGER PRIMARY KEY (rowid>?)" in text, text
+
+
+def test_process_searches_seek_by_job_user_and_running_gpu(engine) -> None:
+    """Which GPUs did job 4711 use / what did alice run: an index seek on the job or the
+    user, never a walk through every process ever recorded; the processes running on a GPU
+    (status) are a seek on (gpu, ended)."""
+    from gpuhistory.storage import processes
+
+    for where, index in ((processes.ProcessFilter(job="4711"), "ix_gpu_processes_slurm_job"),
+                         (processes.ProcessFilter(user="alice", since_ms=0, until_ms=9),
+                          "ix_gpu_processes_user")):
+        text = plan(engine, processes.search_statement(where, 10))
+        assert f"SEARCH gpu_processes USING INDEX {index}" in text, text
+        assert "SCAN gpu_processes" not in text, text
+    text = plan(engine, processes.running_statement([1, 2], None))
+    assert "USING INDEX ix_gpu_processes_gpu_ended (gpu_id=? AND ended_ms=?)" in text, text

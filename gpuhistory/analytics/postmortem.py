@@ -21,9 +21,11 @@ from gpuhistory.analytics.incidents import gap_ms
 from gpuhistory.clock import iso_utc
 from gpuhistory.domain.config import Config
 from gpuhistory.domain.metrics import GPUMetrics
+from gpuhistory.domain.processes import running_clause
 from gpuhistory.domain.reading import CLOCK_EVENT_REASONS, clock_event_reason_names
 from gpuhistory.domain.states import GPUState
 from gpuhistory.storage import schema
+from gpuhistory.storage.processes import processes_between
 from gpuhistory.storage.queries import GpuRow, reading_from_row
 from gpuhistory.storage.schema import (
     events,
@@ -237,17 +239,9 @@ def _hardware_table(conn: sa.Connection, name: str) -> sa.Table | None:
 def _processes(conn: sa.Connection, gpu_id: int, start_ms: int,
                end_ms: int) -> list[dict[str, Any]] | None:
     """Compute processes alive during [start, end], if the hardware tables exist."""
-    table = _hardware_table(conn, "gpu_processes")
-    if table is None:
+    if _hardware_table(conn, "gpu_processes") is None:
         return None
-    p = table.c
-    rows = conn.execute(
-        sa.select(table).where(p.gpu_id == gpu_id, p.first_seen_ms <= end_ms,
-                               sa.or_(p.ended_ms.is_(None), p.ended_ms >= start_ms))
-        .order_by(p.first_seen_ms, p.id))
-    return [{"pid": r.pid, "name": r.name, "used_memory_mb": r.used_memory_mib,
-             "first_seen_at": iso_utc(r.first_seen_ms), "last_seen_at": iso_utc(r.last_seen_ms),
-             "ended_at": iso_utc(r.ended_ms), "running": r.ended_ms is None} for r in rows]
+    return processes_between(conn, gpu_id, start_ms, end_ms)
 
 
 def _throttle_time(conn: sa.Connection, gpu_id: int, start_ms: int,
@@ -376,4 +370,7 @@ def summary_sentence(doc: dict[str, Any]) -> str:
         text += "; leases active: " + ", ".join(held)
     else:
         text += "; no leases were active"
+    running = running_clause(doc.get("processes") or [])
+    if running:
+        text += f"; {running}"
     return text

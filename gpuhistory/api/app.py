@@ -22,6 +22,7 @@ from gpuhistory.api import (
     memory,
     metrics,
     monitoring,
+    processes,
     prometheus,
     status,
     system,
@@ -34,7 +35,7 @@ from gpuhistory.context import ServiceContext
 
 MAX_BODY_BYTES = 64 * 1024
 BLUEPRINTS = (health, status, metrics, throttle, memory, monitoring, config_api, events_api,
-              system, incidents, prometheus, alerts, fleet_api)
+              system, incidents, processes, prometheus, alerts, fleet_api)
 
 SECURITY_SCHEMES: SecuritySchemesDict = {"bearer": {"type": "http", "scheme": "bearer",
                                "description": "GPUHISTORY_TOKEN, when one is configured"}}

@@ -36,7 +36,8 @@ from gpuhistory.documents import throttle_doc
 from gpuhistory.domain.events import EventKind
 from gpuhistory.domain.reading import CLOCK_EVENT_REASONS, Reading
 from gpuhistory.domain.states import GPUState
-from gpuhistory.sampling.hardware import COUNTER_NAMES, HardwareFacts
+from gpuhistory.sampling.hardware import COUNTER_NAMES, HardwareFacts, ProcessInfo
+from gpuhistory.sampling.procinfo import Owner
 from gpuhistory.storage.queries import LatestSample, latest_samples
 from gpuhistory.storage.schema import events, gpus, incidents, throttle_counters, transitions
 
@@ -374,21 +375,25 @@ class GpuHistoryCollector(Collector):
                    facts: dict[int, HardwareFacts]) -> Iterator[Metric]:
         family = GaugeMetricFamily(
             "gpuhistory_process_memory_bytes",
-            "GPU memory held by a running compute process (name and user where known).",
-            labels=("gpu", "uuid", "host", "pid", "name", "user"))
+            "GPU memory held by a running compute process, with who runs it and where "
+            "(Slurm job, container, Kubernetes pod UID, systemd unit; empty: unknown). "
+            "Only live processes: a series ends with its process.",
+            labels=("gpu", "uuid", "host", "pid", "name", "user", "job", "container", "pod",
+                    "unit"))
         for entry in entries:
             fact = facts.get(entry.gpu.index)
             if fact is None or not fact.processes:
                 continue
             gpu = entry.gpu
-            held: dict[int, tuple[str, str, int]] = {}
+            held: dict[int, int] = {}
+            labels: dict[int, list[str]] = {}
             for p in fact.processes:  # one pid twice (MIG instances): its memory summed
                 if p.used_memory_mib is None:
                     continue
-                _, _, before = held.get(p.pid, ("", "", 0))
-                held[p.pid] = (p.name or "", p.user or "", before + p.used_memory_mib)
-            for pid, (name, user, mib) in sorted(held.items()):
-                family.add_metric([str(gpu.index), gpu.uuid, gpu.host, str(pid), name, user],
+                held[p.pid] = held.get(p.pid, 0) + p.used_memory_mib
+                labels[p.pid] = _process_labels(p)
+            for pid, mib in sorted(held.items()):
+                family.add_metric([str(gpu.index), gpu.uuid, gpu.host, str(pid), *labels[pid]],
                                   float(mib * MIB))
         yield family
 
@@ -420,6 +425,13 @@ class GpuHistoryCollector(Collector):
             yield GaugeMetricFamily("gpuhistory_last_tick_age_seconds",
                                     "Seconds since the sampler's last tick.",
                                     value=max(0.0, (now - tick.ts_ms) / 1000))
+
+
+def _process_labels(p: ProcessInfo) -> list[str]:
+    """name, user, job, container, pod, unit of a process ("" where unknown)."""
+    o = p.owner or Owner()
+    return [p.name or "", p.user or "", o.slurm_job_id or "", o.container_id or "",
+            o.pod_uid or "", o.systemd_unit or ""]
 
 
 def _add_reasons(family: GaugeMetricFamily, entry: LatestSample, reading: Reading) -> None:

@@ -63,6 +63,55 @@ class CardThresholds(BaseModel):
     shutdown_temp_celsius: int | None
 
 
+class Process(BaseModel):
+    """A compute process on a GPU: who ran it and where, as far as /proc said (null:
+    unknown or unreadable)."""
+
+    pid: int
+    name: str | None
+    user: str | None = Field(description="the user name (the uid as text without one)")
+    uid: int | None = Field(description="the real uid")
+    used_memory_mb: int | None = Field(description="the most GPU memory it held (MiB)")
+    slurm_job_id: str | None
+    slurm_step: str | None = Field(description="0, 1, ... or batch, extern, interactive")
+    container_id: str | None = Field(description="Docker, Podman or a pod's container")
+    pod_uid: str | None = Field(description="the Kubernetes pod's UID")
+    systemd_unit: str | None
+    first_seen_at: Iso
+    last_seen_at: Iso = Field(description="refreshed at least once a minute while it runs")
+    ended_at: Iso
+    running: bool
+
+
+class ProcessOnGpu(Process):
+    gpu_id: int
+    uuid: str
+    host: str
+
+
+class GpuUse(BaseModel):
+    """One card the processes found ran on, and when."""
+
+    gpu_id: int
+    uuid: str
+    host: str
+    first_seen_at: Iso
+    last_seen_at: Iso
+    ended_at: Iso = Field(description="when the last of them ended (null: one still runs)")
+    running: bool
+    processes: int = Field(description="process lifetimes found on it")
+    peak_process_memory_mb: int | None = Field(
+        description="the most memory one of them held (peaks of several processes may "
+                    "come at different times, so they are not added up)")
+
+
+class ProcessList(BaseModel):
+    count: int
+    truncated: bool = Field(description="more matched than `limit`: the newest are left out")
+    gpus: list[GpuUse]
+    processes: list[ProcessOnGpu]
+
+
 class Status(BaseModel):
     gpu_id: int
     uuid: str
@@ -85,6 +134,9 @@ class Status(BaseModel):
         None, description="this host's GPUs, now: each active lease's group use against its "
                           "reservation, and the memory no lease covers (docs/leases.md)")
     leases: list[Lease] | None = Field(None, description="with ``at``: leases active then")
+    processes: list[Process] = Field(
+        description="the compute processes running on it (with ``at``: then), the largest "
+                    "first")
     config: dict[str, Any] | None = Field(None, description="with ``at``: config in force then")
 
 
@@ -313,8 +365,8 @@ class IncidentReport(Incident):
     clock_event_reasons_seen: list[ReasonSeen]
     transitions: list[dict[str, Any]]
     leases: list[Lease]
-    processes: list[dict[str, Any]] | None = Field(
-        description="compute processes seen (null: not recorded by this database)")
+    processes: list[Process] | None = Field(
+        description="compute processes alive during it (null: not recorded by this database)")
     throttle_time_seconds: dict[str, float | None] | None = Field(
         description="hardware throttle time accrued, from NVML's counters (null: unknown)")
     xid_errors: list[dict[str, Any]]

@@ -180,6 +180,22 @@ class FleetHostsQuery(Strict):
     gpus: bool = Field(False, description="list each host's GPUs too (compact rows)")
 
 
+class ProcessesQuery(Strict):
+    since: TimeArg | None = Field(None, description="processes still running at or after")
+    until: TimeArg | None = Field(None, description="processes started at or before")
+    user: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[^\x00-\x20\x7f]+$",
+                             description="a user name, or a uid (digits)")
+    job: str | None = Field(None, pattern=r"^[0-9]{1,32}$", description="a Slurm job id")
+    container: str | None = Field(None, pattern=r"^[0-9a-fA-F]{4,64}$",
+                                  description="a container id or its first digits (4 or "
+                                              "more, as `docker ps` shows 12)")
+    gpu_id: GpuIndex | None = Field(None, description="one slot, every card it held")
+    uuid: GpuUuid | None = None
+    host: HostFilter | None = None
+    limit: int = Field(1000, ge=1, le=10_000, description="most processes listed (oldest "
+                                                          "first; the rest are left out)")
+
+
 class IncidentPath(BaseModel):
     incident_id: int = Field(ge=1, le=2**62, description="the incident's id")
 

@@ -20,6 +20,7 @@ from gpuhistory.clock import iso_utc
 from gpuhistory.documents import status_doc
 from gpuhistory.leases.manager import LeaseManager
 from gpuhistory.leases.model import Capacity
+from gpuhistory.storage.processes import running_processes
 from gpuhistory.storage.queries import LatestSample, latest_samples
 
 bp = APIBlueprint("status", __name__, url_prefix="/api/gpu", abp_tags=[Tag(name="status")])
@@ -38,14 +39,18 @@ def _capacities(conn: sa.Connection, leases: LeaseManager,
 
 def _full_status(conn: sa.Connection, entries: list[LatestSample], now: int,
                  live: bool) -> list[dict[str, Any]]:
-    """Status documents; when live, with lease capacity and (for this host's GPUs, which
-    this process samples) the monitoring state.
+    """Status documents, each with the compute processes running on the GPU (then); when
+    live, with lease capacity and (for this host's GPUs, which this process samples) the
+    monitoring state.
 
     About the past, the thresholds and cooldowns are those in force at that time.
     """
     c = ctx()
     config = config_at(now, live)
     docs = [status_doc(conn, entry, now, config) for entry in entries]
+    running = running_processes(conn, [e.gpu.id for e in entries], None if live else now)
+    for doc, entry in zip(docs, entries, strict=True):
+        doc["processes"] = running[entry.gpu.id]
     if live and c.leases is not None:
         capacity = _capacities(conn, c.leases, entries)
         for doc in docs:

@@ -26,6 +26,7 @@ from gpuhistory.cli.hosts import host_option, local_host, server_host
 from gpuhistory.cli.humanize import duration
 from gpuhistory.cli.times import time_value
 from gpuhistory.clock import SystemClock
+from gpuhistory.domain.processes import where_label
 
 F = TypeVar("F", bound=Callable[..., Any])
 EXIT_NOT_FOUND = 3
@@ -383,7 +384,8 @@ def render_postmortem(doc: dict[str, Any]) -> str:
         lines.append("Processes: not recorded")
     else:
         lines.append(f"Processes ({len(processes)}):")
-        lines += [f"  {p['pid']}  {p.get('name') or '-'}  {p.get('used_memory_mb')} MiB"
+        lines += [f"  {p['pid']}  {p.get('name') or '-'}  {p.get('user') or '-'}  "
+                  f"{where_label(p) or '-'}  {p.get('used_memory_mb')} MiB"
                   for p in processes]
     if doc.get("xid_errors"):
         lines.append(f"XID errors: {len(doc['xid_errors'])}")

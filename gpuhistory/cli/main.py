@@ -301,8 +301,8 @@ Frame = tuple[str | None, list[dict[str, Any]], dict[tuple[str, int], list[dict[
               flag_value=2.0, default=None, metavar="[SECONDS]",
               help="Redraw every SECONDS (default 2) until Ctrl-C, like `watch gpustat`.")
 @click.option("-p", "--processes", "show_processes", is_flag=True,
-              help="The running compute processes under each GPU: pid, name, user (when "
-                   "recorded), MiB.")
+              help="The running compute processes under each GPU: pid, name, MiB, and "
+                   "(when recorded) user and Slurm job, container, pod or systemd unit.")
 @click.pass_context
 def status(ctx: click.Context, db: str | None, gpu_id: int | None, uuid: str | None,
            at: int | None, host_name: str | None, as_json: bool, url: str | None,
@@ -392,8 +392,9 @@ def _asked(host: str | None, gpu_id: int | None, uuid: str | None) -> str:
 def _server_frames(url: str, gpu_id: int | None, uuid: str | None, at_ms: int | None,
                    host: str | None, show_processes: bool) -> Callable[[], Frame]:
     """A function that asks the server's API for the status documents (exit 3/6 as
-    lease). The API serves no processes: with -p, a note says so."""
+    lease); with -p, the processes each document carries."""
     from gpuhistory.cli.lease import fail
+    from gpuhistory.cli.processes import from_status
     from gpuhistory.client import ApiError, Client
 
     try:
@@ -401,27 +402,30 @@ def _server_frames(url: str, gpu_id: int | None, uuid: str | None, at_ms: int | 
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--url") from None
     at = None if at_ms is None else at_ms / 1000
-    if show_processes:
-        click.echo("note: -p reads the database (--db); the API does not serve processes",
-                   err=True)
 
-    def fetch() -> Frame:
+    def documents() -> tuple[str | None, list[dict[str, Any]]]:
         try:
             if uuid is not None:
                 doc = client.request("GET", "/api/gpu/status",
                                      {"gpu_id": gpu_id, "uuid": uuid, "at": at, "host": host})
-                return doc.get("host"), [doc], None
+                return doc.get("host"), [doc]
             if gpu_id is None:
                 body = client.request("GET", "/api/gpu/status/all", {"at": at, "host": host})
-                return body["host"], body["gpus"], None
+                return body["host"], body["gpus"]
             if host == ALL_HOSTS:
                 body = client.request("GET", "/api/gpu/status/all", {"at": at, "host": host})
-                return host, [doc for doc in body["gpus"] if doc["gpu_id"] == gpu_id], None
+                return host, [doc for doc in body["gpus"] if doc["gpu_id"] == gpu_id]
             doc = client.request("GET", "/api/gpu/status",
                                  {"gpu_id": gpu_id, "at": at, "host": host})
-            return doc.get("host"), [doc], None
+            return doc.get("host"), [doc]
         except ApiError as exc:
             fail(exc)
+
+    def fetch() -> Frame:
+        where, docs = documents()
+        processes = from_status(docs) if show_processes else None
+        return where, [{k: v for k, v in d.items() if k != "processes"} for d in docs], \
+            processes
 
     return fetch
 

@@ -14,6 +14,7 @@ from rich.text import Text
 
 from gpuhistory.cli.humanize import duration
 from gpuhistory.clock import iso_utc
+from gpuhistory.domain.processes import where_label
 
 STATE_STYLES = {"OPTIMAL": "green", "NORMAL": "cyan", "THROTTLED": "yellow",
                 "CRITICAL": "bold red", "UNAVAILABLE": "magenta"}
@@ -49,15 +50,18 @@ def status_table(docs: list[dict[str, Any]],
                  processes: dict[tuple[str, int], list[dict[str, Any]]] | None = None
                  ) -> Table:
     """One row per GPU (a HOST column first when the GPUs are on several hosts); with
-    ``processes``, the GPU's running processes under it (``└ pid name`` and MiB), and a
-    USER column when the log says who ran any of them."""
+    ``processes``, the GPU's running processes under it (``└ pid name`` and MiB), a USER
+    column when the log says who ran any of them and a JOB/CONTAINER column when it says
+    where any ran (Slurm job, pod, container, systemd unit)."""
     fleet = len({d.get("host") for d in docs}) > 1
-    users = any(p.get("user") for ps in (processes or {}).values() for p in ps)
+    listed = [p for ps in (processes or {}).values() for p in ps]
+    users = any(p.get("user") for p in listed)
+    wheres = any(where_label(p) for p in listed)
     table = Table(box=None, show_edge=False, pad_edge=False, header_style="bold",
                   padding=(0, 2, 0, 0))
     for header in ["HOST"] * fleet + ["GPU", "NAME"] + ["USER"] * users + [
-            "STATE", "ADVICE", "TEMP", "MEMORY", "LOAD", "POWER", "REASONS", "AGE",
-            "BACKEND"]:
+            "JOB/CONTAINER"] * wheres + ["STATE", "ADVICE", "TEMP", "MEMORY", "LOAD",
+                                         "POWER", "REASONS", "AGE", "BACKEND"]:
         table.add_column(header, no_wrap=True)
     for d in docs:
         m = d.get("metrics") or {}
@@ -68,6 +72,7 @@ def status_table(docs: list[dict[str, Any]],
         multiplier = d["throttling"]["speed_multiplier"]
         table.add_row(*[d.get("host") or "-"] * fleet,
                       str(d["gpu_id"]), (d.get("name") or "-")[:32], *[""] * users,
+                      *[""] * wheres,
                       Text(state, style=style),
                       Text(f"x{multiplier}", style="" if multiplier == 1 else style),
                       Text(_cell(m.get("temperature_celsius"), " C"), style=style), mem,
@@ -77,7 +82,8 @@ def status_table(docs: list[dict[str, Any]],
         for p in (processes or {}).get((d.get("host", ""), d["gpu_id"]), []):
             used = p.get("used_memory_mb")
             table.add_row(*[""] * fleet, "", f"└ {p['pid']} {p.get('name') or '?'}",
-                          *[p.get("user") or "-"] * users, "", "", "",
+                          *[p.get("user") or "-"] * users,
+                          *[where_label(p) or "-"] * wheres, "", "", "",
                           "-" if used is None else f"{used} MiB", "", "", "", "", "",
                           style="dim")
     return table

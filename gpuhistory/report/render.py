@@ -29,11 +29,16 @@ from gpuhistory.domain.config import Config
 from gpuhistory.report import assets
 
 TEMPLATES = Path(__file__).with_name("templates")
-# The post-mortem's process fields the table always shows; any other field a process
-# carries (user, job, ...) gets a column of its own, "user" and "job" first.
+# The post-mortem's process fields the table always shows; any other field that some
+# process has a value for (user, Slurm job, container, ...) gets a column of its own, in
+# this order first.
 PROCESS_FIELDS = ("pid", "name", "used_memory_mb", "first_seen_at", "last_seen_at",
                   "ended_at", "running")
-PREFERRED_EXTRA = ("user", "job")
+PREFERRED_EXTRA = ("user", "slurm_job_id", "slurm_step", "container_id", "pod_uid",
+                   "systemd_unit", "uid")
+PROCESS_LABELS = {"slurm_job_id": "Slurm job", "slurm_step": "Step",
+                  "container_id": "Container", "pod_uid": "Pod", "systemd_unit": "Unit",
+                  "uid": "UID"}
 # Directives that only an HTTP header can carry (a <meta> policy ignores them).
 HEADER_ONLY_DIRECTIVES = "frame-ancestors 'none'"
 
@@ -105,7 +110,8 @@ _ENV = _environment()
 
 
 def _extra_process_fields(processes: list[dict[str, Any]] | None) -> list[str]:
-    present = {key for p in processes or [] for key in p if key not in PROCESS_FIELDS}
+    present = {key for p in processes or [] for key, value in p.items()
+               if key not in PROCESS_FIELDS and value is not None}
     return ([k for k in PREFERRED_EXTRA if k in present]
             + sorted(present - set(PREFERRED_EXTRA)))
 
@@ -129,6 +135,7 @@ def render_report(data: dict[str, Any], config: Config, generated_ms: int) -> Re
         styles=[Markup(s) for s in styles],
         bucket_seconds=data["history"]["bucket_seconds"],
         process_extra=_extra_process_fields(doc.get("processes")),
+        process_labels=PROCESS_LABELS,
         driver=doc.get("driver_version") or (doc.get("card") or {}).get("driver_version"),
         config_rows=_config_rows(config),
         generated_at=iso_utc(generated_ms),

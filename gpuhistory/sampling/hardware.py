@@ -8,7 +8,9 @@ them with what the log last recorded and turns only the changes into rows of the
 
 - ``gpu_processes``: one row per (GPU, pid) lifetime, with events ``process_started`` and
   ``process_exited``; the row's ``used_memory_mib`` is the most the process held, its
-  ``last_seen_ms`` is refreshed at most once a minute (and when that peak grows);
+  ``last_seen_ms`` is refreshed at most once a minute (and when that peak grows); who runs
+  it and where (uid, user, Slurm job, container, pod, systemd unit: procinfo.py) is
+  written with the row, and again only when it becomes known later;
 - ``throttle_counters``: a row only when a counter changed since the last stored row, so an
   idle card writes one baseline row and then nothing;
 - ``xid`` events, one per XID error (no table).
@@ -28,6 +30,7 @@ from typing import Any, NamedTuple
 import sqlalchemy as sa
 
 from gpuhistory.domain.events import EventDraft, EventKind
+from gpuhistory.sampling.procinfo import OWNER_COLUMNS, Owner
 from gpuhistory.storage.log import TickRecord, event_row
 from gpuhistory.storage.schema import gpu_processes, throttle_counters
 
@@ -59,7 +62,12 @@ class ProcessInfo(NamedTuple):
     pid: int
     name: str | None = None  # None: the name could not be read (gone, denied, other namespace)
     used_memory_mib: int | None = None  # None: NVML could not say
-    user: str | None = None  # the user it runs as; None: unknown (not stored in the log)
+    owner: Owner | None = None  # who runs it and where; None: nothing could be read
+
+    @property
+    def user(self) -> str | None:
+        """The user it runs as; None: unknown."""
+        return self.owner.user_name if self.owner is not None else None
 
 
 class Xid(NamedTuple):
@@ -99,6 +107,7 @@ class _Running:
     used_memory_mib: int | None  # the most it held
     last_seen_ms: int  # the last read it was seen in
     written_ms: int  # the last_seen_ms the row holds
+    owner: Owner | None = None  # who runs it and where, as the row records it
 
 
 @dataclass(slots=True)
@@ -110,8 +119,12 @@ class HardwareChanges:
 
 
 def _same_process(known: _Running, seen: ProcessInfo) -> bool:
-    """The pid names the same process unless both names are known and differ (pid reuse)."""
-    return known.name is None or seen.name is None or known.name == seen.name
+    """The pid names the same process unless both names, or both uids, are known and
+    differ (pid reuse)."""
+    if known.name is not None and seen.name is not None and known.name != seen.name:
+        return False
+    a, b = (None if o is None else o.uid for o in (known.owner, seen.owner))
+    return a is None or b is None or a == b
 
 
 def _peak(a: int | None, b: int | None) -> int | None:
@@ -119,7 +132,11 @@ def _peak(a: int | None, b: int | None) -> int | None:
 
 
 def _process_payload(p: _Running | ProcessInfo) -> dict[str, Any]:
-    return {"pid": p.pid, "name": p.name, "used_memory_mib": p.used_memory_mib}
+    """An event's payload: pid, name, memory, and who runs it and where as far as known
+    (named as in the API's process documents: ``user``, ``uid``, ``slurm_job_id``, ...)."""
+    known = {("user" if k == "user_name" else k): v
+             for k, v in _owner_columns(p.owner).items() if v is not None}
+    return {"pid": p.pid, "name": p.name, "used_memory_mib": p.used_memory_mib, **known}
 
 
 class HardwareTracker:
@@ -137,12 +154,14 @@ class HardwareTracker:
             return
         p = gpu_processes.c
         rows = conn.execute(
-            sa.select(p.gpu_id, p.pid, p.name, p.used_memory_mib, p.last_seen_ms)
+            sa.select(p.gpu_id, p.pid, p.name, p.used_memory_mib, p.last_seen_ms,
+                      *(p[name] for name in OWNER_COLUMNS))
             .where(p.gpu_id.in_(ids), p.ended_ms.is_(None))
         )
         for row in rows:
             self.running.setdefault(row.gpu_id, {})[row.pid] = _Running(
-                row.pid, row.name, row.used_memory_mib, row.last_seen_ms, row.last_seen_ms)
+                row.pid, row.name, row.used_memory_mib, row.last_seen_ms, row.last_seen_ms,
+                Owner.from_columns(row))
         t = throttle_counters.c
         for gpu_id in ids:
             last = conn.execute(
@@ -202,8 +221,9 @@ class HardwareTracker:
             if new is not None and _same_process(old, new):
                 peak = _peak(old.used_memory_mib, new.used_memory_mib)
                 current = replace(old, name=old.name or new.name, used_memory_mib=peak,
-                                  last_seen_ms=ts)
+                                  last_seen_ms=ts, owner=old.owner or new.owner)
                 if (peak != old.used_memory_mib or current.name != old.name
+                        or current.owner != old.owner
                         or ts - old.written_ms >= LAST_SEEN_EVERY_MS):
                     record.process_updates.append(_update(gpu_id, current, ended_ms=None))
                     current = replace(current, written_ms=ts)
@@ -218,11 +238,11 @@ class HardwareTracker:
             record.processes.append({
                 "gpu_id": gpu_id, "pid": pid, "name": new.name,
                 "used_memory_mib": new.used_memory_mib, "first_seen_ms": ts,
-                "last_seen_ms": ts, "ended_ms": None,
+                "last_seen_ms": ts, "ended_ms": None, **_owner_columns(new.owner),
             })
             self._event(record, gpu_id, index, ts, EventKind.PROCESS_STARTED,
                         _process_payload(new))
-            now[pid] = _Running(pid, new.name, new.used_memory_mib, ts, ts)
+            now[pid] = _Running(pid, new.name, new.used_memory_mib, ts, ts, new.owner)
         return now
 
     @staticmethod
@@ -256,4 +276,9 @@ def _update(gpu_id: int, p: _Running, ended_ms: int | None) -> dict[str, Any]:
     """A gpu_processes update for the running row of (gpu, pid) (LogStore's bind names)."""
     return {"b_gpu_id": gpu_id, "b_pid": p.pid, "name": p.name,
             "used_memory_mib": p.used_memory_mib, "last_seen_ms": p.last_seen_ms,
-            "ended_ms": ended_ms}
+            "ended_ms": ended_ms, **_owner_columns(p.owner)}
+
+
+def _owner_columns(owner: Owner | None) -> dict[str, Any]:
+    """The attribution columns of a gpu_processes row (all None: unknown)."""
+    return (owner or Owner()).columns()

@@ -36,6 +36,7 @@ from gpuhistory.leases.accounting import GpuAccount, LeaseUse, account
 from gpuhistory.leases.manager import active_leases
 from gpuhistory.leases.model import Lease, lease_capacity_mb
 from gpuhistory.sampling.hardware import HardwareFacts
+from gpuhistory.sampling.procinfo import Owner
 from gpuhistory.storage.log import TickRecord, event_row
 from gpuhistory.storage.schema import events, gpu_processes
 
@@ -53,7 +54,7 @@ class Observed:
 
 
 def _field(row: Any, name: str) -> str | None:
-    """A gpu_processes column of a row or a pending insert; None where it does not exist."""
+    """A gpu_processes column of a row or a pending insert (None where it is NULL)."""
     mapping = row._mapping if isinstance(row, sa.Row) else row
     value = mapping.get(name)
     return None if value is None else str(value)
@@ -61,9 +62,13 @@ def _field(row: Any, name: str) -> str | None:
 
 def _observed(facts: HardwareFacts, where: Mapping[int, Any]) -> list[Observed]:
     """The fact's processes, one per pid (MIG lists a pid per instance: memory summed),
-    with the Slurm job and container of their gpu_processes row (``where``: pid → row)."""
+    with their Slurm job and container: as /proc said this read, else as their
+    gpu_processes row recorded them (``where``: pid → row)."""
     memory: dict[int, int | None] = {}
+    owners: dict[int, Owner] = {}
     for p in facts.processes or ():
+        if p.owner is not None:
+            owners.setdefault(p.pid, p.owner)
         if p.pid in memory:
             before = memory[p.pid]
             memory[p.pid] = None if before is None or p.used_memory_mib is None \
@@ -72,9 +77,13 @@ def _observed(facts: HardwareFacts, where: Mapping[int, Any]) -> list[Observed]:
             memory[p.pid] = p.used_memory_mib
     out = []
     for pid, mib in memory.items():
-        row = where.get(pid)
-        out.append(Observed(pid, mib, None if row is None else _field(row, "slurm_job_id"),
-                            None if row is None else _field(row, "container_id")))
+        owner, row = owners.get(pid), where.get(pid)
+        job = owner.slurm_job_id if owner is not None else None
+        container = owner.container_id if owner is not None else None
+        if row is not None:
+            job = job or _field(row, "slurm_job_id")
+            container = container or _field(row, "container_id")
+        out.append(Observed(pid, mib, job, container))
     return out
 
 

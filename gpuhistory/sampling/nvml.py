@@ -11,7 +11,7 @@ driver reserves, the reservation apart as ``memory_reserved_mib``); a driver wit
 read through v1, whose used includes the reservation, and the reservation is then unknown.
 
 ``read_hardware`` adds the slower facts (gpuhistory/sampling/hardware.py): the compute
-processes (pid and used memory from NVML, the name from psutil), the throttle-time
+processes (pid and memory from NVML, name and owner from /proc), the throttle-time
 counters, the critical XID errors, the error and energy counters (see nvml_facts.py).
 
 Every NVML call runs on the session's one long-lived worker thread: a read is one hand-off,
@@ -32,8 +32,6 @@ from dataclasses import replace
 from types import ModuleType
 from typing import Any
 
-import psutil
-
 from gpuhistory.clock import Clock, SystemClock
 from gpuhistory.domain.reading import GpuIdentity, Reading, unavailable
 from gpuhistory.sampling.backend import BackendHealth
@@ -50,44 +48,14 @@ from gpuhistory.sampling.libnvml import (
 )
 from gpuhistory.sampling.nvml_facts import HardwareReader
 from gpuhistory.sampling.nvml_gpu import GpuRecord as _Gpu
+from gpuhistory.sampling.procinfo import Owner, ProcReader, pid_namespace_is_nested
 from gpuhistory.sampling.worker import CallTimedOut, Job
 
-__all__ = ["DEFAULT_TIMEOUT_S", "NvmlBackend", "nvml_library_present", "process_name",
-           "process_user"]
+__all__ = ["DEFAULT_TIMEOUT_S", "NvmlBackend", "nvml_library_present"]
 
 log = logging.getLogger(__name__)
 
 POWER_LIMIT_EVERY_MS = 60_000  # the enforced power limit is re-read at most once a minute
-
-
-def pid_namespace_is_nested() -> bool:
-    """True inside a child PID namespace (most containers): NVML reports the host's PIDs,
-    which name other processes here or none, so process names cannot be looked up."""
-    try:
-        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
-            for line in status:
-                if line.startswith("NSpid:"):
-                    return len(line.split()) > 2
-    except OSError:
-        pass
-    return False
-
-
-def process_name(pid: int) -> str | None:
-    """The name of a local process, or None when it is gone or may not be inspected."""
-    try:
-        return psutil.Process(pid).name()[:255] or None
-    except (psutil.Error, OSError, ValueError):
-        return None
-
-
-def process_user(pid: int) -> str | None:
-    """The user a local process runs as, or None when it is gone or unknown."""
-    try:
-        return psutil.Process(pid).username()[:255] or None
-    except (psutil.Error, OSError, ValueError, KeyError):
-        return None
-
 
 
 class NvmlBackend:
@@ -102,13 +70,15 @@ class NvmlBackend:
         init_retry_max_s: float = 60.0,
         process_names: bool | None = None,
         timeout_s: float | Callable[[], float] = DEFAULT_TIMEOUT_S,
+        proc: ProcReader | None = None,
     ) -> None:
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.session = NvmlSession(nvml, self.clock, init_retry_max_s, timeout_s)
         self.nvml: Any = self.session.lib
-        # Look process names up with psutil? None: unless in a child PID namespace.
+        # Look processes up in /proc (``proc``)? None: unless in a child PID namespace.
         self.process_names = (not pid_namespace_is_nested() if process_names is None
                               else process_names)
+        self.proc = proc if proc is not None else ProcReader()
         self.facts = HardwareReader(self.session)
         self._lock = self.session.lock  # one caller at a time (the tick, /healthz, close)
         # Guards what a job shares with its caller once it may have been abandoned: which
@@ -478,19 +448,17 @@ class NvmlBackend:
         infos = self._field(gpu, "processes", call)
         if infos is None:
             return None
-        names: dict[int, str | None] = {}
-        users: dict[int, str | None] = {}
+        details: dict[int, tuple[str | None, Owner | None]] = {}
         out = []
         for info in infos:
             pid = int(info.pid)
             used = info.usedGpuMemory  # bytes; None (or the sentinel) where NVML cannot say
             mib = None if used is None or used >= NOT_AVAILABLE_U64 else int(used) // MIB
-            if pid not in names:
-                names[pid] = (gpu.process_names[pid] if pid in gpu.process_names
-                              else process_name(pid) if self.process_names else None)
-                users[pid] = (gpu.process_users[pid] if pid in gpu.process_users
-                              else process_user(pid) if self.process_names else None)
-            out.append(ProcessInfo(pid, names[pid], mib, users[pid]))
-        gpu.process_names = names  # looked up once per pid while it runs
-        gpu.process_users = users
+            if pid not in details:
+                details[pid] = (gpu.process_details[pid] if pid in gpu.process_details
+                                else self.proc.process(pid) if self.process_names
+                                else (None, None))
+            name, owner = details[pid]
+            out.append(ProcessInfo(pid, name, mib, owner))
+        gpu.process_details = details  # looked up once per pid while it runs
         return out

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from gpuhistory.sampling.procinfo import Owner
+
 
 @dataclass
 class GpuRecord:
@@ -28,8 +30,7 @@ class GpuRecord:
     xid_handle: Any = None
     xid_note: str | None = None
     hardware_error: str | None = None
-    process_names: dict[int, str | None] = field(default_factory=dict)
-    process_users: dict[int, str | None] = field(default_factory=dict)
+    process_details: dict[int, tuple[str | None, Owner | None]] = field(default_factory=dict)
     # Error and energy counters last read (RELIABILITY_NAMES), when; the PCI bus id.
     reliability: dict[str, int | None] = field(default_factory=dict)
     reliability_read_ms: int | None = None

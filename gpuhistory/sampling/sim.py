@@ -6,7 +6,8 @@ trace to more GPUs than it holds by reusing its GPUs with a time offset each.
 
 ``read_hardware`` synthesizes the slower facts from the trace: while a GPU is busy and holds
 memory above its idle level, one compute process (pid 4200 + index, ``python3``, using the
-memory above idle); and throttle-time counters that accrue the trace's time in each
+memory above idle; who runs it and where comes from ``proc``, a /proc tree, when one is
+given: tests pass a fake one); and throttle-time counters that accrue the trace's time in each
 clock-event reason (SwPowerCap → power_cap_ns, SwThermal, HwThermal, HwPowerBrake), exactly
 and continuously, so they do not depend on how often they are read; and an energy counter
 that integrates the trace's power the same way. No XIDs, no ECC, remapping or PCIe counters.
@@ -30,6 +31,7 @@ from gpuhistory.sampling.hardware import (
     HardwareFacts,
     ProcessInfo,
 )
+from gpuhistory.sampling.procinfo import ProcReader
 
 SIM_PID_BASE = 4200
 SIM_PROCESS_NAME = "python3"
@@ -48,11 +50,15 @@ class SimBackend:
         trace: str | os.PathLike[str] | None = None,
         gpus: int | None = None,
         loop: bool = True,
+        proc: ProcReader | None = None,
     ) -> None:
         path = Path(trace) if trace is not None else bundled_trace()
         self.trace = path
         self.clock = clock
         self.loop = loop
+        # Where the simulated processes' owners are read (None: nowhere; their pids are
+        # made up, so the real /proc would name unrelated processes).
+        self.proc = proc
         timelines: dict[int, tuple[list[float], list[Reading]]] = {}
         try:
             for row in read_trace(path, uuid_prefix=f"GPU-sim-{path.stem}"):
@@ -157,8 +163,10 @@ class SimBackend:
                 counters[name] = round(seconds * 1e9)
             used = (reading.memory_used_mib or 0) - self._idle_mib[src]
             busy = used > 0 and ((reading.utilization_pct or 0) > 0 or used > BUSY_MEMORY_MIB)
-            processes = [ProcessInfo(SIM_PID_BASE + index, SIM_PROCESS_NAME, used)] if busy \
-                else []
+            pid = SIM_PID_BASE + index
+            processes = [ProcessInfo(pid, SIM_PROCESS_NAME, used,
+                                     self.proc.owner(pid) if self.proc else None)] \
+                if busy else []
             before_j, total_j = self._energy[src]
             joules = loops * total_j + before_j[i] + max(0.0, position - times[i]) * (
                 reading.power_w or 0.0)

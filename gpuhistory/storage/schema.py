@@ -170,8 +170,11 @@ rollup_progress = sa.Table(
 # What ran on each GPU and what its hardware did (DESIGN §4; gpuhistory/sampling/hardware.py).
 # One gpu_processes row per (GPU, pid) lifetime: running while ``ended_ms`` is NULL;
 # ``used_memory_mib`` is the most the process held; ``last_seen_ms`` is refreshed at most
-# once a minute while it runs. throttle_counters holds NVML's cumulative throttle time in
-# nanoseconds, a row only when a counter changed (a decrease means the driver restarted).
+# once a minute while it runs. Who ran it and where, as far as /proc said (NULL: unknown;
+# gpuhistory/sampling/procinfo.py): the real uid and its user name, the Slurm job and
+# step, the container id, the Kubernetes pod UID, the systemd unit. throttle_counters holds
+# NVML's cumulative throttle time in nanoseconds, a row only when a counter changed (a
+# decrease means the driver restarted).
 gpu_processes = sa.Table(
     "gpu_processes",
     metadata,
@@ -183,8 +186,17 @@ gpu_processes = sa.Table(
     sa.Column("first_seen_ms", sa.BigInteger, nullable=False),
     sa.Column("last_seen_ms", sa.BigInteger, nullable=False),
     sa.Column("ended_ms", sa.BigInteger),
+    sa.Column("uid", sa.Integer),
+    sa.Column("user_name", sa.String(64)),
+    sa.Column("slurm_job_id", sa.String(32)),
+    sa.Column("slurm_step", sa.String(32)),
+    sa.Column("container_id", sa.String(64)),
+    sa.Column("pod_uid", sa.String(64)),
+    sa.Column("systemd_unit", sa.String(255)),
     sa.Index("ix_gpu_processes_gpu_ended", "gpu_id", "ended_ms"),
     sa.Index("ix_gpu_processes_gpu_first_seen", "gpu_id", "first_seen_ms"),
+    sa.Index("ix_gpu_processes_slurm_job", "slurm_job_id"),
+    sa.Index("ix_gpu_processes_user", "user_name"),
 )
 
 throttle_counters = sa.Table(

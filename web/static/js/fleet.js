@@ -7,6 +7,7 @@ import {badge, h, replace} from "./dom.js";
 import {effectiveState, STATE_RANK, stateBadges} from "./states.js";
 import {clock, duration, num, parseTime, reasonLabel, SLOWDOWN_REASONS, withUnit} from "./format.js";
 import {live} from "./live.js";
+import {processItems} from "./processes.js";
 
 const SPARK_SECONDS = 15 * 60;
 
@@ -33,6 +34,7 @@ class Card {
     this.memoryFill = h("span", {class: "fill"});
     this.reasons = h("ul", {class: "chips", "aria-label": "hardware clock-event reasons"});
     this.advice = h("p", {class: "advice"});
+    this.procs = h("ul", {class: "procs", "aria-label": "compute processes on this GPU"});
     this.updated = h("span", {class: "updated"});
     this.sparkRange = h("span", {class: "spark-range"});
     this.sparkEl = h("div", {class: "spark", role: "img",
@@ -50,6 +52,7 @@ class Card {
         field("Clocks", "clocks"),
         field("Fan", "fan")),
       h("div", {class: "reasons"}, h("span", {class: "label"}, "Hardware reasons"), this.reasons),
+      h("div", {class: "who"}, h("span", {class: "label"}, "Processes"), this.procs),
       this.advice,
       h("div", {class: "spark-wrap"},
         h("span", {class: "label"}, "Temperature, last 15 min "), this.sparkRange, this.sparkEl),
@@ -151,6 +154,7 @@ class Card {
       ? reasons.map((name) => h("li", {class: SLOWDOWN_REASONS.has(name) ? "chip warn" : "chip"},
                                 reasonLabel(name)))
       : h("li", {class: "chip none"}, "none"));
+    replace(this.procs, processItems(gpu.processes));
     const t = gpu.throttling;
     const cooldown = t.cooldown_remaining_seconds > 0
       ? ` · ${duration(t.cooldown_remaining_seconds)} of cooldown left` : "";

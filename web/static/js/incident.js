@@ -9,6 +9,7 @@ import {
   clock, dateTime, duration, num, parseTime, prose, reasonLabel, timeEl, utcOffset, withUnit,
 } from "./format.js";
 import {severityBadge} from "./incidents.js";
+import {describe, whereLabel} from "./processes.js";
 
 const POINTS = 600; // buckets of the timeline (min, mean and max of each: no peak is lost)
 
@@ -60,9 +61,13 @@ export function summary(doc) {
         `${l.allocation_id} (${l.owner ?? "no owner"}, ${num(l.memory_mb)} MiB)`))}.`
     : "Leases active: none.");
   if (doc.processes?.length) {
-    sentences.push(`Processes on the GPU: ${prose(doc.processes.map((p) =>
-      `${p.name ?? "?"} (pid ${p.pid}${p.used_memory_mb ? `, ${num(p.used_memory_mb)} MiB`
-        : ""})`))}.`);
+    // One clause per job, container, pod or unit: "job 4711 of alice (python, 20,480 MiB)".
+    const clauses = new Map();
+    for (const p of doc.processes) {
+      const memory = p.used_memory_mb ? `${num(p.used_memory_mb)} MiB` : "";
+      if (!clauses.has(describe(p))) clauses.set(describe(p), describe(p, memory));
+    }
+    sentences.push(`Running on the GPU: ${prose([...clauses.values()])}.`);
   }
   if (doc.xid_errors.length) {
     sentences.push(`XID errors: ${prose(doc.xid_errors.map((x) =>
@@ -103,7 +108,7 @@ function details(doc) {
     h("span", {}, badge(t.from || "—"), " → ", badge(t.to)), t.cause,
     withUnit(t.temperature_celsius, "°C")]);
   const processRows = (doc.processes || []).map((p) => [String(p.pid), p.name ?? "—",
-    withUnit(p.used_memory_mb, "MiB")]);
+    p.user ?? "—", whereLabel(p) ?? "—", withUnit(p.used_memory_mb, "MiB")]);
   const offset = utcOffset(parseTime(doc.start));
   return [
     h("h2", {}, "Leases active"),
@@ -118,7 +123,7 @@ function details(doc) {
           {caption: "Transitions in the window", empty: "None."}),
     doc.processes === null ? null : [
       h("h2", {}, "Processes"),
-      table(["PID", "Name", "Memory"], processRows,
+      table(["PID", "Name", "User", "Job / container", "Memory"], processRows,
             {caption: "Compute processes seen during it", empty: "None recorded."})],
   ];
 }
