@@ -369,3 +369,105 @@ def test_a_cuda_process_shows_with_its_user_in_status_cli_and_metrics(engine, cl
         real.close()
         child.kill()
         child.wait(10)
+
+
+LEASED_CUDA_USER = (
+    "import sys, torch\n"
+    "from gpuhistory.client import Client\n"
+    "with Client(sys.argv[1]).lease(memory_mb=1024, gpu_id='any', ttl_seconds=3600,\n"
+    "                               owner='gpu-test') as lease:\n"
+    "    x = torch.zeros(3 << 30, dtype=torch.uint8, device=f'cuda:{lease.gpu_id}')\n"
+    "    torch.cuda.synchronize()\n"
+    "    print('ready', lease.gpu_id, flush=True)\n"
+    "    sys.stdin.read()\n")
+
+
+def test_a_leased_pytorch_process_is_held_to_account_and_memory_matches_under_load(
+        engine, clock) -> None:
+    """A PyTorch process takes a 1 GiB lease placed by the service (``gpu_id="any"``,
+    covering its own pid) and then holds 3 GiB on that GPU. Under that load our used,
+    reserved and total match ``nvidia-smi`` within 1 MiB; one real sampler tick records
+    ``lease_exceeded`` naming the process, and status, ``status -p`` and /metrics show the
+    process with its user and the lease as exceeded. Skips without torch or in a child PID
+    namespace."""
+    import importlib.util
+    import os
+    import pwd
+    import sys
+
+    import requests
+    from click.testing import CliRunner
+
+    from gpuhistory.api.app import create_app
+    from gpuhistory.cli.main import cli
+    from gpuhistory.context import ServiceContext
+    from gpuhistory.domain.config import DEFAULT_CONFIG
+    from gpuhistory.leases.manager import LeaseManager
+    from gpuhistory.sampling.pipeline import Pipeline
+    from gpuhistory.sampling.procinfo import pid_namespace_is_nested
+    from gpuhistory.sampling.sampler import Sampler
+    from gpuhistory.storage.log import LogStore
+    from tests.conftest import LiveServer
+
+    if importlib.util.find_spec("torch") is None:
+        pytest.skip("torch is not installed: pip install torch, to start a CUDA user")
+    if pid_namespace_is_nested():
+        pytest.skip("in a child PID namespace NVML reports host pids: no /proc lookup here")
+    real = NvmlBackend()
+    store = LogStore(engine, "gpu-box")
+    sampler = Sampler(real, Pipeline(store, "nvml", lambda: DEFAULT_CONFIG), store, clock,
+                      interval=3.0)
+    sampler.tick()  # the GPUs are in the log: the lease can be placed
+    leases = LeaseManager(engine, "gpu-box", clock, lambda: DEFAULT_CONFIG)
+    server = LiveServer(create_app(ServiceContext(engine=engine, host="gpu-box", clock=clock,
+                                                  sampler=sampler, leases=leases)))
+    child = subprocess.Popen([sys.executable, "-c", LEASED_CUDA_USER, server.url],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        ready = child.stdout.readline().split()
+        assert ready[:1] == ["ready"], ready
+        gpu = int(ready[1])
+        before = _nvidia_smi_memory()
+        ours = {r.index: (r.memory_used_mib, r.memory_reserved_mib, r.memory_total_mib)
+                for r in real.read()}
+        after = _nvidia_smi_memory()
+        print({"under load: nvidia-smi (used, reserved, total MiB)": before,
+               "gpuhistory": ours})
+        assert before == after, "GPU memory moved while comparing"
+        assert before[gpu][0] >= 3 * 1024, before  # the load is there
+        for index, figures in before.items():
+            assert all(abs(a - b) <= 1 for a, b in zip(ours[index], figures, strict=True)), (
+                index, ours[index], figures)
+        clock.advance(3)
+        sampler.tick()
+        me = pwd.getpwuid(os.getuid()).pw_name
+        with engine.connect() as conn:
+            import sqlalchemy as sa
+
+            from gpuhistory.storage.schema import events
+            payloads = [row.payload for row in conn.execute(
+                sa.select(events.c.payload).where(events.c.kind == "lease_exceeded"))]
+        print(payloads)
+        assert any(child.pid in (p.get("pids") or []) for p in payloads), payloads
+        status = requests.get(f"{server.url}/api/gpu/status?gpu_id={gpu}", timeout=30).json()
+        print(status.get("lease_accounting"), status["processes"])
+        assert [(p["user"], p["uid"]) for p in status["processes"]
+                if p["pid"] == child.pid] == [(me, os.getuid())]
+        assert any(lease["exceeded"] for lease in status["lease_accounting"]["leases"])
+        table = CliRunner().invoke(cli, ["status", "--url", server.url, "-p"]).output
+        print(table)
+        assert any(f"└ {child.pid} " in line and me in line for line in table.splitlines())
+        body = requests.get(f"{server.url}/metrics", timeout=30).text
+        lines = [line for line in body.splitlines() if line.startswith(
+            ("gpuhistory_process_memory_bytes{", "gpuhistory_gpu_lease_exceeding_leases{"))]
+        print("\n".join(lines))
+        assert any(f'pid="{child.pid}"' in line and f'user="{me}"' in line for line in lines)
+        assert any(line.startswith("gpuhistory_gpu_lease_exceeding_leases{")
+                   and f'gpu="{gpu}"' in line and line.endswith(" 1.0") for line in lines)
+    finally:
+        if child.stdin is not None:
+            child.stdin.close()  # the lease is released as the block ends
+        child.wait(30)
+        server.close()
+        real.close()
