@@ -151,7 +151,7 @@ def test_old_samples_go_in_batches_and_incident_windows_stay(engine: sa.Engine, 
         assert result.batches == len([n for n in sizes if n])
         assert result.batches >= 3 * -(-FLEET4_ROWS_PER_GPU // 500)
     else:
-        assert result.partitions_dropped == ["samples_20260101"]
+        assert "samples_20260101" in result.partitions_dropped
         assert not [t for t, _ in deletes if t.startswith("samples") and t != "samples_1m"]
     assert counts(engine) == before
 

@@ -136,10 +136,17 @@ def maintain(engine: sa.Engine, now_ms: int, ahead_days: int = AHEAD_DAYS) -> Ma
     DEFAULT partition (their rows moved there); one transaction per day. A day whose locks
     are not granted within the lock timeout is skipped (and said so) until the next run."""
     result = MaintenanceResult()
+    days: set[int] = set()
     with engine.connect() as conn:
         if not is_partitioned(conn):
             return result
-        days = set(default_days(conn))
+        conn.rollback()
+        try:
+            with conn.begin():
+                conn.execute(sa.text(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
+                days.update(default_days(conn))
+        except sa.exc.OperationalError as exc:
+            result.skipped.append(f"{DEFAULT_PARTITION} not read: {exc.orig}")
     today = day_of(now_ms)
     days.update(range(today, today + ahead_days + 1))
     for day in sorted(days):

@@ -60,8 +60,6 @@ def upgrade() -> None:
     op.execute("ALTER TABLE samples RENAME TO samples_unpartitioned")
     op.execute("ALTER TABLE samples_unpartitioned RENAME CONSTRAINT samples_pkey "
                "TO samples_unpartitioned_pkey")
-    op.execute("ALTER TABLE samples_unpartitioned RENAME CONSTRAINT samples_gpu_id_fkey "
-               "TO samples_unpartitioned_gpu_id_fkey")
     op.create_table(
         "samples", *_columns(),
         sa.ForeignKeyConstraint(["gpu_id"], ["gpus.id"], name="samples_gpu_id_fkey"),
@@ -92,8 +90,6 @@ def downgrade() -> None:
     op.execute("ALTER TABLE samples RENAME TO samples_partitioned")
     op.execute("ALTER TABLE samples_partitioned RENAME CONSTRAINT samples_pkey "
                "TO samples_partitioned_pkey")
-    op.execute("ALTER TABLE samples_partitioned RENAME CONSTRAINT samples_gpu_id_fkey "
-               "TO samples_partitioned_gpu_id_fkey")
     op.create_table(  # as migration 0001 made it
         "samples",
         sa.Column("gpu_id", sa.Integer, sa.ForeignKey("gpus.id"), primary_key=True),
