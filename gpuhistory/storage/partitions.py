@@ -63,6 +63,12 @@ class MaintenanceResult:
     skipped: list[str] = field(default_factory=list)  # why a change waits for the next run
 
 
+def is_partition(name: str | None) -> bool:
+    """Whether a table name is one of samples' partitions (made here, not by a migration's
+    table definitions: schema comparisons leave them out)."""
+    return name == DEFAULT_PARTITION or (name is not None and _NAME.match(name) is not None)
+
+
 def is_partitioned(conn: sa.Connection) -> bool:
     """Whether ``samples`` is a partitioned table (PostgreSQL at migration 0013 or later)."""
     if conn.dialect.name != "postgresql":
