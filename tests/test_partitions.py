@@ -298,3 +298,24 @@ def test_raw_samples_is_the_table_itself_on_sqlite(engine: sa.Engine) -> None:
 def test_partition_names_are_utc_days(ts_ms: int, name: str) -> None:
     """A time's day partition is its UTC date; the bounds are midnight to midnight."""
     assert partitions.partition_name(partitions.day_of(ts_ms)) == name
+
+
+def test_a_rebuild_after_the_drop_finds_the_same_incidents(pg_engine: sa.Engine) -> None:
+    """Rescanning every sample with the same thresholds after fleet4's day was dropped
+    reads the kept windows: both incidents stay, with their ids and figures."""
+    now = START_MS + 30 * DAY_MS
+    config = DEFAULT_CONFIG.changed(incident_context_minutes=0)
+    ids = fleet(pg_engine, now)
+    # GPU 1 samples on today (cool), so the rebuild has something in samples to scan.
+    LogStore(pg_engine, HOST).write(TickRecord(samples=[sample(ids[1], now - 3_600_000)]))
+    query = sa.text("SELECT id, gpu_id, start_ms, end_ms, peak_temp_c, peak_ms, temp_sum, "
+                    "temp_n, above_critical_ms, peak_power_dw, clock_event_reasons "
+                    "FROM incidents ORDER BY id")
+    with pg_engine.connect() as conn:
+        before = conn.execute(query).all()
+    assert len(before) == 2
+    assert "samples_20260101" in RetentionJob(pg_engine, FakeClock(now), config).run(
+        ).partitions_dropped
+    IncidentDetector(pg_engine, FakeClock(now), config).rebuild()
+    with pg_engine.connect() as conn:
+        assert conn.execute(query).all() == before

@@ -19,6 +19,7 @@ from gpuhistory.clock import FakeClock
 from gpuhistory.domain.config import DEFAULT_CONFIG
 from gpuhistory.domain.reading import Reading
 from gpuhistory.leases import LeaseManager
+from gpuhistory.storage import partitions
 from gpuhistory.storage.engine import (
     current_revision,
     downgrade,
@@ -27,7 +28,6 @@ from gpuhistory.storage.engine import (
     upgrade,
 )
 from gpuhistory.storage.log import LogStore, TickRecord, sample_row
-from gpuhistory.storage import partitions
 from gpuhistory.storage.schema import metadata, postgres_metadata
 from tests import conftest
 from tests.conftest import POSTGRES_ENV, REPO, _postgres_url
@@ -41,7 +41,8 @@ def tables(engine: sa.Engine) -> set[str]:
 
 def test_migrations_upgrade_downgrade_and_match_the_tables(fresh_postgres_url: str) -> None:
     """On a fresh PostgreSQL database: head creates every table and agrees with schema.py
-    (autogenerate finds no difference; samples' daily partitions are not in it); base removes them all; head restores them."""
+    (autogenerate finds no difference; samples' daily partitions are not in it); base
+    removes them all; head restores them."""
     engine = make_engine(fresh_postgres_url)
     try:
         upgrade(engine)

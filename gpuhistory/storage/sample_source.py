@@ -15,6 +15,14 @@ import sqlalchemy as sa
 
 from gpuhistory.storage.schema import samples, samples_kept
 
+_COLUMNS = ", ".join(c.name for c in samples.columns)
+# The same as text, for statements written in SQL (PostgreSQL only): a parenthesised
+# subquery to put where ``samples`` would be, with an alias after it.
+RAW_SAMPLES_SQL = (
+    f"(SELECT {_COLUMNS} FROM samples UNION ALL SELECT {_COLUMNS} FROM samples_kept k "
+    "WHERE NOT EXISTS (SELECT 1 FROM samples o WHERE o.gpu_id = k.gpu_id "
+    "AND o.ts_ms = k.ts_ms))")
+
 
 def raw_samples(conn: sa.Connection) -> Any:
     """A selectable with the columns of ``samples``: the table itself on SQLite; on
