@@ -14,8 +14,11 @@ summed over the partitions (``pg_partition_tree``).
 
 Layouts: ``before`` (migration 0008: the column order of 0001, one table, primary-key
 btree), ``after`` (0013: alignment order, daily partitions, the primary key per partition)
-and ``after-brin`` (the same columns, unpartitioned, a BRIN index on ``ts_ms`` instead of
-the primary key: the alternative that was measured and not taken).
+``after-reindexed`` (``after`` with its indexes rebuilt once loaded: what a day that is
+over would take after ``REINDEX``, the samplers' interleaved inserts having left the
+primary key's pages about two thirds full) and ``after-brin`` (the same columns,
+unpartitioned, a BRIN index on ``ts_ms`` instead of the primary key: the alternative that
+was measured and not taken).
 
 The queries are the shapes the API runs on raw samples: the newest sample of a GPU
 (storage/queries.py: ``ts_ms = (SELECT max(ts_ms) ... WHERE gpu_id = ?)``) and a GPU's
@@ -46,7 +49,7 @@ from gpuhistory.storage import partitions
 from gpuhistory.storage.engine import make_engine, upgrade
 
 DEFAULT_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-LAYOUTS = ("before", "after", "after-brin")
+LAYOUTS = ("before", "after", "after-reindexed", "after-brin")
 PROBE_GPU = 7
 
 
@@ -111,6 +114,7 @@ def measure(pg_url: str, layout: str, gpus: int, ticks: int) -> dict[str, Any]:
     engine = make_engine(url)
     try:
         upgrade(engine, "0008" if layout == "before" else "head")
+        reindex = layout == "after-reindexed"
         base = partitions.day_of(int(time.time() * 1000)) * partitions.DAY_MS + 3_600_000
         table = "samples"
         with engine.begin() as conn:
@@ -126,6 +130,9 @@ def measure(pg_url: str, layout: str, gpus: int, ticks: int) -> dict[str, Any]:
             conn.execute(sa.text(_generate(base, gpus, ticks).format(table=table)))
         with engine.connect() as conn:
             conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            if reindex:
+                for rel in _relations(conn, table):
+                    conn.exec_driver_sql(f"REINDEX TABLE {rel}")
             conn.exec_driver_sql(f"VACUUM ANALYZE {table}")
             rows = conn.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar_one()
             sizes = _sizes(conn, table)

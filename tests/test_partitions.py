@@ -319,3 +319,33 @@ def test_a_rebuild_after_the_drop_finds_the_same_incidents(pg_engine: sa.Engine)
     IncidentDetector(pg_engine, FakeClock(now), config).rebuild()
     with pg_engine.connect() as conn:
         assert conn.execute(query).all() == before
+
+
+def test_a_day_that_is_over_gets_its_key_rebuilt_once(pg_engine: sa.Engine) -> None:
+    """200 GPUs x 100 s written tick by tick into a past day leave its primary key's pages
+    part-empty; the maintenance rebuilds it (smaller, still the unique key) once."""
+    day = partitions.day_of(START_MS) + 200
+    with pg_engine.begin() as conn:
+        for g in range(200):
+            add_gpu(conn, uuid=f"GPU-compact-{g}")
+        first = conn.execute(sa.text("SELECT min(id) FROM gpus")).scalar_one()
+        partitions.create_day(conn, day)
+        conn.execute(sa.text(
+            f"INSERT INTO samples (ts_ms, gpu_id, state) SELECT {day * DAY_MS} + t * 1000, "
+            f"{first} + g, 0 FROM generate_series(0, 99) t, generate_series(0, 199) g "
+            "ORDER BY t, g"))
+    key = f"{partitions.partition_name(day)}_pkey"
+    size = sa.text(f"SELECT pg_relation_size('{key}')")
+    with pg_engine.connect() as conn:
+        before = conn.execute(size).scalar_one()
+    result = partitions.maintain(pg_engine, (day + 2) * DAY_MS, ahead_days=0)
+    assert partitions.partition_name(day) in result.compacted
+    with pg_engine.connect() as conn:
+        assert conn.execute(size).scalar_one() < before * 0.85
+        assert conn.execute(sa.text(f"SELECT obj_description('{key}'::regclass, 'pg_class')")
+                            ).scalar() == partitions.COMPACTED
+    with pytest.raises(sa.exc.IntegrityError), pg_engine.begin() as conn:
+        conn.execute(sa.text(f"INSERT INTO samples (ts_ms, gpu_id, state) "
+                             f"VALUES ({day * DAY_MS}, {first}, 0)"))
+    again = partitions.maintain(pg_engine, (day + 2) * DAY_MS, ahead_days=0)
+    assert partitions.partition_name(day) not in again.compacted

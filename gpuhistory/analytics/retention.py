@@ -56,6 +56,7 @@ class RetentionResult:
     deliveries_deleted: int = 0  # webhook delivery-log rows past retention_delivery_days
     partitions_dropped: list[str] = field(default_factory=list)  # PostgreSQL: whole days
     partitions_created: list[str] = field(default_factory=list)  # PostgreSQL: days ahead
+    partitions_compacted: list[str] = field(default_factory=list)  # PostgreSQL: key rebuilt
     batches: int = 0
     notes: list[str] = field(default_factory=list)
     finished: bool = True  # False: stopped at max_seconds; the next run goes on
@@ -119,6 +120,7 @@ class RetentionJob:
         if partitioned:
             made = partitions.maintain(self.engine, now)
             result.partitions_created = made.created
+            result.partitions_compacted = made.compacted
             result.notes.extend(made.skipped)
         with self.engine.connect() as conn:
             inspector = sa.inspect(conn)
