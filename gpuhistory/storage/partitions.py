@@ -201,9 +201,11 @@ def compact_days_over(engine: sa.Engine, before_ms: int, result: MaintenanceResu
         part = bounds.get(name)
         if part is None or part.hi_ms > before_ms or comment == COMPACTED:
             continue
+        # Outside a transaction (REINDEX CONCURRENTLY cannot run in one), so without the
+        # lock timeout, which only a session setting could give and a transaction-mode
+        # pooler would not keep: its SHARE UPDATE EXCLUSIVE wait holds up no insert or read.
         with engine.connect() as conn:
             conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-            conn.execute(sa.text(f"SET lock_timeout = '{LOCK_TIMEOUT}'"))
             try:
                 conn.execute(sa.text(f"REINDEX INDEX CONCURRENTLY {index}"))
                 conn.execute(sa.text(f"COMMENT ON INDEX {index} IS '{COMPACTED}'"))
@@ -212,9 +214,7 @@ def compact_days_over(engine: sa.Engine, before_ms: int, result: MaintenanceResu
                 result.skipped.append(f"{name} key not rebuilt (the next run retries): "
                                       f"{exc.orig}")
                 _drop_invalid(conn, name, result)
-                return  # the table is busy: the rest waits for the next run too
-            finally:
-                conn.execute(sa.text("RESET lock_timeout"))
+                return  # the database is busy: the rest waits for the next run too
 
 
 def _drop_invalid(conn: sa.Connection, table: str, result: MaintenanceResult) -> None:
