@@ -349,3 +349,16 @@ def test_a_day_that_is_over_gets_its_key_rebuilt_once(pg_engine: sa.Engine) -> N
                              f"VALUES ({day * DAY_MS}, {first}, 0)"))
     again = partitions.maintain(pg_engine, (day + 2) * DAY_MS, ahead_days=0)
     assert partitions.partition_name(day) not in again.compacted
+
+
+def test_a_partition_another_process_dropped_first_is_no_error(pg_engine: sa.Engine) -> None:
+    """Two samplers' retention runs racing for one day: the one that comes second finds
+    the partition gone and says None (nothing dropped, nothing counted)."""
+    day = partitions.day_of(START_MS) + 100
+    with pg_engine.begin() as conn:
+        partitions.create_day(conn, day)
+    with pg_engine.connect() as conn:
+        part = next(p for p in partitions.partitions(conn)
+                    if p.name == partitions.partition_name(day))
+    assert partitions.drop(pg_engine, part, []) == 0
+    assert partitions.drop(pg_engine, part, []) is None

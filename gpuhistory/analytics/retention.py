@@ -204,11 +204,13 @@ class RetentionJob:
                 result.finished = False
                 return
             try:
-                result.raw_deleted += partitions.drop(self.engine, part, keep)
+                gone = partitions.drop(self.engine, part, keep)
             except sa.exc.OperationalError as exc:  # the lock timeout: next run
                 result.notes.append(f"{part.name} not dropped: {exc.orig}")
                 continue
-            result.partitions_dropped.append(part.name)
+            if gone is not None:  # None: another sampler's run dropped it first
+                result.raw_deleted += gone
+                result.partitions_dropped.append(part.name)
 
     def _has_default_rows(self) -> bool:
         with self.engine.connect() as conn:

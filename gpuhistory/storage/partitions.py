@@ -242,12 +242,15 @@ def _keys_and_bounds(conn: sa.Connection) -> tuple[list[Any], dict[str, Partitio
 
 
 def drop(engine: sa.Engine, partition: Partition,
-         keep: list[tuple[int, int, int]]) -> int:
+         keep: list[tuple[int, int, int]]) -> int | None:
     """Copy the rows of ``keep`` — (gpu_id, first_ms, last_ms) closed ranges — into
     ``samples_kept``, then DETACH and DROP the partition, in one transaction; returns the
-    rows gone: those the partition held less those kept."""
+    rows gone: those the partition held less those kept (None: another process dropped
+    it first)."""
     with engine.begin() as conn:
         _lock(conn)
+        if conn.execute(sa.text("SELECT to_regclass(:n)"), {"n": partition.name}).scalar() is None:
+            return None
         rows = int(conn.execute(sa.text(f"SELECT count(*) FROM {partition.name}")).scalar_one())
         for gpu_id, first, last in keep:
             rows -= conn.execute(sa.text(
