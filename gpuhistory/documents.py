@@ -16,7 +16,7 @@ from gpuhistory.domain.metrics import GPUMetrics
 from gpuhistory.domain.states import GPUState
 from gpuhistory.domain.throttle import advise
 from gpuhistory.storage.queries import LatestSample, cooldown_starts, reading_from_row
-from gpuhistory.storage.schema import samples
+from gpuhistory.storage.sample_source import raw_samples
 
 
 def metrics_doc(entry: LatestSample) -> dict[str, Any] | None:
@@ -66,9 +66,10 @@ def status_doc(conn: sa.Connection, entry: LatestSample, now_ms: int,
 def history_doc(conn: sa.Connection, entry: LatestSample, since_ms: int | None,
                 until_ms: int | None, limit: int) -> dict[str, Any]:
     """The newest ``limit`` raw samples of a GPU in [since, until], oldest first."""
-    s = samples.c
+    source = raw_samples(conn)  # on PostgreSQL with the kept rows of dropped partitions
+    s = source.c
     # SEARCH samples USING PRIMARY KEY (gpu_id=? AND ts_ms>? AND ts_ms<?), read backwards.
-    query = sa.select(samples).where(s.gpu_id == entry.gpu.id)
+    query = sa.select(source).where(s.gpu_id == entry.gpu.id)
     if since_ms is not None:
         query = query.where(s.ts_ms >= since_ms)
     if until_ms is not None:

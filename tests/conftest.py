@@ -69,8 +69,12 @@ _FOREIGN_KEYS = """
 SELECT DISTINCT c.conrelid::regclass::text, c.confrelid::regclass::text FROM pg_constraint c
 JOIN pg_namespace n ON n.oid = c.connamespace
 WHERE c.contype = 'f' AND n.nspname = current_schema()"""
-_TABLES = """SELECT quote_ident(tablename) FROM pg_tables
-WHERE schemaname = current_schema() AND tablename <> 'alembic_version'"""
+# Not the partitions of a partitioned table (DELETE FROM the table empties them; retention
+# drops and creates them).
+_TABLES = """SELECT quote_ident(t.tablename) FROM pg_tables t
+JOIN pg_class c ON c.oid = to_regclass(quote_ident(t.tablename))
+WHERE t.schemaname = current_schema() AND t.tablename <> 'alembic_version'
+AND NOT c.relispartition"""
 _SEQUENCES = """SELECT quote_ident(sequencename) FROM pg_sequences
 WHERE schemaname = current_schema()"""
 

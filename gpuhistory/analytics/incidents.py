@@ -43,6 +43,7 @@ import sqlalchemy as sa
 
 from gpuhistory.clock import Clock
 from gpuhistory.domain.config import Config
+from gpuhistory.storage.sample_source import RAW_SAMPLES_SQL, raw_samples
 from gpuhistory.storage.schema import (
     gpus,
     incident_progress,
@@ -66,12 +67,12 @@ _S = samples.c
 # go on). Ends: the closing sample, or the last hot sample before a data gap. The figures
 # read each incident's own samples by primary-key range (not the whole scan again); time
 # above temp_critical sums the gaps to the next sample (at most a data gap each).
-DETECT_SQL = sa.text("""
+_DETECT_TEXT = """
 WITH s AS (
     SELECT ts_ms, temperature_c AS temp,
            LAG(ts_ms) OVER w AS prev_ts,
            LEAD(ts_ms) OVER w AS next_ts
-    FROM samples
+    FROM {samples} AS samples
     WHERE gpu_id = :gpu AND ts_ms >= :lo AND ts_ms <= :hi AND temperature_c IS NOT NULL
     WINDOW w AS (ORDER BY ts_ms)
 ),
@@ -123,7 +124,7 @@ figures AS (
            MAX(x.temperature_c) AS peak, SUM(x.temperature_c) AS temp_sum,
            COUNT(x.temperature_c) AS temp_n, MAX(x.power_dw) AS peak_power_dw
     FROM found f
-    JOIN samples x ON x.gpu_id = :gpu AND x.ts_ms >= f.start_ms AND x.ts_ms <= f.last_ms
+    JOIN {samples} x ON x.gpu_id = :gpu AND x.ts_ms >= f.start_ms AND x.ts_ms <= f.last_ms
     GROUP BY f.start_ms, f.end_ms, f.last_ms
 ),
 critical AS (
@@ -134,12 +135,16 @@ critical AS (
 SELECT start_ms, end_ms, last_ms, peak, temp_sum, temp_n, peak_power_dw,
        (SELECT COALESCE(SUM(c.ms), 0) FROM critical c
         WHERE c.ts_ms >= figures.start_ms AND c.ts_ms <= figures.last_ms) AS above_critical_ms,
-       (SELECT MIN(p.ts_ms) FROM samples p
+       (SELECT MIN(p.ts_ms) FROM {samples} p
         WHERE p.gpu_id = :gpu AND p.ts_ms >= figures.start_ms AND p.ts_ms <= figures.last_ms
           AND p.temperature_c = figures.peak) AS peak_ms
 FROM figures
 ORDER BY start_ms
-""")
+"""
+DETECT_SQL = sa.text(_DETECT_TEXT.replace("{samples}", "samples"))
+# PostgreSQL: with the kept rows of dropped partitions, so a rebuild still finds (and keeps)
+# the incidents of days that retention dropped.
+DETECT_SQL_KEPT = sa.text(_DETECT_TEXT.replace("{samples}", RAW_SAMPLES_SQL))
 
 
 # -- thresholds ---------------------------------------------------------------------------
@@ -207,9 +212,10 @@ def detect(conn: sa.Connection, gpu_id: int, th: Thresholds, now_ms: int,
     upper = FAR_FUTURE_MS if hi is None else hi
     # Most stretches of a log never reach temp_throttle: one primary-key range scan says so,
     # and the window functions below run only where there is something to find.
-    if conn.execute(sa.select(_S.ts_ms).where(
-            _S.gpu_id == gpu_id, _S.ts_ms >= lo, _S.ts_ms <= upper,
-            _S.temperature_c >= th.high).limit(1)).first() is None:
+    raw = raw_samples(conn).c
+    if conn.execute(sa.select(raw.ts_ms).where(
+            raw.gpu_id == gpu_id, raw.ts_ms >= lo, raw.ts_ms <= upper,
+            raw.temperature_c >= th.high).limit(1)).first() is None:
         return []
     params = {
         "gpu": gpu_id, "lo": lo, "hi": upper,
@@ -217,7 +223,8 @@ def detect(conn: sa.Connection, gpu_id: int, th: Thresholds, now_ms: int,
         "critical": th.critical, "gap": th.gap_ms, "merge": th.merge_ms,
     }
     out = []
-    for row in conn.execute(DETECT_SQL, params):
+    statement = DETECT_SQL_KEPT if conn.dialect.name == "postgresql" else DETECT_SQL
+    for row in conn.execute(statement, params):
         reasons = _reasons_between(conn, gpu_id, row.start_ms, row.last_ms)
         out.append(Found(
             start_ms=row.start_ms, end_ms=row.end_ms, last_sample_ms=row.last_ms,
@@ -232,10 +239,11 @@ def detect(conn: sa.Connection, gpu_id: int, th: Thresholds, now_ms: int,
 def _reasons_between(conn: sa.Connection, gpu_id: int, start_ms: int, last_ms: int) -> int:
     """The OR of the clock-event reason masks the GPU reported in [start, last]."""
     mask = 0
+    raw = raw_samples(conn).c
     for (value,) in conn.execute(
-        sa.select(_S.clock_event_reasons).distinct()
-        .where(_S.gpu_id == gpu_id, _S.ts_ms >= start_ms, _S.ts_ms <= last_ms,
-               _S.clock_event_reasons.is_not(None))
+        sa.select(raw.clock_event_reasons).distinct()
+        .where(raw.gpu_id == gpu_id, raw.ts_ms >= start_ms, raw.ts_ms <= last_ms,
+               raw.clock_event_reasons.is_not(None))
     ):
         mask |= int(value)
     return mask

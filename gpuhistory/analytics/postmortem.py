@@ -27,18 +27,17 @@ from gpuhistory.domain.states import GPUState
 from gpuhistory.storage import schema
 from gpuhistory.storage.processes import processes_between
 from gpuhistory.storage.queries import GpuRow, reading_from_row
+from gpuhistory.storage.sample_source import raw_samples
 from gpuhistory.storage.schema import (
     events,
     gpus,
     incidents,
-    samples,
     transitions,
 )
 
 log = logging.getLogger(__name__)
 
 _I = incidents.c
-_S = samples.c
 
 MAX_CONTEXT_SAMPLES = 5_000  # samples a post-mortem lists by default (CSV: all of them)
 HARDWARE_COUNTERS = ("power_cap", "sw_thermal", "hw_thermal", "power_brake")
@@ -139,10 +138,13 @@ def context_window(row: sa.Row[Any], config: Config, now_ms: int) -> tuple[int, 
 
 def context_samples(conn: sa.Connection, row: sa.Row[Any], since_ms: int,
                     until_ms: int) -> list[sa.Row[Any]]:
-    """The GPU's raw samples in [since, until], oldest first (a primary-key range scan)."""
+    """The GPU's raw samples in [since, until], oldest first (a primary-key range scan);
+    on PostgreSQL with the kept rows of dropped partitions (storage/sample_source.py)."""
+    source = raw_samples(conn)
+    s = source.c
     return list(conn.execute(
-        sa.select(samples).where(_S.gpu_id == row.gpu_id, _S.ts_ms >= since_ms,
-                                 _S.ts_ms <= until_ms).order_by(_S.ts_ms)))
+        sa.select(source).where(s.gpu_id == row.gpu_id, s.ts_ms >= since_ms,
+                                s.ts_ms <= until_ms).order_by(s.ts_ms)))
 
 
 def metrics_docs(row: sa.Row[Any], rows: list[sa.Row[Any]]) -> list[dict[str, Any]]:

@@ -14,6 +14,15 @@ Raw samples are deleted only where all of these hold:
 1-minute rollup rows are deleted when older than ``retention_rollup_days`` and already
 folded into the hourly rollups (``done_until_ms`` of resolution ``1h``).
 
+On PostgreSQL ``samples`` is partitioned by day (gpuhistory/storage/partitions.py) and
+raw samples go a whole partition at a time: a day partition goes once all of it is older
+than ``retention_raw_days`` and each GPU's rows in it are before that GPU's two
+watermarks above. The rows of the incident windows in it are first copied into
+``samples_kept``, which the raw history and post-mortem queries read too. No DELETE, so no
+dead rows for autovacuum to chase; a day stays up to a day longer than on SQLite. Only
+rows in the DEFAULT partition that the partition maintenance (run first, by this job) has
+not yet moved to a day partition of their own are deleted row by row, as on SQLite.
+
 Deletion goes in small batches — at most ``batch_rows`` rows, one GPU, one key range
 ``gpu_id = ? AND ts_ms BETWEEN ? AND ?`` per transaction — so the sampler never waits
 long for the write lock. SQLite reuses the freed pages; the file does not shrink.
@@ -31,6 +40,7 @@ import sqlalchemy as sa
 from gpuhistory.alerts.store import prune_deliveries
 from gpuhistory.clock import Clock
 from gpuhistory.domain.config import Config
+from gpuhistory.storage import partitions
 from gpuhistory.storage.schema import gpus, incident_progress, incidents
 
 log = logging.getLogger(__name__)
@@ -44,6 +54,9 @@ class RetentionResult:
     raw_deleted: int = 0
     rollup_deleted: int = 0
     deliveries_deleted: int = 0  # webhook delivery-log rows past retention_delivery_days
+    partitions_dropped: list[str] = field(default_factory=list)  # PostgreSQL: whole days
+    partitions_created: list[str] = field(default_factory=list)  # PostgreSQL: days ahead
+    partitions_compacted: list[str] = field(default_factory=list)  # PostgreSQL: key rebuilt
     batches: int = 0
     notes: list[str] = field(default_factory=list)
     finished: bool = True  # False: stopped at max_seconds; the next run goes on
@@ -103,6 +116,13 @@ class RetentionJob:
         rollup_cutoff = (now - round(config.retention_rollup_days * DAY_MS)) // 3_600_000 \
             * 3_600_000
         with self.engine.connect() as conn:
+            partitioned = partitions.is_partitioned(conn)
+        if partitioned:
+            made = partitions.maintain(self.engine, now)
+            result.partitions_created = made.created
+            result.partitions_compacted = made.compacted
+            result.notes.extend(made.skipped)
+        with self.engine.connect() as conn:
             inspector = sa.inspect(conn)
             has_rollups = all(inspector.has_table(t) for t in ("rollup_progress", "samples_1m"))
             gpu_ids = list(conn.execute(sa.select(gpus.c.id).order_by(gpus.c.id)).scalars())
@@ -113,6 +133,7 @@ class RetentionJob:
             windows = self._incident_windows(conn, config)
         if not has_rollups:
             result.notes.append("no rollup tables: raw samples are kept until rollups exist")
+        raw_limits: dict[int, int] = {}
         for gpu_id in gpu_ids:
             if not has_rollups:
                 break
@@ -127,9 +148,16 @@ class RetentionJob:
                                     "raw samples kept")
                 continue
             limits.append(scanned[gpu_id] + 1)
-            limit = min(limits)
+            raw_limits[gpu_id] = min(limits)
+        if partitioned and has_rollups:
+            self._drop_partitions(raw_cutoff, raw_limits, windows, result)
+        # SQLite: the table; PostgreSQL: the rows no day partition has taken yet (if any).
+        raw_table = partitions.DEFAULT_PARTITION if partitioned else "samples"
+        if partitioned and not self._has_default_rows():
+            raw_limits = {}
+        for gpu_id, limit in raw_limits.items():
             for lo, hi in _subtract(-(2**62), limit, windows.get(gpu_id, [])):
-                result.raw_deleted += self._delete_range("samples", "ts_ms", gpu_id, lo, hi,
+                result.raw_deleted += self._delete_range(raw_table, "ts_ms", gpu_id, lo, hi,
                                                          result)
         if has_rollups:
             for gpu_id in gpu_ids:
@@ -140,12 +168,60 @@ class RetentionJob:
                                                             -(2**62), limit, result)
         result.deliveries_deleted = prune_deliveries(
             self.engine, now - round(config.retention_delivery_days * DAY_MS), self.batch_rows)
+        if result.partitions_dropped:
+            log.info("retention: dropped samples partitions %s",
+                     ", ".join(result.partitions_dropped))
         if result.raw_deleted or result.rollup_deleted:
             log.info("retention: deleted %d raw samples and %d 1-minute rollups in %d batches",
                      result.raw_deleted, result.rollup_deleted, result.batches)
         for note in result.notes:
             log.debug("retention: %s", note)
         return result
+
+    def _drop_partitions(self, raw_cutoff: int, raw_limits: dict[int, int],
+                         windows: dict[int, list[tuple[int, int]]],
+                         result: RetentionResult) -> None:
+        """Drop each day partition wholly before ``raw_cutoff`` in which every GPU's rows are
+        before its ``raw_limits`` (where its rollups and incident scan have reached), after
+        copying its incident windows' rows into ``samples_kept``."""
+        with self.engine.connect() as conn:
+            candidates = [p for p in partitions.partitions(conn) if p.hi_ms <= raw_cutoff]
+        for part in candidates:
+            with self.engine.connect() as conn:
+                waiting = [gpu_id for gpu_id, limit in raw_limits.items() if limit < part.hi_ms
+                           and partitions.has_rows(conn, part, gpu_id, since_ms=limit)]
+                # A GPU without a watermark is not in raw_limits: kept if it has rows here.
+                waiting += [gpu_id for gpu_id in self._unlimited(conn, raw_limits)
+                            if partitions.has_rows(conn, part, gpu_id)]
+            if waiting:
+                result.notes.append(f"{part.name} kept: gpus.id {waiting[0]} not yet rolled "
+                                    "up or scanned to its end")
+                continue
+            keep = [(gpu_id, max(a, part.lo_ms), min(b, part.hi_ms - 1))
+                    for gpu_id, spans in windows.items() for a, b in spans
+                    if a < part.hi_ms and b >= part.lo_ms]
+            if self._deadline is not None and time.perf_counter() > self._deadline:
+                result.finished = False
+                return
+            try:
+                gone = partitions.drop(self.engine, part, keep)
+            except sa.exc.OperationalError as exc:  # the lock timeout: next run
+                result.notes.append(f"{part.name} not dropped: {exc.orig}")
+                continue
+            if gone is not None:  # None: another sampler's run dropped it first
+                result.raw_deleted += gone
+                result.partitions_dropped.append(part.name)
+
+    def _has_default_rows(self) -> bool:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.text(
+                f"SELECT 1 FROM {partitions.DEFAULT_PARTITION} LIMIT 1")).first() is not None
+
+    @staticmethod
+    def _unlimited(conn: sa.Connection, raw_limits: dict[int, int]) -> list[int]:
+        """GPUs in the database whose raw samples have no retention limit yet."""
+        every = conn.execute(sa.select(gpus.c.id).order_by(gpus.c.id)).scalars()
+        return [gpu_id for gpu_id in every if gpu_id not in raw_limits]
 
     @staticmethod
     def _watermarks(conn: sa.Connection, resolution: str) -> dict[int, int]:

@@ -37,26 +37,36 @@ gpus = sa.Table(
     sa.Index("ix_gpus_host_index", "host", "gpu_index"),
 )
 
+# Column order is PostgreSQL's alignment order (8-byte columns, then 4, then 2), so no
+# padding falls between columns; SQLite's records have no alignment and ignore the order.
+# The types are the narrowest that hold every value without loss: clock_event_reasons stays
+# 64-bit (NVML's mask is 64-bit and unknown bits are kept and shown), memory_used_mib 32-bit
+# (an H200 has 143,771 MiB), power_dw 32-bit (smallint would cost nothing on PostgreSQL's
+# 8-byte row alignment but fail a reading above 3.3 kW). On PostgreSQL the table is
+# range-partitioned by ts_ms (daily partitions: gpuhistory/storage/partitions.py); the
+# primary key includes the partition key, as PostgreSQL requires.
 samples = sa.Table(
     "samples",
     metadata,
-    sa.Column("gpu_id", sa.Integer, sa.ForeignKey("gpus.id"), primary_key=True),
-    sa.Column("ts_ms", sa.BigInteger, primary_key=True),
-    sa.Column("state", sa.SmallInteger, nullable=False),
-    sa.Column("temperature_c", sa.SmallInteger),
-    sa.Column("memory_temperature_c", sa.SmallInteger),
-    sa.Column("memory_used_mib", sa.Integer),
-    sa.Column("utilization_pct", sa.SmallInteger),
-    sa.Column("power_dw", sa.Integer),  # deciwatts
-    sa.Column("sm_clock_mhz", sa.SmallInteger),
-    sa.Column("mem_clock_mhz", sa.SmallInteger),
+    sa.Column("ts_ms", sa.BigInteger, nullable=False),
     sa.Column("clock_event_reasons", sa.BigInteger),
-    sa.Column("pstate", sa.SmallInteger),
-    sa.Column("fan_pct", sa.SmallInteger),
+    sa.Column("gpu_id", sa.Integer, sa.ForeignKey("gpus.id"), nullable=False),
+    sa.Column("memory_used_mib", sa.Integer),
+    sa.Column("power_dw", sa.Integer),  # deciwatts
     # What the driver holds back (nvidia-smi's "Reserved"); memory_used_mib excludes it.
     # NULL where unknown: NVML's v1 memory info (which counts it as used), recordings.
     sa.Column("memory_reserved_mib", sa.Integer),
+    sa.Column("state", sa.SmallInteger, nullable=False),
+    sa.Column("temperature_c", sa.SmallInteger),
+    sa.Column("memory_temperature_c", sa.SmallInteger),
+    sa.Column("utilization_pct", sa.SmallInteger),
+    sa.Column("sm_clock_mhz", sa.SmallInteger),
+    sa.Column("mem_clock_mhz", sa.SmallInteger),
+    sa.Column("pstate", sa.SmallInteger),
+    sa.Column("fan_pct", sa.SmallInteger),
+    sa.PrimaryKeyConstraint("gpu_id", "ts_ms", name="samples_pkey"),
     sqlite_with_rowid=False,
+    postgresql_partition_by="RANGE (ts_ms)",
 )
 
 transitions = sa.Table(
@@ -340,4 +350,18 @@ maintenance_runs = sa.Table(
     sa.Column("started_ms", sa.BigInteger, nullable=False),
     sa.Column("finished_ms", sa.BigInteger),
     sa.Column("last_error", sa.Text),
+)
+
+
+# PostgreSQL only (no SQLite table): the raw samples of incident windows whose daily
+# partition retention dropped (gpuhistory/analytics/retention.py), copied just before the
+# drop; the queries of raw history and post-mortems read samples and these rows together
+# (gpuhistory/storage/sample_source.py). Same columns and key as samples, not partitioned.
+postgres_metadata = sa.MetaData()
+
+samples_kept = sa.Table(
+    "samples_kept",
+    postgres_metadata,
+    *[sa.Column(c.name, c.type, nullable=c.nullable) for c in samples.columns],
+    sa.PrimaryKeyConstraint("gpu_id", "ts_ms", name="samples_kept_pkey"),
 )
