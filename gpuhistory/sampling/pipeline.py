@@ -35,7 +35,15 @@ from gpuhistory.sampling.plausibility import (
     described,
     implausible,
 )
-from gpuhistory.storage.log import LogStore, TickRecord, event_row, sample_row, transition_row
+from gpuhistory.storage.log import (
+    LogStore,
+    TickRecord,
+    event_row,
+    sample_gpu_ts,
+    sample_row,
+    sample_tuple,
+    transition_row,
+)
 from gpuhistory.storage.queries import cooldown_starts
 from gpuhistory.storage.schema import samples, transitions
 
@@ -69,8 +77,12 @@ class Pipeline:
         config: Callable[[], Config],
         *,
         fill_missing: bool = True,
+        row_tuples: bool = False,
     ) -> None:
         self.store = store
+        # Samples rows as tuples in column order (what ``import`` writes in bulk) rather
+        # than dicts keyed by column.
+        self.row_tuples = row_tuples
         self.backend_name = backend_name
         self.config = config
         self.fill_missing = fill_missing
@@ -219,7 +231,8 @@ class Pipeline:
         new_ts: dict[int, int] = {}
         new_latest: dict[int, Latest] = {}
         new_invalid: dict[int, dict[str, Any]] = {}
-        rows: list[dict[str, Any]] = []
+        rows: list[Any] = []
+        make_row = sample_tuple if self.row_tuples else sample_row
         transitions: list[dict[str, Any]] = []
         events: list[dict[str, Any]] = []
         drafts: list[EventDraft] = []
@@ -256,7 +269,7 @@ class Pipeline:
                         new_ts[index] = ts
                         new_tracks[index] = held_track
                         new_latest[index] = Latest(reading, band.state, band.effective, ts)
-                        rows.append(sample_row(steady_id, ts, int(band.state), reading))
+                        rows.append(make_row(steady_id, ts, int(band.state), reading))
                         continue
             gpu_id = resolve(reading, identities, ts_ms)
             if gpu_id is None or index in seen:
@@ -280,7 +293,7 @@ class Pipeline:
                     new_steady[index] = _Steady(result.track, new_band, resolved.get(index),
                                                  gpu_id)
             new_latest[index] = Latest(reading, result.state, result.effective, ts)
-            rows.append(sample_row(gpu_id, ts, int(result.state), reading))
+            rows.append(make_row(gpu_id, ts, int(result.state), reading))
             if result.transition is not None:
                 transitions.append(transition_row(gpu_id, result.transition))
             for draft in result.events:
@@ -340,7 +353,7 @@ class Pipeline:
         Call after ``process`` for the same tick: facts are stamped like that tick's sample
         of their GPU. Pass the result to ``self.hardware.commit`` once the record is stored.
         """
-        ts_by_gpu = {row["gpu_id"]: row["ts_ms"] for row in record.samples}
+        ts_by_gpu = dict(map(sample_gpu_ts, record.samples))
         added = TickRecord()  # joined only when complete: a failure adds nothing
         changes = self.hardware.diff(facts, self.gpu_ids, ts_by_gpu, added)
         record.extend(added)
