@@ -48,6 +48,7 @@ from gpuhistory.storage.queries import cooldown_starts
 from gpuhistory.storage.schema import samples, transitions
 
 _NEW_TRACK = GpuTrack()
+_new_latest = tuple.__new__  # a Latest without its Python-level __new__
 
 
 class Latest(NamedTuple):
@@ -266,9 +267,9 @@ class Pipeline:
                     ts = ts_ms if previous is None or previous < ts_ms else previous + 1
                     if band.from_ms <= ts < band.until_ms:
                         seen.add(index)
-                        new_ts[index] = ts
-                        new_tracks[index] = held_track
-                        new_latest[index] = Latest(reading, band.state, band.effective, ts)
+                        new_ts[index] = ts  # (the track stays: nothing to put back)
+                        new_latest[index] = _new_latest(Latest, (reading, band.state,
+                                                                 band.effective, ts))
                         rows.append(make_row(steady_id, ts, int(band.state), reading))
                         continue
             gpu_id = resolve(reading, identities, ts_ms)
