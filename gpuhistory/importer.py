@@ -52,7 +52,7 @@ FORMATS = ("trace", "nvidia-smi")
 CHUNK_SAMPLES = 20_000  # samples per executemany
 MAX_TS_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
 
-_gpu_id_of = itemgetter("gpu_id")
+_gpu_id_of = itemgetter(0)  # of a sample tuple (storage/log.py sample_tuple)
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,7 +240,8 @@ def _import_rows(
 ) -> dict[str, Any]:
     existing = {row.id: row for row in conn.execute(sa.select(gpus).where(gpus.c.host == host))}
     store = LogStore(_InTransaction(conn), host)  # type: ignore[arg-type]  # stands in for Engine
-    pipeline = Pipeline(store, backend_name=kind, config=lambda: config, fill_missing=False)
+    pipeline = Pipeline(store, backend_name=kind, config=lambda: config, fill_missing=False,
+                        row_tuples=True)
     record = TickRecord()
     gpu_ids: set[int] = set()
     totals = {"samples": 0, "transitions": 0, "events": 0}
@@ -259,7 +260,7 @@ def _import_rows(
             raise ImportConflictError(
                 f"{name}: the log already holds samples of host {host!r} at times this file "
                 f"covers (GPUs {', '.join(uuids)}; a clash among the rows from "
-                f"{iso_utc(chunk[0]['ts_ms'])} to {iso_utc(chunk[-1]['ts_ms'])}): was it "
+                f"{iso_utc(chunk[0][1])} to {iso_utc(chunk[-1][1])}): was it "
                 "imported before? Nothing was imported.") from exc
         gpu_ids.update(map(_gpu_id_of, record.samples))
         totals["samples"] += len(record.samples)

@@ -10,6 +10,7 @@ not better than CRITICAL for ``critical_pause_seconds`` after leaving CRITICAL.
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_right
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -141,6 +142,73 @@ def _boundaries_of(config: Config) -> tuple[tuple[float, float, float], tuple[fl
         entry = (config, temperature_boundaries(config), memory_boundaries(config))
         _boundaries[id(config)] = entry
     return entry[1], entry[2]
+
+
+class SteadyBand(NamedTuple):
+    """The readings for which :func:`classify` returns ``track`` unchanged.
+
+    A reading whose temperature ``t`` has ``temp_low <= t < temp_high``, whose memory
+    percent ``m`` (not None) has ``mem_low <= m < mem_high``, classified at a time in
+    ``[from_ms, until_ms)``, keeps both levels, the state and the effective state: no
+    transition, no events, the same track. The pipeline checks this before calling
+    ``classify`` (the common case of a sample, on the import's and the sampler's hot path).
+    """
+
+    temp_low: float
+    temp_high: float
+    mem_low: float
+    mem_high: float
+    from_ms: float
+    until_ms: float
+    state: GPUState
+    effective: GPUState
+
+
+def _level_band(level_now: int, bounds: tuple[float, float, float],
+                band: float) -> tuple[float, float]:
+    """[low, high) of the values that keep ``level_with_hysteresis`` at ``level_now``.
+
+    Up: a value at or above ``bounds[level_now]`` steps up. Down: a value below
+    ``bounds[level_now - 1]`` steps down only once it is below that boundary minus ``band``
+    (the lowered boundary computed as ``level_with_hysteresis`` computes it).
+    """
+    high = bounds[level_now] if level_now < 3 else math.inf
+    if level_now == 0:
+        return -math.inf, high
+    boundary = bounds[level_now - 1]
+    return min(boundary, boundary - band), high
+
+
+def steady_band(track: GpuTrack, config: Config, ts_ms: int) -> SteadyBand | None:
+    """The band in which a reading leaves ``track`` as it is, around the time ``ts_ms``;
+    None where there is none to trust (no levels yet, an UNAVAILABLE track, a state that
+    is not the worse of its levels, boundaries out of order, an effective state that
+    ``ts_ms`` would not keep)."""
+    state, t_level, m_level = track.state, track.temp_level, track.mem_level
+    if state is None or t_level is None or m_level is None:
+        return None
+    if not (0 <= t_level <= 3 and 0 <= m_level <= 3) or state is not _STATES[max(t_level,
+                                                                                  m_level)]:
+        return None
+    t_bounds, m_bounds = _boundaries_of(config)
+    for bounds in (t_bounds, m_bounds):
+        if not bounds[0] <= bounds[1] <= bounds[2]:
+            return None  # (NaN included): bisect's answer is not a band
+    if not (config.hysteresis_c >= 0 and config.hysteresis_pct >= 0):
+        return None
+    # The effective state changes only where a cooldown or a pause runs out.
+    ends = [end for end in (track.throttled_until_ms, track.critical_until_ms)
+            if end is not None]
+    effective = effective_state(state, ts_ms, track.throttled_until_ms,
+                                track.critical_until_ms)
+    if effective is not track.effective:
+        return None
+    t_low, t_high = _level_band(t_level, t_bounds, config.hysteresis_c)
+    m_low, m_high = _level_band(m_level, m_bounds, config.hysteresis_pct)
+    return SteadyBand(t_low, t_high, m_low, m_high,
+                      max((end for end in ends if end <= ts_ms), default=-math.inf),
+                      min((end for end in ends if end > ts_ms), default=math.inf),
+                      state, effective)
 
 
 def classify(reading: Reading, track: GpuTrack, config: Config, ts_ms: int) -> Classification:

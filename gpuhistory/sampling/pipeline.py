@@ -15,10 +15,12 @@ import sqlalchemy as sa
 
 from gpuhistory.domain.classify import (
     GpuTrack,
+    SteadyBand,
     classify,
     effective_state,
     level_with_hysteresis,
     memory_boundaries,
+    steady_band,
     temperature_boundaries,
 )
 from gpuhistory.domain.config import Config
@@ -26,12 +28,27 @@ from gpuhistory.domain.events import EventDraft, EventKind
 from gpuhistory.domain.reading import GpuIdentity, Reading, unavailable
 from gpuhistory.domain.states import GPUState
 from gpuhistory.sampling.hardware import HardwareChanges, HardwareFacts, HardwareTracker
-from gpuhistory.sampling.plausibility import cleared, described, implausible
-from gpuhistory.storage.log import LogStore, TickRecord, event_row, sample_row, transition_row
+from gpuhistory.sampling.plausibility import (
+    MAX_TEMPERATURE_C,
+    MIN_TEMPERATURE_C,
+    cleared,
+    described,
+    implausible,
+)
+from gpuhistory.storage.log import (
+    LogStore,
+    TickRecord,
+    event_row,
+    sample_gpu_ts,
+    sample_row,
+    sample_tuple,
+    transition_row,
+)
 from gpuhistory.storage.queries import cooldown_starts
 from gpuhistory.storage.schema import samples, transitions
 
 _NEW_TRACK = GpuTrack()
+_new_latest = tuple.__new__  # a Latest without its Python-level __new__
 
 
 class Latest(NamedTuple):
@@ -43,6 +60,16 @@ class Latest(NamedTuple):
     ts_ms: int
 
 
+class _Steady(NamedTuple):
+    """What ``process``'s fast path needs of a GPU: its track and band, and the
+    ``_resolve`` cache entry (identity key, gpus.id) that held when they were made."""
+
+    track: GpuTrack
+    band: SteadyBand
+    entry: tuple[tuple[object, ...], int] | None
+    gpu_id: int
+
+
 class Pipeline:
     def __init__(
         self,
@@ -51,8 +78,12 @@ class Pipeline:
         config: Callable[[], Config],
         *,
         fill_missing: bool = True,
+        row_tuples: bool = False,
     ) -> None:
         self.store = store
+        # Samples rows as tuples in column order (what ``import`` writes in bulk) rather
+        # than dicts keyed by column.
+        self.row_tuples = row_tuples
         self.backend_name = backend_name
         self.config = config
         self.fill_missing = fill_missing
@@ -67,6 +98,9 @@ class Pipeline:
         # index → (what the gpus row was resolved from, its id): skips rebuilding the
         # GpuIdentity and asking the store while nothing about the device changed.
         self._resolved: dict[int, tuple[tuple[object, ...], int]] = {}
+        # index → (track, its SteadyBand, the _resolved entry, gpus.id) for process's fast
+        # path; an entry is trusted only while that track and entry are still current.
+        self._steady: dict[int, _Steady] = {}
         # What the log holds about processes and throttle counters (only changes are written).
         self.hardware = HardwareTracker()
 
@@ -133,6 +167,7 @@ class Pipeline:
         self.last_ts.clear()
         self.invalid.clear()
         self._resolved.clear()
+        self._steady.clear()
         self.hardware = HardwareTracker()
         self.restore(now_ms)
 
@@ -197,12 +232,46 @@ class Pipeline:
         new_ts: dict[int, int] = {}
         new_latest: dict[int, Latest] = {}
         new_invalid: dict[int, dict[str, Any]] = {}
-        rows: list[dict[str, Any]] = []
+        rows: list[Any] = []
+        make_row = sample_tuple if self.row_tuples else sample_row
         transitions: list[dict[str, Any]] = []
         events: list[dict[str, Any]] = []
         drafts: list[EventDraft] = []
+        resolved, steady, invalid = self._resolved, self._steady, self.invalid
+        new_steady: dict[int, _Steady] = {}
         for reading in batch:
             index = reading.index
+            # Steady fast path: the same card as last tick (what ``_resolve`` would find in
+            # its cache), every checked field plausible (``implausible`` would say None),
+            # nothing held from an implausible reading, and the values inside the band of
+            # the GPU's track (``classify`` would return the track as it is): just the row.
+            cached = steady.get(index)
+            if cached is not None and reading.available and index not in seen \
+                    and index not in invalid:
+                held_track, band, entry, steady_id = cached
+                uuid = reading.uuid
+                t, used, total = (reading.temperature_c, reading.memory_used_mib,
+                                  reading.memory_total_mib)
+                mt, util = reading.memory_temperature_c, reading.utilization_pct
+                if (t is not None and used is not None and total
+                        and band.temp_low <= t < band.temp_high
+                        and band.mem_low <= 100.0 * used / total < band.mem_high
+                        and MIN_TEMPERATURE_C < t < MAX_TEMPERATURE_C
+                        and (mt is None or MIN_TEMPERATURE_C < mt < MAX_TEMPERATURE_C)
+                        and 0 <= used <= total and (util is None or 0 <= util <= 100)
+                        and tracks.get(index) is held_track and uuid is not None
+                        and entry is not None and resolved.get(index) is entry
+                        and entry[0] == (uuid, reading.name, total, reading.power_limit_w,
+                                         identities.get(uuid))):
+                    previous = last_ts.get(index)
+                    ts = ts_ms if previous is None or previous < ts_ms else previous + 1
+                    if band.from_ms <= ts < band.until_ms:
+                        seen.add(index)
+                        new_ts[index] = ts  # (the track stays: nothing to put back)
+                        new_latest[index] = _new_latest(Latest, (reading, band.state,
+                                                                 band.effective, ts))
+                        rows.append(make_row(steady_id, ts, int(band.state), reading))
+                        continue
             gpu_id = resolve(reading, identities, ts_ms)
             if gpu_id is None or index in seen:
                 continue
@@ -219,14 +288,20 @@ class Pipeline:
             track = tracks.get(index)
             result = classify(judged, _NEW_TRACK if track is None else track, config, ts)
             new_tracks[index] = result.track
+            if reading.available:
+                new_band = steady_band(result.track, config, ts)
+                if new_band is not None:
+                    new_steady[index] = _Steady(result.track, new_band, resolved.get(index),
+                                                 gpu_id)
             new_latest[index] = Latest(reading, result.state, result.effective, ts)
-            rows.append(sample_row(gpu_id, ts, int(result.state), reading))
+            rows.append(make_row(gpu_id, ts, int(result.state), reading))
             if result.transition is not None:
                 transitions.append(transition_row(gpu_id, result.transition))
             for draft in result.events:
                 events.append(event_row(gpu_id, draft))
                 drafts.append(draft)
         tracks.update(new_tracks)
+        steady.update(new_steady)
         last_ts.update(new_ts)
         latest.update(new_latest)
         for index, held in new_invalid.items():
@@ -279,7 +354,7 @@ class Pipeline:
         Call after ``process`` for the same tick: facts are stamped like that tick's sample
         of their GPU. Pass the result to ``self.hardware.commit`` once the record is stored.
         """
-        ts_by_gpu = {row["gpu_id"]: row["ts_ms"] for row in record.samples}
+        ts_by_gpu = dict(map(sample_gpu_ts, record.samples))
         added = TickRecord()  # joined only when complete: a failure adds nothing
         changes = self.hardware.diff(facts, self.gpu_ids, ts_by_gpu, added)
         record.extend(added)

@@ -39,13 +39,30 @@ _SAMPLE_COLUMNS = tuple(c.name for c in samples.columns)
 _sample_values_of_whole_rows = itemgetter(*_SAMPLE_COLUMNS)
 
 
-def _sample_values(row: dict[str, Any]) -> tuple[Any, ...]:
+SAMPLE_TUPLE_COLUMNS = ("gpu_id", "ts_ms", "state", "temperature_c", "memory_temperature_c",
+                        "memory_used_mib", "utilization_pct", "power_dw", "sm_clock_mhz",
+                        "mem_clock_mhz", "clock_event_reasons", "pstate", "fan_pct",
+                        "memory_reserved_mib")
+if _SAMPLE_COLUMNS != SAMPLE_TUPLE_COLUMNS:  # sample_tuple must follow the table
+    raise RuntimeError(f"samples columns {_SAMPLE_COLUMNS} are not sample_tuple's order")
+
+
+def _sample_values(row: dict[str, Any] | tuple[Any, ...]) -> tuple[Any, ...]:
     """A samples row's values in column order; a row built without a nullable column added
-    later (``memory_reserved_mib``) has NULL there."""
+    later (``memory_reserved_mib``) has NULL there. A tuple row already is that."""
+    if type(row) is tuple:
+        return row
     try:
         return _sample_values_of_whole_rows(row)
     except KeyError:
-        return tuple(map(row.get, _SAMPLE_COLUMNS))
+        return tuple(map(row.get, _SAMPLE_COLUMNS))  # type: ignore[union-attr]
+
+
+def sample_gpu_ts(row: dict[str, Any] | tuple[Any, ...]) -> tuple[int, int]:
+    """(gpu_id, ts_ms) of a samples row in either form."""
+    if type(row) is tuple:
+        return row[0], row[1]
+    return row["gpu_id"], row["ts_ms"]  # type: ignore[call-overload]
 
 # PostgreSQL bulk path (imports, catch-up of buffered ticks): COPY on the transaction's own
 # connection, ~3.5x an INSERT executemany; a tick's few rows stay an INSERT.
@@ -65,7 +82,9 @@ _UPDATE_RUNNING_PROCESS = gpu_processes.update().where(
 class TickRecord:
     """Everything one tick (or one imported batch) adds to the log."""
 
-    samples: list[dict[str, Any]] = field(default_factory=list)
+    # Dicts keyed by column (sample_row), or tuples in column order (sample_tuple: what
+    # ``import`` builds, written as they are).
+    samples: list[Any] = field(default_factory=list)
     transitions: list[dict[str, Any]] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
     # (gpu_index, draft) in the order of ``events``, for callbacks after commit.
@@ -107,6 +126,15 @@ def sample_row(gpu_id: int, ts_ms: int, state: int, r: Reading) -> dict[str, Any
         "fan_pct": r.fan_pct,
         "memory_reserved_mib": r.memory_reserved_mib,
     }
+
+
+def sample_tuple(gpu_id: int, ts_ms: int, state: int, r: Reading) -> tuple[Any, ...]:
+    """:func:`sample_row`'s values as a tuple in column order (SAMPLE_TUPLE_COLUMNS)."""
+    power = r.power_w
+    return (gpu_id, ts_ms, state, r.temperature_c, r.memory_temperature_c, r.memory_used_mib,
+            r.utilization_pct, None if power is None else round(power * 10), r.sm_clock_mhz,
+            r.mem_clock_mhz, r.clock_event_reasons, r.pstate, r.fan_pct,
+            r.memory_reserved_mib)
 
 
 def transition_row(gpu_id: int, t: Transition) -> dict[str, Any]:
@@ -220,7 +248,9 @@ class LogStore:
             elif conn.dialect.name == "postgresql" and len(record.samples) >= COPY_FROM_ROWS:
                 _copy_samples(conn, record.samples)
             else:
-                conn.execute(samples.insert(), record.samples)
+                conn.execute(samples.insert(), [
+                    row if type(row) is dict else dict(zip(_SAMPLE_COLUMNS, row, strict=True))
+                    for row in record.samples])
         if record.transitions:
             conn.execute(transitions.insert(), record.transitions)
         if record.process_updates:  # first: a reused pid ends its old row, then starts anew
@@ -236,7 +266,7 @@ class LogStore:
         """Refresh ``gpus.last_seen_ms`` at most once a minute; returns what it wrote."""
         stale: dict[int, int] = {}
         for row in record.samples:
-            gpu_id, ts = row["gpu_id"], row["ts_ms"]
+            gpu_id, ts = sample_gpu_ts(row)
             if ts - self._last_seen_written.get(gpu_id, 0) >= LAST_SEEN_EVERY_MS:
                 stale[gpu_id] = max(ts, stale.get(gpu_id, 0))
         for gpu_id, ts in stale.items():
