@@ -72,7 +72,8 @@ def add_gpu(conn: sa.Connection, uuid: str = "GPU-part-0", host: str = HOST) -> 
 
 def test_migration_partitions_existing_samples_and_keeps_every_row(
         fresh_postgres_url: str) -> None:
-    """A database at 0012 (the revision before) with samples of last year, yesterday, today and tomorrow: 0013
+    """A database at 0012 (the revision before) with samples of last year, yesterday,
+    today and tomorrow: 0013
     makes samples partitioned, one partition per day with rows and for today plus three,
     every row (all columns) in its day's partition and none in DEFAULT; the downgrade
     gives the plain table back with the same rows, and upgrading again works."""

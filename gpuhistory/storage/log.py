@@ -15,7 +15,6 @@ from operator import itemgetter
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import sqlite
 
 from gpuhistory.domain.classify import Transition
 from gpuhistory.domain.events import EventDraft
@@ -32,19 +31,20 @@ from gpuhistory.storage.schema import (
 
 LAST_SEEN_EVERY_MS = 60_000
 
-# SQLite bulk path: the driver's own executemany with tuples in column order. SQLAlchemy's
-# per-row parameter processing (construct_params) costs ~5 µs a row, the insert itself ~2.
-_SQLITE_INSERT_SAMPLES = str(samples.insert().compile(dialect=sqlite.dialect()))
-_SAMPLE_COLUMNS = tuple(c.name for c in samples.columns)
-_sample_values_of_whole_rows = itemgetter(*_SAMPLE_COLUMNS)
-
-
 SAMPLE_TUPLE_COLUMNS = ("gpu_id", "ts_ms", "state", "temperature_c", "memory_temperature_c",
                         "memory_used_mib", "utilization_pct", "power_dw", "sm_clock_mhz",
                         "mem_clock_mhz", "clock_event_reasons", "pstate", "fan_pct",
                         "memory_reserved_mib")
-if _SAMPLE_COLUMNS != SAMPLE_TUPLE_COLUMNS:  # sample_tuple must follow the table
-    raise RuntimeError(f"samples columns {_SAMPLE_COLUMNS} are not sample_tuple's order")
+if set(SAMPLE_TUPLE_COLUMNS) != {c.name for c in samples.columns}:  # one value per column
+    raise RuntimeError("sample_tuple does not name every samples column once")
+
+# SQLite bulk path: the driver's own executemany with tuples in SAMPLE_TUPLE_COLUMNS' order
+# (named in the statement, so the table's own column order does not matter). SQLAlchemy's
+# per-row parameter processing (construct_params) costs ~5 µs a row, the insert itself ~2.
+_SAMPLE_COLUMNS = SAMPLE_TUPLE_COLUMNS
+_SQLITE_INSERT_SAMPLES = (f"INSERT INTO samples ({', '.join(_SAMPLE_COLUMNS)}) "
+                          f"VALUES ({', '.join('?' * len(_SAMPLE_COLUMNS))})")
+_sample_values_of_whole_rows = itemgetter(*_SAMPLE_COLUMNS)
 
 
 def _sample_values(row: dict[str, Any] | tuple[Any, ...]) -> tuple[Any, ...]:
@@ -67,7 +67,7 @@ def sample_gpu_ts(row: dict[str, Any] | tuple[Any, ...]) -> tuple[int, int]:
 # PostgreSQL bulk path (imports, catch-up of buffered ticks): COPY on the transaction's own
 # connection, ~3.5x an INSERT executemany; a tick's few rows stay an INSERT.
 COPY_FROM_ROWS = 1000
-_PG_COPY_SAMPLES = f"COPY samples ({', '.join(c.name for c in samples.columns)}) FROM STDIN"
+_PG_COPY_SAMPLES = f"COPY samples ({', '.join(_SAMPLE_COLUMNS)}) FROM STDIN"
 
 # A running process's row, addressed by (gpu, pid): at most one row per pair is running.
 # The SET clause comes from the parameters' column keys (name, used_memory_mib, ...).
