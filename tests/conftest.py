@@ -164,7 +164,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
     for package in ("gpuhistory", "migrations", "bench", "tests"):
         if (REPO / package).is_dir():
-            compileall.compile_dir(REPO / package, quiet=1)
+            compileall.compile_dir(REPO / package, quiet=2)  # silent where it cannot write
     # xdist's ``--dist loadfile`` hands out files biggest-first by *number of tests*, which
     # leaves the one-test files that run for half a minute (the wheel install, the live
     # import, the three-sampler fleet) to the end, one worker busy and the other idle. Keep
