@@ -119,7 +119,7 @@ def measure(browser: Any, url: str, selector: str, count: int) -> dict[str, Any]
         context.close()
 
 
-def run(days: float, runs: int) -> tuple[list[Figure], dict[str, Any]]:
+def run(days: float, runs: int, warmup: int = 1) -> tuple[list[Figure], dict[str, Any]]:
     if not Path(CHROMIUM).exists() and shutil.which("chromium") is None:
         raise SkipBenchmark(f"Chromium is not installed ({CHROMIUM})")
     from playwright.sync_api import sync_playwright
@@ -140,7 +140,8 @@ def run(days: float, runs: int) -> tuple[list[Figure], dict[str, Any]]:
             try:
                 for name, route, selector, count in scenarios(api, days):
                     print(f"measuring {name} ({route})", file=sys.stderr, flush=True)
-                    measure(browser, base + route, selector, count)  # warm the server's caches
+                    for _ in range(warmup):  # warm the server's caches
+                        measure(browser, base + route, selector, count)
                     results = [measure(browser, base + route, selector, count)
                                for _ in range(runs)]
                     raw[name] = results
@@ -189,11 +190,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--days", type=float, default=30,
                         help="length of the log (30: the month; building it takes minutes)")
     parser.add_argument("--runs", type=int, default=5, help="page loads per page")
+    parser.add_argument("--warmup", type=int, default=1,
+                        help="page loads per page before those measured (0: none)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="the JSON file written")
     args = parser.parse_args(argv)
     started = datetime.now(UTC)
     try:
-        figures, raw = run(args.days, args.runs)
+        figures, raw = run(args.days, args.runs, args.warmup)
     except SkipBenchmark as exc:
         print(f"skipped: {exc}")
         return 0

@@ -19,8 +19,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def served(tmp_path: Path) -> Iterator[RunningService]:
-    running = RunningService(tmp_path / "cli.db")
+def served(migrated_db: Path) -> Iterator[RunningService]:
+    running = RunningService(migrated_db)
     yield running
     running.close()
 
@@ -111,10 +111,10 @@ def test_exit_status_5_wrong_lease_token(served: RunningService) -> None:
     assert [x["allocation_id"] for x in active["leases"]] == [allocation_id]
 
 
-def test_exit_status_5_without_the_servers_api_token(tmp_path: Path) -> None:
+def test_exit_status_5_without_the_servers_api_token(migrated_db: Path) -> None:
     """A server with an API token: acquire without it → 401 → exit 5; with it (from
     GPUHISTORY_TOKEN) → 0, and --api-token alone may release (an operator's override)."""
-    running = RunningService(tmp_path / "token.db", api_token=API_TOKEN)
+    running = RunningService(migrated_db, api_token=API_TOKEN)
     try:
         done = gpuhistory("lease", "acquire", "--url", running.url, "--memory-mb", "512")
         assert done.returncode == 5 and done.stderr.startswith("error: unauthorized: ")

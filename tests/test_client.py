@@ -60,8 +60,8 @@ def wait_for(condition: Callable[[], object], what: str, timeout: float = 10.0) 
 
 
 @pytest.fixture
-def served(tmp_path: Path) -> Iterator[RunningService]:
-    running = RunningService(tmp_path / "served.db")
+def served(migrated_db: Path) -> Iterator[RunningService]:
+    running = RunningService(migrated_db)
     yield running
     running.close()
 
@@ -280,10 +280,10 @@ def test_stop_and_start_monitoring(client: Client) -> None:
     assert kinds.count("monitoring_stopped") == 1 and kinds.count("monitoring_started") == 2
 
 
-def test_api_token_is_sent_as_bearer(tmp_path: Path) -> None:
+def test_api_token_is_sent_as_bearer(migrated_db: Path) -> None:
     """On a server with an API token, mutations need it: none → 401, wrong → 403, right → ok;
     reads stay open."""
-    running = RunningService(tmp_path / "token.db", api_token=API_TOKEN)
+    running = RunningService(migrated_db, api_token=API_TOKEN)
     try:
         anonymous = Client(running.url, timeout=5)
         assert anonymous.status(gpu_id=0)["gpu_id"] == 0

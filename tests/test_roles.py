@@ -38,11 +38,9 @@ def stop(proc: subprocess.Popen) -> str:
     return stderr
 
 
-def test_sampler_and_two_apis_share_one_database(tmp_path: Path) -> None:
-    db = tmp_path / "roles.db"
+def test_sampler_and_two_apis_share_one_database(migrated_db: Path) -> None:
+    db = migrated_db  # migrated: no race between three first migrations
     common = ("--db", str(db), "--host-name", "node-a")
-    subprocess.run(gpuhistory("db", "upgrade", "--db", str(db)), check=True,
-                   capture_output=True, timeout=60)  # no race between three first migrations
     sampler = subprocess.Popen(
         gpuhistory("sampler", *common, "--backend", "sim", "--interval", "0.2"),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -59,13 +59,11 @@ def env() -> dict[str, str]:
     return {**os.environ, "GPUHISTORY_MONITOR_INTERVAL": str(INTERVAL)}
 
 
-def test_monitoring_stopped_shows_on_serve_and_on_an_api(tmp_path: Path, env) -> None:
+def test_monitoring_stopped_shows_on_serve_and_on_an_api(migrated_db: Path, env) -> None:
     """Stopping monitoring on `serve`: its own and a separate `api`'s /metrics drop the
     values and say monitoring_stopped, and both /healthz answers are degraded, at once
     (well within two intervals of the stop)."""
-    db = tmp_path / "fleet.db"
-    subprocess.run(gpuhistory("db", "upgrade", "--db", str(db)), check=True,
-                   capture_output=True, timeout=60)
+    db = migrated_db
     common = ["--db", str(db), "--host-name", "node-a"]
     serve_port, api_port = free_port(), free_port()
     serve = start(["serve", *common, "--backend", "sim", "--port", str(serve_port),
@@ -92,13 +90,11 @@ def test_monitoring_stopped_shows_on_serve_and_on_an_api(tmp_path: Path, env) ->
     assert serve.returncode == 0 and api.returncode == 0, stderrs
 
 
-def test_a_killed_sampler_shows_as_stale_on_the_api(tmp_path: Path, env) -> None:
+def test_a_killed_sampler_shows_as_stale_on_the_api(migrated_db: Path, env) -> None:
     """SIGKILL the `sampler` under a running `api`: once its newest tick is older than
     three intervals (stale_after), the api's /metrics, /healthz and dashboard JSON say
     sampler_stale within two more intervals; nothing else stopped it."""
-    db = tmp_path / "fleet.db"
-    subprocess.run(gpuhistory("db", "upgrade", "--db", str(db)), check=True,
-                   capture_output=True, timeout=60)
+    db = migrated_db
     common = ["--db", str(db), "--host-name", "node-b"]
     sampler = start(["sampler", *common, "--backend", "sim"], env)
     port = free_port()

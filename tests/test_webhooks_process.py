@@ -63,15 +63,14 @@ def test_roles_api_never_delivers_and_the_sampler_does(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_sampler_killed_mid_retry_resumes_from_the_database(tmp_path: Path) -> None:
+def test_sampler_killed_mid_retry_resumes_from_the_database(tmp_path: Path,
+                                                            migrated_db: Path) -> None:
     receiver = Receiver()
     receiver.status = 503
-    db = tmp_path / "alerts.db"
+    db = migrated_db
     config = config_file(tmp_path, webhook(receiver.url, retry_initial_seconds=0.2,
                                            retry_max_seconds=0.4))
     common = ("--db", str(db), "--host-name", "node-a", "--config", str(config))
-    subprocess.run(gpuhistory("db", "upgrade", "--db", str(db)), check=True,
-                   capture_output=True, timeout=60)
     port = free_port()
     api_url = f"http://127.0.0.1:{port}"
 

@@ -14,10 +14,8 @@ from collections.abc import Callable
 from typing import Any
 
 import click
-import sqlalchemy as sa
 
 from gpuhistory import __version__
-from gpuhistory.cli import output
 from gpuhistory.cli.database import require_existing
 from gpuhistory.cli.history import history
 from gpuhistory.cli.hosts import ALL_HOSTS, host_option, local_host, server_host
@@ -25,7 +23,6 @@ from gpuhistory.cli.incidents import incidents
 from gpuhistory.cli.lease import lease
 from gpuhistory.cli.times import time_value
 from gpuhistory.clock import SystemClock, iso_utc
-from gpuhistory.sampling.claim import SamplerBusy
 from gpuhistory.wsgi.settings import ConnectionLimits
 
 LIMITS = ConnectionLimits()
@@ -124,8 +121,11 @@ def _common_options(fn: Any) -> Any:
 
 def _run_service(role: str, **options: Any) -> None:
     """Check the bind/token rules, build the role's ``Service`` and run it."""
+    import sqlalchemy as sa
+
     from gpuhistory.config.layers import ConfigFileError
     from gpuhistory.sampling.backend import BackendUnavailable
+    from gpuhistory.sampling.claim import SamplerBusy
     from gpuhistory.service import EXIT_UNSAVED, ServeSettings, Service, is_loopback
     from gpuhistory.storage.engine import DatabaseUrlError
 
@@ -248,6 +248,7 @@ def db_current(db: str | None) -> None:
 def import_cmd(db: str | None, file: str, fmt: str, start: int | None, host_name: str | None,
                tz_name: str | None, as_json: bool) -> None:
     """Run a trace or an nvidia-smi CSV log through the classification pipeline."""
+    from gpuhistory.cli import output
     from gpuhistory.context import machine_name
     from gpuhistory.formats.errors import FormatError
     from gpuhistory.formats.local_time import parse_zone
@@ -310,6 +311,8 @@ def status(ctx: click.Context, db: str | None, gpu_id: int | None, uuid: str | N
     """Each GPU's latest state and reading, read from the log (or a server with --url);
     --host '*' shows every host sharing the database. Colour on a terminal only (NO_COLOR
     turns it off)."""
+    from gpuhistory.cli import output
+
     if watch is not None and (as_json or at is not None):
         raise click.UsageError("--watch redraws the table of now: not with --json or --at")
     if url:
@@ -434,6 +437,8 @@ def _print_status(host: str | None, docs: list[dict[str, Any]], as_json: bool,
                   processes: dict[tuple[str, int], list[dict[str, Any]]] | None = None) -> None:
     """The documents as JSON or a table (with a HOST column when several hosts answer);
     exit 3 when there are none."""
+    from gpuhistory.cli import output
+
     if as_json:
         if processes is not None:
             docs = [{**d, "processes": processes.get((d["host"], d["gpu_id"]), [])}

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 
+from apscheduler.events import EVENT_SCHEDULER_SHUTDOWN, SchedulerEvent
 from apscheduler.schedulers.base import BaseScheduler
 
 log = logging.getLogger(__name__)
@@ -39,12 +40,18 @@ class ClockWatch:
     def start(self) -> None:
         if self._thread is None:
             self._offset = self.wall() - self.monotonic()
+            # The watch ends with its scheduler: at once, not at its next look a period later.
+            self.scheduler.add_listener(self._scheduler_stopped, EVENT_SCHEDULER_SHUTDOWN)
             self._thread = threading.Thread(target=self._run, name="gpuhistory-clockwatch",
                                             daemon=True)
             self._thread.start()
 
+    def _scheduler_stopped(self, _event: SchedulerEvent) -> None:
+        self._stop.set()
+
     def stop(self) -> None:
         self._stop.set()
+        self.scheduler.remove_listener(self._scheduler_stopped)
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(5)
         self._thread = None

@@ -16,6 +16,7 @@ that integrates the trace's power the same way. No XIDs, no ECC, remapping or PC
 from __future__ import annotations
 
 import bisect
+import functools
 import itertools
 import os
 from dataclasses import replace
@@ -41,6 +42,33 @@ H100_SLOWDOWN_C = 89  # the recorded card's own thresholds (traces/INDEX.md)
 H100_SHUTDOWN_C = 95
 
 
+def _read_timelines(path: Path) -> dict[int, tuple[list[float], list[Reading]]]:
+    """Each GPU's row times and readings in the trace."""
+    timelines: dict[int, tuple[list[float], list[Reading]]] = {}
+    for row in read_trace(path, uuid_prefix=f"GPU-sim-{path.stem}"):
+        times, readings = timelines.setdefault(row.reading.index, ([], []))
+        times.append(row.t_s)
+        readings.append(row.reading)
+    return timelines
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_timelines(path: Path, size: int, mtime_ns: int
+                      ) -> dict[int, tuple[list[float], list[Reading]]]:
+    """The trace parsed once per process for a file of this size and modification time
+    (tests build hundreds of backends on one trace); a changed file is read again. The
+    lists are shared between backends, which only read them."""
+    return _read_timelines(path)
+
+
+def _timelines(path: Path) -> dict[int, tuple[list[float], list[Reading]]]:
+    try:
+        stat = path.stat()
+    except OSError:  # read_trace says what is wrong with it
+        return _read_timelines(path)
+    return _cached_timelines(path, stat.st_size, stat.st_mtime_ns)
+
+
 class SimBackend:
     name = "sim"
 
@@ -59,12 +87,8 @@ class SimBackend:
         # Where the simulated processes' owners are read (None: nowhere; their pids are
         # made up, so the real /proc would name unrelated processes).
         self.proc = proc
-        timelines: dict[int, tuple[list[float], list[Reading]]] = {}
         try:
-            for row in read_trace(path, uuid_prefix=f"GPU-sim-{path.stem}"):
-                times, readings = timelines.setdefault(row.reading.index, ([], []))
-                times.append(row.t_s)
-                readings.append(row.reading)
+            timelines = _timelines(path)
         except ValueError as exc:
             raise BackendUnavailable(str(exc)) from exc
         if not timelines:
