@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -36,9 +37,9 @@ EXPECTED = {
 }
 
 
-def _settings(db_path: Path, **kwargs: object) -> ServeSettings:
+def _settings(db_path: Path, **kwargs: Any) -> ServeSettings:
     return ServeSettings(db=str(db_path), backend="sim", trace=str(FLEET4),
-                         host_name="testhost", **kwargs)  # type: ignore[arg-type]
+                         host_name="testhost", **kwargs)
 
 
 @pytest.mark.parametrize("role", ROLES)
@@ -94,7 +95,8 @@ def test_serve_keeps_the_default_pool(db_path: Path, clock: FakeClock) -> None:
     """Without --db-pool-size, serve and api keep the engine's default pool (not 1)."""
     parts = build(_settings(db_path), "both", clock=clock)
     try:
-        assert parts.engine.pool.size() > SAMPLER_POOL_SIZE  # type: ignore[attr-defined]
+        pool = parts.engine.pool
+        assert isinstance(pool, sa.pool.QueuePool) and pool.size() > SAMPLER_POOL_SIZE
     finally:
         parts.engine.dispose()
 
