@@ -18,25 +18,17 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from gpuhistory.callbacks import Callback, CallbackRegistry, make_event
-from gpuhistory.clock import Clock, SystemClock
-from gpuhistory.config.layers import load_static
-from gpuhistory.config.store import ConfigStore
-from gpuhistory.context import machine_name
+from gpuhistory.assembly import ServeSettings, build
+from gpuhistory.callbacks import Callback, make_event
+from gpuhistory.clock import Clock
 from gpuhistory.documents import history_doc, metrics_doc, status_doc, throttle_doc
 from gpuhistory.domain.config import Config
 from gpuhistory.domain.metrics import GPUMetrics
 from gpuhistory.domain.states import GPUState
 from gpuhistory.domain.trend import trend_doc
 from gpuhistory.identity import GpuRef, UnknownGpu, resolve_latest
-from gpuhistory.leases.manager import LeaseManager
 from gpuhistory.leases.model import Covers, LeaseError
-from gpuhistory.sampling.claim import HEARTBEAT_SECONDS, SamplerBusy, SamplerClaim
-from gpuhistory.sampling.pipeline import Pipeline
-from gpuhistory.sampling.sampler import Sampler
-from gpuhistory.sampling.select import select_backend
-from gpuhistory.storage.engine import make_engine, upgrade
-from gpuhistory.storage.log import LogStore
+from gpuhistory.sampling.claim import HEARTBEAT_SECONDS, SamplerBusy
 from gpuhistory.storage.queries import LatestSample, latest_samples, trend_sums
 
 log = logging.getLogger(__name__)
@@ -56,26 +48,22 @@ class GPUManager:
         clock: Clock | None = None,
         host_name: str | None = None,
     ) -> None:
-        self.clock = clock or SystemClock()
-        self.engine = make_engine(db)
-        upgrade(self.engine)
-        static = load_static(config_file, overrides=dict(config or {}))
-        self.config_store = ConfigStore(self.engine, static, self.clock)
-        self.host = host_name or machine_name()
-        self.store = LogStore(self.engine, self.host)
-        self.backend = select_backend(backend, self.clock, trace, sim_gpus)
-        self.pipeline = Pipeline(self.store, self.backend.name, self.config_store)
-        self.pipeline.restore(self.clock.now_ms())
-        self.callbacks = CallbackRegistry()
-        self.sampler = Sampler(self.backend, self.pipeline, self.store, self.clock,
-                               interval=lambda: self.config.monitor_interval,
-                               callbacks=self.callbacks)
-        self.leases = LeaseManager(self.engine, self.host, self.clock, self.config_store,
-                                   callbacks=self.callbacks)
+        settings = ServeSettings(
+            db=None if db is None else os.fspath(db), backend=backend,
+            trace=None if trace is None else os.fspath(trace), sim_gpus=sim_gpus,
+            host_name=host_name, config=dict(config or {}),
+            config_file=None if config_file is None else os.fspath(config_file))
+        parts = build(settings, "python", clock=clock)
+        assert parts.backend is not None and parts.pipeline is not None
+        assert parts.sampler is not None and parts.leases is not None
+        assert parts.claim is not None and parts.callbacks is not None
+        self.clock, self.engine, self.host = parts.clock, parts.engine, parts.host
+        self.config_store, self.store = parts.config, parts.store
+        self.backend, self.pipeline, self.sampler = parts.backend, parts.pipeline, parts.sampler
+        self.callbacks, self.leases = parts.callbacks, parts.leases
         # One sampler per host and database: where a service already samples this host,
         # this manager attaches read-only (it reads the log and leases; it writes no samples).
-        self.claim = SamplerClaim(self.engine, self.host, self.clock, "python")
-        self.claim.on_lost = lambda: self.sampler.stop(reason="sampler claim taken over")
+        self.claim = parts.claim
         holder = self.claim.try_acquire()
         self.read_only = holder is not None
         if holder is not None:

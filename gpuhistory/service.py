@@ -1,4 +1,4 @@
-"""The long-running processes, one construction path for three roles.
+"""The long-running processes of three roles, their parts built by ``assembly.build``.
 
 - ``both`` (``serve``): the sampler, the lease reaper, rollups, the incident detector,
   retention and the WSGI app in one process.
@@ -17,91 +17,46 @@ is deleted or replaced, writes are refused and /healthz says why.
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import logging
 import os
 import signal
 import threading
-from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
 import sqlalchemy as sa
-from apscheduler.schedulers.background import BackgroundScheduler
 
-from gpuhistory.alerts.deliverer import WebhookDeliverer
-from gpuhistory.analytics.incidents import IncidentDetector
-from gpuhistory.analytics.retention import RetentionJob
-from gpuhistory.analytics.rollups import RollupJob
-from gpuhistory.api.app import create_app
-from gpuhistory.clock import Clock, SystemClock
-from gpuhistory.config.layers import load_static
-from gpuhistory.config.store import ConfigStore
-from gpuhistory.context import ServiceContext, machine_name
+from gpuhistory.assembly import (  # noqa: F401  (re-exported: the CLI, tests, benchmarks)
+    INCIDENTS_EVERY_SECONDS,
+    INCIDENTS_JOB_ID,
+    INCIDENTS_MAX_SECONDS,
+    REAP_EVERY_SECONDS,
+    REAP_JOB_ID,
+    RETENTION_EVERY_SECONDS,
+    RETENTION_JOB_ID,
+    RETENTION_MAX_SECONDS,
+    ROLLUP_EVERY_SECONDS,
+    ROLLUP_JOB_ID,
+    ROLLUP_MAX_SECONDS,
+    SAMPLER_POOL_SIZE,
+    SERVICE_ROLES,
+    Parts,
+    ServeSettings,
+    build,
+    pool_settings,
+)
+from gpuhistory.clock import Clock
 from gpuhistory.domain.events import EventDraft, EventKind
-from gpuhistory.leases.manager import LeaseManager
-from gpuhistory.sampling.claim import SamplerClaim
 from gpuhistory.sampling.control import should_monitor
-from gpuhistory.sampling.maintenance import FleetMaintenance, MaintenanceJob, holder_id
-from gpuhistory.sampling.pipeline import Pipeline
-from gpuhistory.sampling.sampler import Sampler
-from gpuhistory.sampling.select import select_backend
-from gpuhistory.storage.engine import make_engine, unavailable_reason, upgrade
-from gpuhistory.storage.file_guard import FileGuard
-from gpuhistory.storage.log import LogStore
+from gpuhistory.storage.engine import unavailable_reason
 from gpuhistory.wsgi.server import HttpServer
 from gpuhistory.wsgi.server import stop_waitress as stop_waitress  # tests, benchmarks
-from gpuhistory.wsgi.settings import ConnectionLimits
 
 log = logging.getLogger(__name__)
 
-# This host's own jobs, run by its sampler every period.
-REAP_JOB_ID = "gpuhistory.reap_leases"
-REAP_EVERY_SECONDS = 5
-# Fleet-wide jobs, claimed once per period among every sampler on the database
-# (sampling/maintenance.py); each run stops after the chunk that passes its budget.
-ROLLUP_JOB_ID = "gpuhistory.rollups"
-ROLLUP_EVERY_SECONDS = 30
-ROLLUP_MAX_SECONDS = 20  # a long catch-up goes on at the next run
-INCIDENTS_JOB_ID = "gpuhistory.detect_incidents"
-INCIDENTS_EVERY_SECONDS = 10
-INCIDENTS_MAX_SECONDS = 8
-RETENTION_JOB_ID = "gpuhistory.retention"
-RETENTION_EVERY_SECONDS = 3600
-RETENTION_MAX_SECONDS = 60
-
-ROLES = ("both", "sampler", "api")
-# Database connections a ``sampler`` keeps at most (docs/fleet.md#connections): its tick
-# writer, jobs and heartbeats take turns on one. ``serve`` and ``api`` keep the engine's pool.
-SAMPLER_POOL_SIZE = 1
+ROLES = SERVICE_ROLES
 EXIT_UNSAVED = 75  # stopped, but the database refused the final writes (EX_TEMPFAIL)
-
-
-@dataclass(frozen=True)
-class ServeSettings:
-    db: str | None = None
-    bind: str = "127.0.0.1"
-    port: int = 8321
-    backend: str = "auto"
-    trace: str | None = None
-    sim_gpus: int | None = None
-    interval: float | None = None
-    host_name: str | None = None
-    threads: int = 8
-    db_pool_size: int | None = None  # None: SAMPLER_POOL_SIZE for sampler, else the default
-    config_file: str | None = None
-    api_token: str | None = None
-    max_connections: int = ConnectionLimits.max_connections
-    max_client_connections: int = ConnectionLimits.max_client_connections
-    read_timeout: int = ConnectionLimits.read_timeout
-    idle_timeout: int = ConnectionLimits.idle_timeout
-
-    def connection_limits(self) -> ConnectionLimits:
-        return ConnectionLimits(
-            max_connections=self.max_connections,
-            max_client_connections=self.max_client_connections,
-            read_timeout=self.read_timeout, idle_timeout=self.idle_timeout)
 
 
 def is_loopback(address: str) -> bool:
@@ -121,85 +76,29 @@ class Service:
     """
 
     def __init__(self, settings: ServeSettings, clock: Clock | None = None,
-                 role: str = "both") -> None:
+                 role: str = "both", **inject: Any) -> None:
+        """``inject``: ``build``'s engine, backend or static configuration (tests)."""
         if role not in ROLES:
             raise ValueError(f"unknown role {role!r}: one of {', '.join(ROLES)}")
         self.settings = settings
         self.role = role
-        self.clock = clock or SystemClock()
-        static = load_static(settings.config_file,
-                             overrides={"monitor_interval": settings.interval})
-        self.engine = make_engine(settings.db, **self.pool_settings(settings, role))
-        upgrade(self.engine)
-        self.files = FileGuard.attach(self.engine)
+        self.parts: Parts = build(settings, role, clock=clock, **inject)
+        p = self.parts
+        self.clock, self.engine, self.files, self.host = p.clock, p.engine, p.files, p.host
+        assert p.store is not None and p.leases is not None  # every service role has them
+        self.config, self.store, self.leases = p.config, p.store, p.leases
+        self.webhooks = p.static.webhooks
+        self.alerts = p.alerts  # only where the scheduler runs
+        self.backend, self.pipeline, self.sampler = p.backend, p.pipeline, p.sampler
+        self.scheduler, self.claim = p.scheduler, p.claim
+        self.rollups, self.incidents, self.retention = p.rollups, p.incidents, p.retention
+        self.maintenance, self.maintenance_jobs = p.maintenance, p.maintenance_jobs
+        self.context, self.app = p.context, p.app
         self.unsaved: list[str] = []  # what shutdown could not write (see EXIT_UNSAVED)
-        self.config = ConfigStore(self.engine, static, self.clock)
-        self.host = settings.host_name or machine_name()
-        self.store = LogStore(self.engine, self.host)
-        self.leases = LeaseManager(self.engine, self.host, self.clock, self.config)
-        self.webhooks = static.webhooks
-        self.alerts: WebhookDeliverer | None = None  # only where the scheduler runs
-        self.backend: Any = None
-        self.sampler: Sampler | None = None
-        self.scheduler: BackgroundScheduler | None = None
-        if self.samples:
-            self._build_sampler(settings)
-        self.context: ServiceContext | None = None
-        self.app: Any = None
-        if self.serves_http:
-            self.context = ServiceContext(
-                engine=self.engine, host=self.host, clock=self.clock, config=self.config,
-                sampler=self.sampler, config_store=self.config, leases=self.leases,
-                api_token=settings.api_token, max_streams=max(1, settings.threads // 2),
-                files=self.files,
-            )
-            self.app = create_app(self.context)
         self._server: HttpServer | None = None
         self._stopping = threading.Event()
 
-    @staticmethod
-    def pool_settings(settings: ServeSettings, role: str) -> dict[str, int]:
-        """The engine's pool: ``db_pool_size`` connections and no overflow when set (a
-        ``sampler``: SAMPLER_POOL_SIZE unless set), else the engine's default pool."""
-        size = settings.db_pool_size
-        if size is None and role == "sampler":
-            size = SAMPLER_POOL_SIZE
-        return {} if size is None else {"pool_size": size, "max_overflow": 0}
-
-    def _build_sampler(self, settings: ServeSettings) -> None:
-        self.backend = select_backend(
-            settings.backend, self.clock, settings.trace, settings.sim_gpus,
-            nvml_timeout=lambda: self.config().nvml_timeout_seconds)
-        self.pipeline = Pipeline(self.store, self.backend.name, self.config)
-        self.pipeline.restore(self.clock.now_ms())
-        self.sampler = Sampler(self.backend, self.pipeline, self.store, self.clock,
-                               interval=lambda: self.config().monitor_interval,
-                               background_writes=True)
-        # Fleet-wide: every GPU in the database, imported hosts' included.
-        self.rollups = RollupJob(self.engine, self.clock)
-        self.incidents = IncidentDetector(self.engine, self.clock, self.config)
-        self.retention = RetentionJob(self.engine, self.clock, self.config)
-        self.maintenance = FleetMaintenance(self.engine, self.clock, holder_id(self.host))
-        self.maintenance_jobs = [
-            MaintenanceJob("rollups", ROLLUP_JOB_ID, "roll samples up into 1m/1h buckets",
-                           ROLLUP_EVERY_SECONDS, ROLLUP_MAX_SECONDS,
-                           functools.partial(self.rollups.run, max_seconds=ROLLUP_MAX_SECONDS)),
-            MaintenanceJob("incidents", INCIDENTS_JOB_ID, "detect overheat incidents",
-                           INCIDENTS_EVERY_SECONDS, INCIDENTS_MAX_SECONDS,
-                           functools.partial(self.incidents.run,
-                                             max_seconds=INCIDENTS_MAX_SECONDS)),
-            MaintenanceJob("retention", RETENTION_JOB_ID, "delete samples past retention",
-                           RETENTION_EVERY_SECONDS, RETENTION_MAX_SECONDS,
-                           functools.partial(self.retention.run,
-                                             max_seconds=RETENTION_MAX_SECONDS)),
-        ]
-        self.alerts = WebhookDeliverer(self.engine, self.host, self.webhooks, self.clock)
-        self.scheduler = BackgroundScheduler(timezone="UTC")
-        self.sampler.attach(self.scheduler)
-        self.claim = SamplerClaim(self.engine, self.host, self.clock,
-                                  "serve" if self.role == "both" else "sampler")
-        sampler = self.sampler
-        self.claim.on_lost = lambda: sampler.stop(reason="sampler claim taken over")
+    pool_settings = staticmethod(pool_settings)
 
     @property
     def samples(self) -> bool:
@@ -215,28 +114,15 @@ class Service:
                                              payload=payload)])
 
     def schedule_jobs(self) -> None:
-        """Add every background job to the scheduler (not started yet).
-
-        This host's own: the sampler claim's heartbeat, the lease reaper (this host's
-        leases), webhook delivery (this host's events); the sampling job is added by
-        ``Sampler.start``. Fleet-wide, each claimed once per period among all samplers
-        (docs/fleet.md#maintenance-in-a-fleet): rollups, incident detection, retention.
-        """
-        if self.scheduler is None:
-            return
-        self.claim.attach(self.scheduler)
-        self.scheduler.add_job(self.leases.reap, "interval", seconds=REAP_EVERY_SECONDS,
-                               id=REAP_JOB_ID, name="expire overdue leases",
-                               max_instances=1, coalesce=True, replace_existing=True)
-        self.maintenance.schedule(self.scheduler, self.maintenance_jobs)
-        if self.alerts is not None:
-            self.alerts.start(self.scheduler)  # webhooks: docs/alerts.md
+        """Add every background job to the scheduler, not started (``Parts.schedule_jobs``)."""
+        self.parts.schedule_jobs()
 
     def start_background(self) -> None:
         """Start the scheduler (``schedule_jobs``'s jobs), and sampling unless stopped by
         request. Nothing in the ``api`` role."""
         if self.scheduler is None or self.sampler is None:
             return
+        assert self.claim is not None
         if not self.claim.held:
             self.claim.acquire()  # SamplerBusy: another process samples this host
         self.schedule_jobs()
@@ -250,7 +136,7 @@ class Service:
     def run(self) -> None:
         """Run until SIGTERM/SIGINT (or ``stop()``); then shut down cleanly."""
         s = self.settings
-        if self.samples and not self.claim.held:
+        if self.claim is not None and not self.claim.held:
             self.claim.acquire()  # before anything starts: SamplerBusy ends the process
         if self.serves_http:
             self._server = HttpServer(self.app, s.bind, s.port, s.threads,
@@ -325,7 +211,7 @@ class Service:
             self.unsaved += self.sampler.unsaved
         if self.scheduler is not None and self.scheduler.running:
             self.scheduler.shutdown(wait=True)
-        if self.samples:
+        if self.claim is not None:
             self.claim.release()
         if self.alerts is not None:
             self.alerts.close()

@@ -335,37 +335,54 @@ def clock() -> FakeClock:
 
 
 class LiveServer:
-    """A real HTTP server (waitress) running the app in a thread, on a free port."""
+    """The app served over real HTTP by the service's own ``HttpServer`` (as ``serve`` and
+    ``api`` serve it), in a thread, on a free port of 127.0.0.1."""
+
+    THREADS = 4
 
     def __init__(self, app) -> None:
         import threading
 
-        from waitress.server import create_server
+        from gpuhistory.wsgi.server import HttpServer
 
-        self.server = create_server(app, host="127.0.0.1", port=0, threads=4,
-                                    channel_request_lookahead=1)  # as HttpServer
-        self.url = f"http://127.0.0.1:{self.server.effective_port}"
+        self.server = HttpServer(app, "127.0.0.1", 0, self.THREADS)
+        self.url = f"http://127.0.0.1:{self.server.port}"
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
 
     def close(self) -> None:
-        from gpuhistory.service import stop_waitress
-
-        stop_waitress(self.server)
+        self.server.stop()
         self.thread.join(5)
+
+
+def serve_settings(**kwargs):
+    """ServeSettings for a process built in a test: host ``testhost``, LiveServer's threads."""
+    from gpuhistory.assembly import ServeSettings
+
+    return ServeSettings(**{"host_name": "testhost", "threads": LiveServer.THREADS, **kwargs})
+
+
+def build_parts(engine: sa.Engine, clock: FakeClock, role: str, static=None, **kwargs):
+    """``assembly.build`` for a test: its engine and fake clock, the default configuration
+    (no GPUHISTORY_* of the environment), config changes seen at once, jobs run by hand."""
+    from gpuhistory.assembly import build
+    from gpuhistory.config.layers import load_static
+
+    options = {k: kwargs.pop(k) for k in ("backend", "scheduled") if k in kwargs}
+    options.setdefault("scheduled", False)
+    return build(serve_settings(**kwargs), role, clock=clock, engine=engine,
+                 static=static or load_static(environ={}), config_refresh_ms=0, **options)
 
 
 @pytest.fixture
 def live_api(engine: sa.Engine, clock: FakeClock):
-    """Factory: start the app over real HTTP with a given sampler (or none)."""
-    from gpuhistory.api.app import create_app
-    from gpuhistory.context import ServiceContext
-
+    """Factory: the ``api`` role's parts over real HTTP, serving a given sampler (or none)."""
     servers: list[LiveServer] = []
 
     def start(sampler=None, host: str = "testhost") -> LiveServer:
-        context = ServiceContext(engine=engine, host=host, clock=clock, sampler=sampler)
-        server = LiveServer(create_app(context))
+        parts = build_parts(engine, clock, "api", host_name=host)
+        parts.context.sampler = sampler  # the test's own, driven by hand
+        server = LiveServer(parts.app)
         servers.append(server)
         return server
 
@@ -377,38 +394,26 @@ def live_api(engine: sa.Engine, clock: FakeClock):
 class App:
     """The whole API over real HTTP on a migrated SQLite file, with a fake clock.
 
-    The sim sampler replays the 4-GPU fleet trace; ``tick(seconds)`` advances the clock
+    Built as ``serve`` builds it (``assembly.build``, role ``both``) without the scheduler:
+    the sim sampler replays the 4-GPU fleet trace and ``tick(seconds)`` advances the clock
     and samples, so tests move through the trace without sleeping. ``proc``: a /proc
     reader (a fake tree) that says who runs the simulated processes.
     """
 
     def __init__(self, engine: sa.Engine, clock: FakeClock, token: str | None = None,
                  static=None, stream_seconds: float = 2.0, proc=None) -> None:
-        from gpuhistory.api.app import create_app
-        from gpuhistory.config.layers import load_static
-        from gpuhistory.config.store import ConfigStore
-        from gpuhistory.context import ServiceContext
-        from gpuhistory.leases.manager import LeaseManager
-        from gpuhistory.sampling.pipeline import Pipeline
-        from gpuhistory.sampling.sampler import Sampler
         from gpuhistory.sampling.sim import SimBackend
 
         self.engine, self.clock = engine, clock
-        self.config = ConfigStore(engine, static or load_static(environ={}), clock,
-                                  refresh_ms=0)
-        self.store = LogStore(engine, "testhost")
-        self.backend = SimBackend(clock, trace=FLEET4, proc=proc)
-        self.pipeline = Pipeline(self.store, "sim", self.config)
-        self.sampler = Sampler(self.backend, self.pipeline, self.store, clock,
-                               interval=lambda: self.config().monitor_interval)
-        self.leases = LeaseManager(engine, "testhost", clock, self.config)
-        self.context = ServiceContext(engine=engine, host="testhost", clock=clock,
-                                      config=self.config, sampler=self.sampler,
-                                      config_store=self.config, leases=self.leases,
-                                      api_token=token, stream_seconds=stream_seconds,
-                                      max_streams=2)  # half of LiveServer's 4 threads
+        self.parts = build_parts(engine, clock, "both", static=static,
+                                 backend=SimBackend(clock, trace=FLEET4, proc=proc),
+                                 api_token=token, stream_seconds=stream_seconds)
+        self.config, self.store = self.parts.config, self.parts.store
+        self.backend, self.pipeline = self.parts.backend, self.parts.pipeline
+        self.sampler, self.leases = self.parts.sampler, self.parts.leases
+        self.context = self.parts.context  # max_streams 2: half of LiveServer's threads
         self.sampler.tick()
-        self.server = LiveServer(create_app(self.context))
+        self.server = LiveServer(self.parts.app)
         self.url = self.server.url
 
     def tick(self, seconds: float = 1.0, times: int = 1) -> None:

@@ -14,9 +14,7 @@ import sqlalchemy as sa
 
 from gpuhistory.clock import FakeClock
 from gpuhistory.config.layers import load_static
-from gpuhistory.config.store import ConfigStore
 from gpuhistory.sampling.nvml import NvmlBackend
-from gpuhistory.storage.log import LogStore
 from gpuhistory.storage.schema import events, leases
 from tests.fake_pynvml import MIB, FakeNvml, h100
 
@@ -31,10 +29,7 @@ class Rig:
 
     def __init__(self, engine: sa.Engine, clock: FakeClock, environ: dict[str, str] | None = None,
                  gpus: int = 4, proc: Any = None) -> None:
-        from gpuhistory.api.app import create_app
-        from gpuhistory.context import ServiceContext
-        from gpuhistory.leases.manager import LeaseManager
-        from tests.conftest import LiveServer
+        from tests.conftest import LiveServer, build_parts
 
         self.engine, self.clock = engine, clock
         self.nvml = FakeNvml([h100(i) for i in range(gpus)])
@@ -43,16 +38,14 @@ class Rig:
         # ``proc``: a fake /proc reader (tests/fake_proc.py) for the processes' owners
         self.backend = NvmlBackend(nvml=self.nvml, clock=clock,  # type: ignore[arg-type]
                                    process_names=proc is not None, proc=proc)
-        self.config = ConfigStore(engine, load_static(environ=environ or {}), clock,
-                                  refresh_ms=0)
-        self.store = LogStore(engine, HOST)
-        self.sampler = self._sampler()
-        self.leases = LeaseManager(engine, HOST, clock, self.config)
-        self.context = ServiceContext(engine=engine, host=HOST, clock=clock, config=self.config,
-                                      sampler=self.sampler, config_store=self.config,
-                                      leases=self.leases)
+        # built as ``serve`` builds it, the sampler ticked by hand
+        self.parts = build_parts(engine, clock, "both", static=load_static(environ=environ or {}),
+                                 backend=self.backend, host_name=HOST)
+        self.config, self.store = self.parts.config, self.parts.store
+        self.sampler, self.leases = self.parts.sampler, self.parts.leases
+        self.context = self.parts.context
         self.sampler.tick()
-        self.server = LiveServer(create_app(self.context))
+        self.server = LiveServer(self.parts.app)
         self.url = self.server.url
 
     def _sampler(self) -> Any:

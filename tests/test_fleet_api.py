@@ -16,18 +16,13 @@ import requests
 import sqlalchemy as sa
 
 from gpuhistory import __version__
-from gpuhistory.api.app import create_app
 from gpuhistory.api.freshness import stale_after
 from gpuhistory.cli.output import render_text, state_cell, status_table
 from gpuhistory.clock import FakeClock
-from gpuhistory.config.layers import load_static
-from gpuhistory.config.store import ConfigStore
-from gpuhistory.context import ServiceContext
 from gpuhistory.domain.states import SPEED_MULTIPLIER, GPUState
 from gpuhistory.importer import import_file
-from gpuhistory.leases.manager import LeaseManager
 from gpuhistory.sampling.claim import STALE_AFTER_MS
-from tests.conftest import FLEET4, LiveServer
+from tests.conftest import FLEET4, LiveServer, build_parts
 from tests.sim_fleet import SimFleet
 
 pytestmark = pytest.mark.postgres
@@ -40,14 +35,11 @@ class Fleet:
 
     def __init__(self, engine: sa.Engine, clock: FakeClock, hosts: int = 3) -> None:
         self.engine, self.clock = engine, clock
-        self.config = ConfigStore(engine, load_static(environ={}), clock, refresh_ms=0)
+        parts = build_parts(engine, clock, "api", host_name="node-001")
+        self.config = parts.config
         self.sim = SimFleet(engine, clock, self.config, hosts=hosts, gpus=GPUS)
         self.sim.tick(1, times=3)
-        context = ServiceContext(
-            engine=engine, host="node-001", clock=clock, config=self.config,
-            config_store=self.config,
-            leases=LeaseManager(engine, "node-001", clock, self.config))
-        self.server = LiveServer(create_app(context))
+        self.server = LiveServer(parts.app)
         self.url = self.server.url
 
     def get(self, path: str, **params: Any) -> requests.Response:

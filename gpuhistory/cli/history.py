@@ -98,14 +98,13 @@ def _from_db(db: str | None, host_name: str | None, gpu_id: int | None, uuid: st
              since: int | None, until: int | None, resolution: str,
              points: int) -> dict[str, Any]:
     from gpuhistory.analytics.history import history_buckets_doc
+    from gpuhistory.assembly import ServeSettings, build
     from gpuhistory.identity import GpuRef, UnknownGpu, resolve
-    from gpuhistory.storage.engine import make_engine, upgrade
     from gpuhistory.storage.queries import latest_sample_of
 
     host = local_host(host_name, fleet=False)
     require_existing(db)
-    engine = make_engine(db)
-    upgrade(engine)
+    engine = build(ServeSettings(db=db), "reader").engine
     if until is None:
         now = SystemClock().now_ms()
         until = now if since is None else max(since, now)

@@ -25,7 +25,6 @@ from gpuhistory.cli.database import require_existing
 from gpuhistory.cli.hosts import host_option, local_host, server_host
 from gpuhistory.cli.humanize import duration
 from gpuhistory.cli.times import time_value
-from gpuhistory.clock import SystemClock
 from gpuhistory.domain.processes import where_label
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -65,17 +64,14 @@ class _Local:
     configuration."""
 
     def __init__(self, db: str | None, host_name: str | None, fleet: bool = True) -> None:
-        from gpuhistory.config.layers import load_static
-        from gpuhistory.config.store import ConfigStore
-        from gpuhistory.storage.engine import make_engine, upgrade
+        from gpuhistory.assembly import ServeSettings, build
 
         require_existing(db)
-        self.engine = make_engine(db)
-        click.get_current_context().call_on_close(self.engine.dispose)
-        upgrade(self.engine)
+        parts = build(ServeSettings(db=db), "reader")
+        click.get_current_context().call_on_close(parts.engine.dispose)
+        self.engine, self.clock = parts.engine, parts.clock
         self.host = local_host(host_name, fleet)
-        self.clock = SystemClock()
-        self.config = ConfigStore(self.engine, load_static(), self.clock)  # runtime changes
+        self.config = parts.config  # runtime changes included
 
     def detect(self) -> None:
         from gpuhistory.analytics.incidents import IncidentDetector

@@ -22,7 +22,7 @@ from gpuhistory.cli.hosts import ALL_HOSTS, host_option, local_host, server_host
 from gpuhistory.cli.incidents import incidents
 from gpuhistory.cli.lease import lease
 from gpuhistory.cli.times import time_value
-from gpuhistory.clock import SystemClock, iso_utc
+from gpuhistory.clock import iso_utc
 from gpuhistory.wsgi.settings import ConnectionLimits
 
 LIMITS = ConnectionLimits()
@@ -119,6 +119,16 @@ def _common_options(fn: Any) -> Any:
     return fn
 
 
+def _reader(db: str | None) -> Any:
+    """The ``reader`` role's parts (the migrated database and the effective configuration),
+    disposed of when the command ends."""
+    from gpuhistory.assembly import ServeSettings, build
+
+    parts = build(ServeSettings(db=db), "reader")
+    click.get_current_context().call_on_close(parts.engine.dispose)
+    return parts
+
+
 def _run_service(role: str, **options: Any) -> None:
     """Check the bind/token rules, build the role's ``Service`` and run it."""
     import sqlalchemy as sa
@@ -150,6 +160,9 @@ def _run_service(role: str, **options: Any) -> None:
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
         raise click.ClickException(f"cannot open the database: {reason}") from None
     if service.backend is not None and service.backend.name == "sim":
+        from gpuhistory.sampling.sim import SimBackend
+
+        assert isinstance(service.backend, SimBackend)
         click.secho(f"NOTE: simulated GPUs (backend sim, trace {service.backend.trace.name}); "
                     "answers say \"backend\": \"sim\".", fg="yellow", err=True)
     try:
@@ -253,7 +266,6 @@ def import_cmd(db: str | None, file: str, fmt: str, start: int | None, host_name
     from gpuhistory.formats.errors import FormatError
     from gpuhistory.formats.local_time import parse_zone
     from gpuhistory.importer import import_file
-    from gpuhistory.storage.engine import make_engine, upgrade
 
     try:
         tz = None if tz_name is None else parse_zone(tz_name)
@@ -270,9 +282,7 @@ def import_cmd(db: str | None, file: str, fmt: str, start: int | None, host_name
     if kind == "trace" and start is None:
         raise click.UsageError("a trace's times are seconds since it started: give --start, "
                                "the wall-clock time of t_s = 0 (e.g. 2026-11-26T03:00:00Z)")
-    engine = make_engine(db)
-    click.get_current_context().call_on_close(engine.dispose)
-    upgrade(engine)
+    engine = _reader(db).engine
     try:
         result = import_file(engine, file, fmt=fmt, start_ms=start,
                              host=host_name or machine_name(), tz=tz)
@@ -341,20 +351,14 @@ def _db_frames(db: str | None, gpu_id: int | None, uuid: str | None, at: int | N
     slot or UUID resolves to its card by the one identity rule; asked about a time before
     a card's first sample, the card has nothing to say (exit 3 when none has)."""
     from gpuhistory.cli.processes import running_processes
-    from gpuhistory.config.layers import load_static
-    from gpuhistory.config.store import ConfigStore
     from gpuhistory.documents import status_doc
     from gpuhistory.identity import GpuRef, UnknownGpu, resolve_latest
-    from gpuhistory.storage.engine import make_engine, upgrade
     from gpuhistory.storage.queries import latest_samples
 
     host = local_host(host_name)
     require_existing(db)
-    engine = make_engine(db)
-    click.get_current_context().call_on_close(engine.dispose)
-    upgrade(engine)
-    clock = SystemClock()
-    store = ConfigStore(engine, load_static(), clock)
+    parts = _reader(db)
+    engine, clock, store = parts.engine, parts.clock, parts.config
 
     def fetch() -> Frame:
         now = at if at is not None else clock.now_ms()
