@@ -573,17 +573,21 @@ def lost_ticks(conn: sa.Connection, start_ms: int, end_ms: int, interval: float
                                             "i": i, "hosts": f"{HOST_PREFIX}%"}).all()
     gaps = edges = 0
     silent = 0
+    by_host: Counter[str] = Counter()
     for r in rows:
         if r.n == 0:
             silent += 1
             continue
         gaps += int(r.gaps)
+        by_host[r.host] += int(r.gaps)
         for edge in (r.first - start_ms, end_ms - r.last):
             if edge > 1.5 * i:
                 edges += round(edge / i) - 1
+                by_host[r.host] += round(edge / i) - 1
     counts = [int(r.n) for r in rows]
     return {"gaps": gaps, "edges": edges, "silent_gpus": silent, "gpus": len(rows),
-            "rows": sum(counts), "min": min(counts, default=0), "max": max(counts, default=0)}
+            "rows": sum(counts), "min": min(counts, default=0), "max": max(counts, default=0),
+            "by_host": {h: n for h, n in by_host.most_common() if n}}
 
 
 def maintenance_jobs() -> dict[str, float]:
@@ -653,6 +657,11 @@ def figures(s: Settings, conn: sa.Connection, o: Observed
     write_errors = sum(len(h["write_errors"]) for h in hosts)
     crashed = {h: e for r in o.reports.values() for h, e in r["crashed"].items()}
     lost = lost_ticks(conn, o.start_ms, o.end_ms, s.interval)
+    ran_here: Counter[str] = Counter(  # maintenance runs started in the window, by host
+        r["holder"].split("@")[0] for (_n, started), r in o.watch.runs.items()
+        if o.start_ms <= started < o.end_ms)
+    where_lost = ", ".join(f"{h} {n} (ran {ran_here[h]} maintenance jobs)"
+                           for h, n in list(lost["by_host"].items())[:5])
     expected = o.window_s / s.interval
     lost_total = (lost["gaps"] + lost["edges"] + tick_errors
                   + (s.hosts * s.gpus - lost["gpus"] + lost["silent_gpus"]) * round(expected))
@@ -685,7 +694,9 @@ def figures(s: Settings, conn: sa.Connection, o: Observed
                note=f"gaps {lost['gaps']}, at the window's edges {lost['edges']}, failed "
                     f"ticks {tick_errors}, GPUs without samples in the window "
                     f"{s.hosts * s.gpus - lost['gpus'] + lost['silent_gpus']}; hosts whose "
-                    f"service crashed {len(crashed)}"),
+                    f"service crashed {len(crashed)}; samples lost on {len(lost['by_host'])} "
+                    f"hosts of {s.hosts}, of {sum(1 for h in ran_here if ran_here[h])} that ran "
+                    f"maintenance jobs" + (f": {where_lost}" if where_lost else "")),
         Figure(BENCH, "PostgreSQL CPU, the bench database's server processes",
                round(100 * backend_cpu / o.window_s, 1), "% of a core",
                n=len(o.watch.backend_cpu),
@@ -808,7 +819,8 @@ def main(argv: list[str] | None = None) -> int:
     with engine.connect() as conn:
         server = conn.execute(sa.text("SELECT version()")).scalar()
     engine.dispose()
-    result = {"date": started.isoformat(timespec="seconds"), "command": " ".join(sys.argv),
+    result = {"date": started.isoformat(timespec="seconds"),
+              "command": " ".join(["python -m bench.fleet_scale", *sys.argv[1:]]),
               "machine": {**machine(), "postgresql": server}, **extra,
               "figures": [f.to_dict() for f in figs]}
     out = args.out or RESULTS / (f"fleet-scale-{args.hosts}x{args.gpus}-{args.seconds:g}s"
