@@ -48,6 +48,7 @@ from gpuhistory.sampling.pipeline import Pipeline
 from gpuhistory.sampling.sampler import Sampler
 from gpuhistory.sampling.select import select_backend
 from gpuhistory.storage.engine import make_engine, unavailable_reason, upgrade
+from gpuhistory.storage.fair_pool import FairQueuePool
 from gpuhistory.storage.file_guard import FileGuard
 from gpuhistory.storage.log import LogStore
 from gpuhistory.wsgi.server import HttpServer
@@ -158,13 +159,17 @@ class Service:
         self._stopping = threading.Event()
 
     @staticmethod
-    def pool_settings(settings: ServeSettings, role: str) -> dict[str, int]:
+    def pool_settings(settings: ServeSettings, role: str) -> dict[str, Any]:
         """The engine's pool: ``db_pool_size`` connections and no overflow when set (a
-        ``sampler``: SAMPLER_POOL_SIZE unless set), else the engine's default pool."""
+        ``sampler``: SAMPLER_POOL_SIZE unless set), handed out first come, first served
+        (storage/fair_pool.py: a tick never waits behind a job's whole run); else the
+        engine's default pool."""
         size = settings.db_pool_size
         if size is None and role == "sampler":
             size = SAMPLER_POOL_SIZE
-        return {} if size is None else {"pool_size": size, "max_overflow": 0}
+        if size is None:
+            return {}
+        return {"pool_size": size, "max_overflow": 0, "poolclass": FairQueuePool}
 
     def _build_sampler(self, settings: ServeSettings) -> None:
         self.backend = select_backend(
