@@ -220,6 +220,7 @@ class Watch:
     counted_first: dict[str, int] = field(default_factory=dict)
     counted_last: dict[str, int] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    claims: int = 0  # sampler claims held by the bench's hosts at the last read
 
     def __post_init__(self) -> None:
         self.engine = sa.create_engine(self.url, poolclass=sa.pool.StaticPool)
@@ -254,6 +255,9 @@ class Watch:
                 "FROM maintenance_runs")).mappings():
             self.runs[(r["name"], r["started_ms"])] = dict(r)
             self.counted_last[r["name"]] = r["runs"]
+        self.claims = int(self.conn.execute(sa.text(
+            "SELECT count(*) FROM sampler_claims WHERE host LIKE :p"),
+            {"p": f"{HOST_PREFIX}%"}).scalar() or 0)
 
     def start(self) -> None:
         self.backend_cpu.clear()
@@ -696,7 +700,8 @@ def figures(s: Settings, conn: sa.Connection, o: Observed
                     f"{s.hosts * s.gpus - lost['gpus'] + lost['silent_gpus']}; hosts whose "
                     f"service crashed {len(crashed)}; samples lost on {len(lost['by_host'])} "
                     f"hosts of {s.hosts}, of {sum(1 for h in ran_here if ran_here[h])} that ran "
-                    f"maintenance jobs" + (f": {where_lost}" if where_lost else "")),
+                    f"maintenance jobs" + (f": {where_lost}" if where_lost else "")
+                    + f"; sampler claims held at the window's end {o.watch.claims}"),
         Figure(BENCH, "PostgreSQL CPU, the bench database's server processes",
                round(100 * backend_cpu / o.window_s, 1), "% of a core",
                n=len(o.watch.backend_cpu),
@@ -749,7 +754,7 @@ def figures(s: Settings, conn: sa.Connection, o: Observed
         "connections": {**o.limits, "peak": o.watch.peak_connections,
                         "peak_server": o.watch.peak_server_connections},
         "load_average": {"before": o.load[0], "after": o.load[1]},
-        "lost": lost, "crashed": crashed,
+        "lost": lost, "crashed": crashed, "sampler_claims": o.watch.claims,
         "tick_commit_ms": {"p50": round(percentile(commits, 0.5) * 1000, 3),
                            "p99": round(percentile(commits, 0.99) * 1000, 3)}
         if commits else None,

@@ -57,6 +57,7 @@ def _figure(data: dict[str, Any], name: str) -> dict[str, Any]:
 def _check_common(data: dict[str, Any]) -> None:
     assert data["machine"]["postgresql"].startswith("PostgreSQL")
     assert data["lost"]["gpus"] == 8  # 4 hosts x 2 GPUs, every one stored under its host
+    assert data["sampler_claims"] == 4  # each host its own sampler, holding its claim
     assert data["lost"]["rows"] > 0 and data["lost"]["silent_gpus"] == 0
     assert _figure(data, "sample rows written per second")["value"] > 0
     commit = _figure(data, "tick commit")
