@@ -47,6 +47,7 @@ import http.client
 import json
 import math
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -818,7 +819,15 @@ def main(argv: list[str] | None = None) -> int:
     started = datetime.now(UTC)
     workdir = Path(os.environ.get("TMPDIR", "/tmp")) / f"fleet-scale-{os.getpid()}"
     workdir.mkdir(parents=True, exist_ok=True)
-    figs, extra = run(settings, workdir)
+    try:
+        figs, extra = run(settings, workdir)
+    except BaseException:
+        if any(workdir.iterdir()):
+            print(f"fleet_scale: the processes' logs are in {workdir}", file=sys.stderr)
+        else:  # refused before anything started
+            workdir.rmdir()
+        raise
+    shutil.rmtree(workdir, ignore_errors=True)
     print(render(figs))
     engine = sa.create_engine(args.pg_url, poolclass=sa.pool.NullPool)
     with engine.connect() as conn:
