@@ -10,10 +10,11 @@ on a month of data beside the same queries on SQLite.
 ``--gpus`` simulated GPUs (8), sample at ``--interval`` (1 s) into one fresh PostgreSQL
 database for ``--seconds`` (60) once all of them are ticking. They migrate the database
 themselves, all at once. Each worker records its sampler's own timing of every tick
-(``Sampler.last_tick``: read, classify and the committed write, the figure ``/metrics``
-reports as ``gpuhistory_tick_duration_seconds``). Rows per second are counted in the
-database; a lost tick is a gap of more than 1.5 intervals between a GPU's consecutive
-samples, or a failed tick.
+(``Sampler.last_tick``: read and classify, the figure ``/metrics`` reports as
+``gpuhistory_tick_duration_seconds``) and of every tick's write (``LogStore.write`` in the
+sampler's writer thread: waiting for its one connection, the insert and the commit). Rows
+per second are counted in the database; a lost tick is a gap of more than 1.5 intervals
+between a GPU's consecutive samples, or a failed tick.
 
 **Analytics.** The bench/month.py log (``--days`` 30: 8 GPUs at 1 Hz, 20.7 M samples),
 caught up (rollups, incidents) on SQLite, is copied table by table into a fresh PostgreSQL
@@ -40,6 +41,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -86,6 +88,58 @@ def database_bytes(url: str) -> int:
 
 
 # -- ingest: one worker per host ------------------------------------------------------------
+@dataclass
+class TickLog:
+    """What one sampler did, as it timed it: each tick's read and classify
+    (``Sampler.last_tick``), each tick's committed write (``LogStore.write``: waiting for
+    the connection, the transaction, the commit), and what failed."""
+
+    ticks: list[tuple[int, float]] = field(default_factory=list)  # (tick ms, seconds)
+    writes: list[tuple[int, float]] = field(default_factory=list)  # (tick ms, seconds)
+    errors: list[str] = field(default_factory=list)  # ticks that raised
+    write_errors: list[str] = field(default_factory=list)  # writes refused (kept, retried)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ticks": self.ticks, "writes": self.writes, "errors": self.errors,
+                "write_errors": self.write_errors}
+
+
+def record_ticks(service: Any) -> TickLog:
+    """Time every tick of ``service``'s sampler and every write of a tick into its log
+    (wrapping ``Sampler.tick`` and ``LogStore.write`` before the service starts)."""
+    sampler, store = service.sampler, service.store
+    assert sampler is not None
+    record = TickLog()
+    tick, write = sampler.tick, store.write
+
+    def timed_tick(*args: Any, **kwargs: Any) -> Any:
+        try:
+            result = tick(*args, **kwargs)
+        except Exception as exc:
+            record.errors.append(f"{type(exc).__name__}: {exc}")
+            raise
+        stats = sampler.last_tick
+        if stats is not None:
+            record.ticks.append((stats.ts_ms, stats.seconds))
+        return result
+
+    def timed_write(tick_record: Any, *args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            ids = write(tick_record, *args, **kwargs)
+        except Exception as exc:
+            record.write_errors.append(f"{type(exc).__name__}: {exc}")
+            raise
+        if tick_record.samples:
+            record.writes.append((tick_record.samples[0]["ts_ms"],
+                                  time.perf_counter() - started))
+        return ids
+
+    sampler.tick = timed_tick
+    store.write = timed_write
+    return record
+
+
 def worker(db: str, host: str, gpus: int, interval: float, out: Path) -> None:
     """One sampler process (the ``gpuhistory sampler`` role) until SIGTERM; writes the
     sampler's own timing of each tick to ``out``."""
@@ -93,28 +147,11 @@ def worker(db: str, host: str, gpus: int, interval: float, out: Path) -> None:
 
     service = Service(ServeSettings(db=db, backend="sim", sim_gpus=gpus, interval=interval,
                                     host_name=host), role="sampler")
-    sampler = service.sampler
-    assert sampler is not None
-    ticks: list[tuple[int, float]] = []
-    errors: list[str] = []
-    tick = sampler.tick
-
-    def timed_tick() -> Any:
-        try:
-            record = tick()
-        except Exception as exc:
-            errors.append(f"{type(exc).__name__}: {exc}")
-            raise
-        stats = sampler.last_tick
-        if stats is not None:
-            ticks.append((stats.ts_ms, stats.seconds))
-        return record
-
-    sampler.tick = timed_tick  # type: ignore[method-assign]
+    ticks = record_ticks(service)
     try:
         service.run()
     finally:
-        out.write_text(json.dumps({"host": host, "ticks": ticks, "errors": errors}))
+        out.write_text(json.dumps({"host": host, **ticks.to_dict()}))
 
 
 def _spawn(db: str, host: str, gpus: int, interval: float, out: Path) -> subprocess.Popen:
@@ -156,11 +193,11 @@ def ingest(pg_url: str, samplers: int, gpus: int, seconds: float, interval: floa
                 raise RuntimeError("the samplers did not all start within 120 s")
             time.sleep(0.2)
         startup_s = time.monotonic() - started
-        cpu_before = {h: _cpu(p.pid) for h, p in procs.items()}
+        cpu_before = {h: cpu_seconds(p.pid) for h, p in procs.items()}
         window_start = int(time.time() * 1000)
         time.sleep(seconds)  # the measured window: the samplers run on their own clocks
         window_end = int(time.time() * 1000)
-        cpu_used = {h: _cpu(p.pid) - cpu_before[h] for h, p in procs.items()}
+        cpu_used = {h: cpu_seconds(p.pid) - cpu_before[h] for h, p in procs.items()}
     finally:
         for proc in procs.values():
             if proc.poll() is None:
@@ -178,7 +215,7 @@ def ingest(pg_url: str, samplers: int, gpus: int, seconds: float, interval: floa
         drop_database(pg_url, name)
 
 
-def _cpu(pid: int) -> float:
+def cpu_seconds(pid: int) -> float:
     with contextlib.suppress(psutil.Error):
         t = psutil.Process(pid).cpu_times()
         return t.user + t.system
@@ -191,6 +228,8 @@ def _ingest_figures(url: str, reports: dict[str, Any], cpu_used: dict[str, float
     window_s = (end_ms - start_ms) / 1000
     durations = [seconds for r in reports.values() for ts, seconds in r["ticks"]
                  if start_ms <= ts < end_ms]
+    commits = [seconds for r in reports.values() for ts, seconds in r["writes"]
+               if start_ms <= ts < end_ms]
     errors = sum(len(r["errors"]) for r in reports.values())
     engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
     with engine.connect() as conn:
@@ -217,10 +256,14 @@ def _ingest_figures(url: str, reports: dict[str, Any], cpu_used: dict[str, float
     bench = "fleet_pg"
     where = f"{samplers} samplers x {gpus} sim GPUs, {interval:g} s interval, {window_s:.0f} s"
     return [
-        latency_figure(bench, f"tick (read + classify + commit), {where}",
+        latency_figure(bench, f"tick (read + classify), {where}",
                        durations, None,
                        f"the sampler's own timing of {len(durations)} ticks; max "
                        f"{max(durations) * 1000:.2f} ms" if durations else "no ticks"),
+        latency_figure(bench, f"tick commit (wait for the connection + write), {where}",
+                       commits, None,
+                       f"LogStore.write of {len(commits)} ticks, in the sampler's writer "
+                       f"thread; max {max(commits) * 1000:.2f} ms" if commits else "no writes"),
         Figure(bench, "sample rows written per second", round(len(rows) / window_s, 1),
                "rows/s", n=len(rows),
                note=f"{samplers * gpus} GPUs; {events} events in the window; "

@@ -30,6 +30,7 @@ import sqlalchemy as sa
 from gpuhistory.clock import Clock, SystemClock
 from gpuhistory.config.layers import StaticLayers, load_static
 from gpuhistory.config.store import ConfigStore
+from gpuhistory.storage.fair_pool import FairQueuePool
 from gpuhistory.wsgi.settings import ConnectionLimits
 
 if TYPE_CHECKING:
@@ -107,13 +108,17 @@ class ServeSettings:
         return {"monitor_interval": self.interval, **(self.config or {})}
 
 
-def pool_settings(settings: ServeSettings, role: str) -> dict[str, int]:
+def pool_settings(settings: ServeSettings, role: str) -> dict[str, Any]:
     """The engine's pool: ``db_pool_size`` connections and no overflow when set (a
-    ``sampler``: SAMPLER_POOL_SIZE unless set), else the engine's default pool."""
+    ``sampler``: SAMPLER_POOL_SIZE unless set), handed out first come, first served
+    (storage/fair_pool.py: a tick never waits behind a job's whole run); else the
+    engine's default pool."""
     size = settings.db_pool_size
     if size is None and role == "sampler":
         size = SAMPLER_POOL_SIZE
-    return {} if size is None else {"pool_size": size, "max_overflow": 0}
+    if size is None:
+        return {}
+    return {"pool_size": size, "max_overflow": 0, "poolclass": FairQueuePool}
 
 
 @dataclass
