@@ -1,13 +1,15 @@
 """Grants, renews, releases and reaps GPU-memory leases: rows in the log, safe across processes.
 
-Every lease-changing transaction takes the database's write lock before it reads any lease
-(SQLite ``BEGIN IMMEDIATE``; on PostgreSQL a row lock on the GPU for grants, and guarded
-``UPDATE ... WHERE released_ms IS NULL`` everywhere), so summing the active leases and
-inserting a new one cannot interleave with another grant in any thread, process or server
-on the same database. Only the GPU's identity is looked up before the lock, keeping the
-locked part of a grant to two indexed reads and two inserts. On SQLite those transactions
-commit with ``synchronous=FULL``: an acknowledged grant survives a crash of the process and
-of the machine.
+Every lease change runs in a transaction that takes the database's write lock before it
+reads any lease (SQLite ``BEGIN IMMEDIATE``; on PostgreSQL the row locks of the GPUs it
+touches, and guarded ``UPDATE ... WHERE released_ms IS NULL`` everywhere), so summing the
+active leases and inserting a new one cannot interleave with another grant in any thread,
+process or server on the same database. Concurrent changes of one process share that
+transaction and its one durable commit (gpuhistory/leases/group_commit.py); each is
+answered only once that commit is done. Only the GPU's identity is looked up before the
+lock, keeping the locked part of a grant to two indexed reads and two inserts. On SQLite
+those transactions commit with ``synchronous=FULL``: an acknowledged grant survives a crash
+of the process and of the machine.
 
 Expiry is a comparison with now, never a background step: a lease whose ``expires_ms`` has
 passed stops counting at once. ``reap`` (and each grant, renew and release, for the rows
@@ -26,21 +28,20 @@ import logging
 import math
 import re
 import secrets
-import threading
-import weakref
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import sqlalchemy as sa
 
-from gpuhistory.callbacks import CallbackRegistry, Event, make_event
+from gpuhistory.callbacks import CallbackRegistry, make_event
 from gpuhistory.clock import Clock, iso_utc
 from gpuhistory.domain.config import Config
 from gpuhistory.domain.events import EventDraft, EventKind
 from gpuhistory.domain.slots import RECORDED_BACKENDS
 from gpuhistory.identity import GpuRef, UnknownGpu, resolve_latest
+from gpuhistory.leases.group_commit import GroupCommit, Operation, Refusal, group_commit
+from gpuhistory.leases.group_commit import Tx as _Tx
 from gpuhistory.leases.model import (
     REASON_EXPIRED,
     REASON_RELEASED,
@@ -60,7 +61,7 @@ from gpuhistory.leases.model import (
     seconds,
 )
 from gpuhistory.leases.placement import ANY, OVER_CAPACITY, best_fit, effective_state_name, refusal
-from gpuhistory.storage.engine import driver_connection, inserted_id
+from gpuhistory.storage.engine import inserted_id
 from gpuhistory.storage.log import LogStore, TickRecord, event_row
 from gpuhistory.storage.queries import LatestSample, latest_samples
 from gpuhistory.storage.schema import gpus, leases
@@ -149,14 +150,6 @@ def _no_gpu_fits(host: str, memory_mb: int, refused: list[dict[str, Any]],
     return NoGpuFits(host, memory_mb, sorted(refused + short, key=lambda g: g["gpu_id"]))
 
 
-@dataclass(slots=True)
-class _Tx:
-    """One open lease transaction and the events to announce once it commits."""
-
-    conn: sa.Connection
-    events: list[Event] = field(default_factory=list)
-
-
 class LeaseManager:
     """Leases of one host's GPUs. Stateless apart from its settings: share it freely."""
 
@@ -169,6 +162,7 @@ class LeaseManager:
         self.config = config
         self.callbacks = callbacks
         self._log = LogStore(engine, host)  # the events table's one writer path
+        self._commits = group_commit(engine)  # shared by every manager on this engine
         self._sqlite = engine.dialect.name == "sqlite"
         self._postgresql = engine.dialect.name == "postgresql"
 
@@ -178,6 +172,11 @@ class LeaseManager:
         if host == self.host:
             return self
         return LeaseManager(self.engine, host, self.clock, self.config, self.callbacks)
+
+    @property
+    def commits(self) -> GroupCommit:
+        """This process's group committer of the engine: its counters feed /metrics."""
+        return self._commits
 
     # -- commands ----------------------------------------------------------------------
     def grant(self, allocation_id: str, memory_mb: int, gpu_index: int | str | None = 0,
@@ -215,49 +214,48 @@ class LeaseManager:
                 index = None if gpu_index is None else int(gpu_index)
                 candidates, refused = [self._resolve_gpu(conn, index, uuid)], []
         token_hash = hash_token(token)
-        try:
-            with self._transaction() as tx:
-                if self._postgresql:
-                    # Serializes grants per GPU (sqlite's BEGIN IMMEDIATE already holds the
-                    # database's write lock). FOR NO KEY UPDATE excludes other grants of these
-                    # GPUs but not the sampler's inserts, whose foreign-key checks take only
-                    # KEY SHARE. In id order, so two "any" grants never deadlock.
-                    for gpu_db_id in sorted(e.gpu.id for e in candidates):
-                        tx.conn.execute(_LOCK_GPU, {"gpu_id": gpu_db_id})
-                now = self.clock.now_ms()
+
+        def decide(tx: _Tx) -> Lease:
+            # Under the batch's write lock, after the earlier operations of the batch.
+            now = self.clock.now_ms()
+            usages, existing = self._grant_views(tx.conn, candidates, allocation_id, now)
+            if (any(u.overdue for u in usages.values())
+                    or (existing is not None and existing.expires_ms <= now)):
+                self._expire_overdue(tx, now, gpu_db_ids=list(usages),
+                                     allocation_id=allocation_id)
                 usages, existing = self._grant_views(tx.conn, candidates, allocation_id, now)
-                if (any(u.overdue for u in usages.values())
-                        or (existing is not None and existing.expires_ms <= now)):
-                    self._expire_overdue(tx, now, gpu_db_ids=list(usages),
-                                         allocation_id=allocation_id)
-                    usages, existing = self._grant_views(tx.conn, candidates, allocation_id,
-                                                         now)
-                if existing is not None:
-                    raise DuplicateAllocation(allocation_id, existing.gpu_id,
-                                              iso_utc(existing.expires_ms))
-                capacities = {e.gpu.index: (e, self._capacity(e, cfg, usages[e.gpu.id].leased,
-                                                              usages[e.gpu.id].active))
-                              for e in candidates}
-                if anywhere:
-                    chosen = best_fit([cap for _, cap in capacities.values()], memory_mb)
-                    if chosen is None:
-                        raise _no_gpu_fits(self.host, memory_mb, refused,
-                                           [cap for _, cap in capacities.values()])
-                    latest = capacities[chosen.gpu_id][0]
-                else:
-                    latest, capacity = capacities[candidates[0].gpu.index]
-                    if memory_mb > capacity.available_mb:
-                        raise OverCapacity(latest.gpu.index, memory_mb, capacity)
-                lease = self._insert(tx, latest, allocation_id, memory_mb, owner, token_hash,
-                                     ttl_ms, now, covers)
-        except sa.exc.IntegrityError:
-            # Only reachable where the lock does not serialize two grants of one id on
-            # different GPUs (PostgreSQL); the partial unique index caught it.
-            existing = self._newest(allocation_id)
+            if existing is not None:
+                raise DuplicateAllocation(allocation_id, existing.gpu_id,
+                                          iso_utc(existing.expires_ms))
+            capacities = {e.gpu.index: (e, self._capacity(e, cfg, usages[e.gpu.id].leased,
+                                                          usages[e.gpu.id].active))
+                          for e in candidates}
+            if anywhere:
+                chosen = best_fit([cap for _, cap in capacities.values()], memory_mb)
+                if chosen is None:
+                    raise _no_gpu_fits(self.host, memory_mb, refused,
+                                       [cap for _, cap in capacities.values()])
+                latest = capacities[chosen.gpu_id][0]
+            else:
+                latest, capacity = capacities[candidates[0].gpu.index]
+                if memory_mb > capacity.available_mb:
+                    raise OverCapacity(latest.gpu.index, memory_mb, capacity)
+            return self._insert(tx, latest, allocation_id, memory_mb, owner, token_hash,
+                                ttl_ms, now, covers)
+
+        def duplicate(conn: sa.Connection) -> Exception | None:
+            # Only reachable where the locks do not serialize two grants of one id on
+            # different GPUs (PostgreSQL, two processes); the partial unique index caught
+            # it, and the savepoint kept the rest of the batch.
+            existing = self._newest(allocation_id, conn)
             if existing is None or not existing.is_active(self.clock.now_ms()):
-                raise
-            raise DuplicateAllocation(allocation_id, existing.gpu_id,
-                                      iso_utc(existing.expires_ms)) from None
+                return None
+            return DuplicateAllocation(allocation_id, existing.gpu_id,
+                                       iso_utc(existing.expires_ms))
+
+        lease = self._commits.submit(Operation(
+            decide, gpu_ids=[e.gpu.id for e in candidates], callbacks=self.callbacks,
+            conflict=duplicate))
         log.info("lease %r granted: %d MiB of GPU %d until %s", allocation_id, memory_mb,
                  lease.gpu_id, iso_utc(lease.expires_ms))
         return lease, token
@@ -374,9 +372,10 @@ class LeaseManager:
             ).scalar_one()
         if not due:
             return 0
-        with self._transaction() as tx:
-            marked = self._expire_overdue(tx, now)
-        return marked
+        gpu_ids = self._host_gpu_ids() if self._postgresql else ()
+        return self._commits.submit(Operation(
+            lambda tx: self._expire_overdue(tx, self.clock.now_ms()), gpu_ids=gpu_ids,
+            callbacks=self.callbacks))
 
     # -- queries -----------------------------------------------------------------------
     def get(self, allocation_id: str) -> Lease:
@@ -455,35 +454,11 @@ class LeaseManager:
             return [_lease(r) for r in conn.execute(query)]
 
     # -- transactions ------------------------------------------------------------------
-    @contextmanager
-    def _transaction(self) -> Iterator[_Tx]:
-        """A lease-changing transaction: write lock first, durable commit, then callbacks.
-
-        On SQLite the threads of one process first queue on an in-process lock, so only one
-        of them at a time polls for the database's write lock: with many API threads, many
-        pollers starve each other (SQLite's busy handler polls; it does not queue) and some
-        waited past the busy timeout under load (503s in bench/load.py's two-API mode).
-        """
-        writer = _process_writer(self.engine) if self._sqlite else nullcontext()
-        with writer, self.engine.connect() as conn:
-            if self._sqlite:
-                _set_synchronous(conn, "FULL")
-            try:
-                conn.execution_options(sqlite_begin="IMMEDIATE")
-                tx = _Tx(conn)
-                with conn.begin():
-                    yield tx
-            finally:
-                if self._sqlite:
-                    _set_synchronous(conn, "NORMAL")
-        if self.callbacks and tx.events:
-            self.callbacks.dispatch(tx.events)
-
     def _change(self, allocation_id: str, token: str | None, admin: bool,
                 change: Callable[[_Tx, Lease, int], Lease]) -> Lease:
         """Renew or release: find the active lease, check the token, apply ``change``."""
-        failure: Exception | None = None
-        with self._transaction() as tx:
+
+        def run(tx: _Tx) -> Lease:
             # The lease's row is locked first (PostgreSQL; SQLite's BEGIN IMMEDIATE already
             # holds the database's write lock) and the clock read after: no expiry, renewal
             # or release of this lease can commit between the check and the write.
@@ -497,15 +472,31 @@ class LeaseManager:
             if lease is None or row is None:
                 newest = self._newest(allocation_id, tx.conn)
                 # Commit the expiry just recorded (if any), then refuse.
-                failure = (LeaseNotFound(allocation_id) if newest is None
-                           else LeaseNotActive(allocation_id, newest.status(now)))
-            else:
-                if not admin:
-                    _check_token(allocation_id, row.token_hash, token)
-                result = change(tx, lease, now)
-        if failure is not None:
-            raise failure
-        return result
+                raise Refusal(LeaseNotFound(allocation_id) if newest is None
+                              else LeaseNotActive(allocation_id, newest.status(now)))
+            if not admin:
+                _check_token(allocation_id, row.token_hash, token)
+            return change(tx, lease, now)
+
+        # PostgreSQL: the lease's GPU row is locked with the batch's others, before its
+        # lease row (see gpuhistory/leases/group_commit.py); SQLite needs no pre-read.
+        gpu_ids = self._lease_gpu_ids(allocation_id) if self._postgresql else ()
+        return self._commits.submit(Operation(run, gpu_ids=gpu_ids,
+                                              callbacks=self.callbacks))
+
+    def _lease_gpu_ids(self, allocation_id: str) -> Sequence[int]:
+        """The GPU row of the id's unreleased lease (none when it has none)."""
+        with self.engine.connect() as conn:
+            return list(conn.execute(
+                sa.select(_L.gpu_id).where(_L.host == self.host,
+                                           _L.allocation_id == allocation_id,
+                                           _L.released_ms.is_(None))).scalars())
+
+    def _host_gpu_ids(self) -> Sequence[int]:
+        """Every GPU row of this host (a reap may expire leases on any of them)."""
+        with self.engine.connect() as conn:
+            return list(conn.execute(
+                sa.select(gpus.c.id).where(gpus.c.host == self.host)).scalars())
 
     def _not_active(self, conn: sa.Connection, allocation_id: str, now: int) -> LeaseNotActive:
         newest = self._newest(allocation_id, conn)
@@ -666,21 +657,7 @@ _EXPIRE = (
     .returning(_L.expires_ms)
 )
 _INSERT_LEASE = leases.insert()
-_LOCK_GPU = (sa.select(gpus.c.id).where(gpus.c.id == sa.bindparam("gpu_id"))
-             .with_for_update(key_share=True))
 
-
-_WRITERS: weakref.WeakKeyDictionary[sa.Engine, threading.Lock] = weakref.WeakKeyDictionary()
-_WRITERS_LOCK = threading.Lock()
-
-
-def _process_writer(engine: sa.Engine) -> threading.Lock:
-    """The lock this process's lease transactions on ``engine`` take one at a time."""
-    with _WRITERS_LOCK:
-        lock = _WRITERS.get(engine)
-        if lock is None:
-            lock = _WRITERS[engine] = threading.Lock()
-        return lock
 
 
 def _check_token(allocation_id: str, stored_hash: str, token: str | None) -> None:
@@ -700,17 +677,3 @@ def _lease(row: sa.Row[Any]) -> Lease:
         release_reason=row.release_reason, id=row.id, gpu_db_id=row.gpu_id,
         covers=Covers(tuple(row.pids or ()), row.slurm_job, row.container),
     )
-
-
-def _set_synchronous(conn: sa.Connection, mode: str) -> None:
-    """Set SQLite's ``synchronous`` on the pooled connection, outside any transaction."""
-    if conn.invalidated or conn.closed:
-        return
-    try:
-        driver_connection(conn).execute(f"PRAGMA synchronous = {mode}")
-    except Exception:
-        if mode != "NORMAL":
-            raise
-        # Never hand a FULL connection back to the pool for sample ticks: drop it.
-        log.warning("could not restore PRAGMA synchronous = NORMAL", exc_info=True)
-        conn.invalidate()
