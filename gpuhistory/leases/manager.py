@@ -25,8 +25,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import math
-import re
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -61,6 +59,15 @@ from gpuhistory.leases.model import (
     seconds,
 )
 from gpuhistory.leases.placement import ANY, OVER_CAPACITY, best_fit, effective_state_name, refusal
+from gpuhistory.leases.rules import (
+    check_allocation_id,
+    check_covers,
+    check_gpu_index,
+    check_lease_token,
+    check_memory_mb,
+    check_owner,
+    check_ttl_ms,
+)
 from gpuhistory.storage.engine import inserted_id
 from gpuhistory.storage.log import LogStore, TickRecord, event_row
 from gpuhistory.storage.queries import LatestSample, latest_samples
@@ -68,13 +75,6 @@ from gpuhistory.storage.schema import gpus, leases
 
 log = logging.getLogger(__name__)
 
-MAX_ID_LENGTH = 128
-MAX_OWNER_LENGTH = 128
-MAX_MEMORY_MB = 2**31 - 1  # the column is a 32-bit integer on PostgreSQL
-MAX_TTL_SECONDS = 30 * 86_400  # as config's lease_ttl_seconds
-MAX_PIDS = 256  # pids one lease may name
-MAX_PID = 4_194_304  # Linux's PID_MAX_LIMIT
-_COVER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 DEFAULT_LIST_LIMIT = 500
 
 _L = leases.c
@@ -86,30 +86,6 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
-def _check_allocation_id(allocation_id: object) -> str:
-    if not isinstance(allocation_id, str) or not allocation_id.strip():
-        raise ValueError("allocation_id must be a non-empty string")
-    if len(allocation_id) > MAX_ID_LENGTH:
-        raise ValueError(f"allocation_id must be at most {MAX_ID_LENGTH} characters")
-    return allocation_id
-
-
-def _check_ttl_ms(ttl_seconds: object) -> int:
-    if isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int | float):
-        raise ValueError("ttl_seconds must be a number")
-    if not math.isfinite(ttl_seconds) or ttl_seconds <= 0:
-        raise ValueError("ttl_seconds must be greater than 0")
-    if ttl_seconds > MAX_TTL_SECONDS:
-        raise ValueError(f"ttl_seconds must be at most {MAX_TTL_SECONDS}")
-    return max(1, round(ttl_seconds * 1000))
-
-
-def _check_gpu_index(gpu_index: object) -> int:
-    if isinstance(gpu_index, bool) or not isinstance(gpu_index, int):
-        raise ValueError("gpu_id must be an integer")
-    return gpu_index
-
-
 def _check_gpu_choice(gpu_index: object) -> bool:
     """A grant's GPU: an index, None (with a uuid) or "any"; True for "any"."""
     if isinstance(gpu_index, str):
@@ -117,29 +93,8 @@ def _check_gpu_choice(gpu_index: object) -> bool:
             raise ValueError(f'gpu_id must be an integer or "{ANY}"')
         return True
     if gpu_index is not None:
-        _check_gpu_index(gpu_index)
+        check_gpu_index(gpu_index)
     return False
-
-
-def check_covers(covers: object) -> Covers:
-    """A lease's covers, validated: at most MAX_PIDS positive pids (deduplicated, sorted),
-    and Slurm job and container ids of letters, digits and ``._-``."""
-    if covers is None:
-        return Covers()
-    if not isinstance(covers, Covers):
-        raise ValueError("covers must be a Covers")
-    pids = covers.pids
-    if not isinstance(pids, tuple | list) or len(pids) > MAX_PIDS or any(
-            isinstance(p, bool) or not isinstance(p, int) or not 1 <= p <= MAX_PID
-            for p in pids):
-        raise ValueError(f"pids must be at most {MAX_PIDS} integers between 1 and {MAX_PID}")
-    for name, value, longest in (("slurm_job", covers.slurm_job, 64),
-                                 ("container", covers.container, 128)):
-        if value is not None and (not isinstance(value, str)
-                                  or not _COVER_ID.fullmatch(value) or len(value) > longest):
-            raise ValueError(f"{name} must be 1-{longest} letters, digits and ._- "
-                             "(starting with a letter or digit)")
-    return replace(covers, pids=tuple(sorted(set(pids))))
 
 
 def _no_gpu_fits(host: str, memory_mb: int, refused: list[dict[str, Any]],
@@ -191,17 +146,13 @@ class LeaseManager:
         OverCapacity (with the MiB available) or, for "any", NoGpuFits (why, per GPU);
         ValueError for malformed arguments.
         """
-        allocation_id = _check_allocation_id(allocation_id)
+        allocation_id = check_allocation_id(allocation_id)
         anywhere = _check_gpu_choice(gpu_index)
-        if isinstance(memory_mb, bool) or not isinstance(memory_mb, int):
-            raise ValueError("memory_mb must be an integer")
-        if not 1 <= memory_mb <= MAX_MEMORY_MB:
-            raise ValueError(f"memory_mb must be between 1 and {MAX_MEMORY_MB}")
-        if owner is not None and (not isinstance(owner, str) or len(owner) > MAX_OWNER_LENGTH):
-            raise ValueError(f"owner must be a string of at most {MAX_OWNER_LENGTH} characters")
+        memory_mb = check_memory_mb(memory_mb)
+        owner = check_owner(owner)
         covers = check_covers(covers)
         cfg = self.config()
-        ttl_ms = _check_ttl_ms(cfg.lease_ttl_seconds if ttl_seconds is None else ttl_seconds)
+        ttl_ms = check_ttl_ms(cfg.lease_ttl_seconds if ttl_seconds is None else ttl_seconds)
         token = secrets.token_urlsafe(32)
 
         # The devices (and, for "any", their health) are looked up before the write lock:
@@ -316,8 +267,9 @@ class LeaseManager:
     def renew(self, allocation_id: str, token: str | None = None,
               ttl_seconds: float | None = None, admin: bool = False) -> Lease:
         """Extend the active lease to now + ``ttl_seconds`` (default: its own TTL)."""
-        allocation_id = _check_allocation_id(allocation_id)
-        ttl_ms = None if ttl_seconds is None else _check_ttl_ms(ttl_seconds)
+        allocation_id = check_allocation_id(allocation_id)
+        token = check_lease_token(token)
+        ttl_ms = None if ttl_seconds is None else check_ttl_ms(ttl_seconds)
 
         def change(tx: _Tx, lease: Lease, now: int) -> Lease:
             new_ttl_ms = ttl_ms or round(lease.ttl_seconds * 1000)
@@ -341,7 +293,8 @@ class LeaseManager:
     def release(self, allocation_id: str, token: str | None = None,
                 admin: bool = False) -> Lease:
         """End the active lease now (reason ``released``)."""
-        allocation_id = _check_allocation_id(allocation_id)
+        allocation_id = check_allocation_id(allocation_id)
+        token = check_lease_token(token)
 
         def change(tx: _Tx, lease: Lease, now: int) -> Lease:
             done = tx.conn.execute(
@@ -380,7 +333,7 @@ class LeaseManager:
     # -- queries -----------------------------------------------------------------------
     def get(self, allocation_id: str) -> Lease:
         """The lease with this id: the unreleased one, else the newest (LeaseNotFound)."""
-        allocation_id = _check_allocation_id(allocation_id)
+        allocation_id = check_allocation_id(allocation_id)
         lease = self._newest(allocation_id)
         if lease is None:
             raise LeaseNotFound(allocation_id)
@@ -400,9 +353,9 @@ class LeaseManager:
         if not all_hosts:
             query = query.where(_L.host == self.host)
         if gpu_index is not None:
-            query = query.where(gpus.c.gpu_index == _check_gpu_index(gpu_index))
+            query = query.where(gpus.c.gpu_index == check_gpu_index(gpu_index))
         if owner is not None:
-            query = query.where(_L.owner == owner)
+            query = query.where(_L.owner == check_owner(owner))
         if status == "active":
             query = query.where(_L.released_ms.is_(None), _L.expires_ms > now)
         elif status == "expired":
@@ -419,7 +372,7 @@ class LeaseManager:
     def capacity(self, gpu_index: int | None = 0, uuid: str | None = None) -> Capacity:
         """What the card in slot ``gpu_index`` now (or card ``uuid``) can lease now
         (GpuNotFound for an unknown GPU)."""
-        gpu_index = None if gpu_index is None else _check_gpu_index(gpu_index)
+        gpu_index = None if gpu_index is None else check_gpu_index(gpu_index)
         cfg = self.config()
         with self.engine.connect() as conn:
             latest = self._resolve_gpu(conn, gpu_index, uuid)
