@@ -16,9 +16,10 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from gpuhistory.callbacks import CallbackRegistry
 from gpuhistory.clock import FakeClock
 from gpuhistory.domain.config import DEFAULT_CONFIG
-from gpuhistory.leases import LeaseManager
+from gpuhistory.leases import LeaseManager, LeaseNotActive
 from gpuhistory.leases.group_commit import GroupCommit, Operation, Tx
 from gpuhistory.storage.log import LogStore
 from tests.test_leases import RESERVE_MIB, add_gpu, lease_events, lease_rows, make_manager
@@ -270,3 +271,19 @@ def test_managers_of_one_engine_share_one_committer(engine: sa.Engine, clock: Fa
                             lambda: DEFAULT_CONFIG).commits is not leases.commits
     finally:
         other.dispose()
+
+
+def test_a_refusal_that_recorded_an_expiry_announces_it(engine: sa.Engine, clock: FakeClock,
+                                                        card: int) -> None:
+    """Renewing a lease past its expiry records the expiry and is refused: the
+    ``lease_expired`` event is committed and reaches the callbacks before the refusal."""
+    heard: list[str] = []
+    registry = CallbackRegistry()
+    registry.register("*", lambda event: heard.append(event.kind))
+    leases = make_manager(engine, clock, callbacks=registry)
+    _, token = leases.grant("short", GRANT_MIB, ttl_seconds=5)
+    clock.advance(6)
+    with pytest.raises(LeaseNotActive):
+        leases.renew("short", token)
+    assert heard == ["lease_granted", "lease_expired"]
+    assert [k for k, _, _ in lease_events(engine)] == ["lease_granted", "lease_expired"]

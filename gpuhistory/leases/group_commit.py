@@ -137,10 +137,11 @@ class GroupCommit:
                     for member in batch:
                         member.done = True
                     self._cond.notify_all()
-        if op.error is not None:
-            raise op.error
+        # Its events (a refusal's recorded expiries too) are announced before it answers.
         if op.callbacks is not None and op.events:
             op.callbacks.dispatch(op.events)
+        if op.error is not None:
+            raise op.error
         return op.result  # type: ignore[return-value]  # run() returned it: a T
 
     # -- the committer's part ----------------------------------------------------------
@@ -148,6 +149,7 @@ class GroupCommit:
         """Run ``batch`` as one transaction; every member gets its outcome or the batch's
         error."""
         staged: list[tuple[Any, BaseException | None, list[Event]]] = []
+        committed = False
         try:
             with self.engine.connect() as conn:
                 if self._sqlite:
@@ -160,17 +162,21 @@ class GroupCommit:
                             if ids:
                                 conn.execute(_LOCK_GPUS, {"ids": ids}).all()
                         staged = [_run_one(conn, op) for op in batch]
+                    committed = True
                 finally:
                     if self._sqlite:
                         _set_synchronous(conn, "NORMAL")
         except BaseException as exc:
-            self.failed_commits += 1
-            for i, op in enumerate(batch):
-                op.error = exc if i == 0 else _copy(exc)
-                op.events = []
-            if not isinstance(exc, Exception):
-                raise
-            return
+            if not committed:
+                self.failed_commits += 1
+                for i, op in enumerate(batch):
+                    op.error = exc if i == 0 else _copy(exc)
+                    op.events = []
+                if not isinstance(exc, Exception):
+                    raise
+                return
+            # Done and durable: the members get their outcomes whatever failed after.
+            log.warning("lease connection cleanup failed after a commit", exc_info=True)
         self.commits += 1
         self.operations += len(batch)
         for op, (result, error, events) in zip(batch, staged, strict=True):
