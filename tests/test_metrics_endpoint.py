@@ -147,6 +147,25 @@ def test_leases_show_in_bytes_and_lease_counters(app, engine) -> None:
     assert per_gpu(samples, "gpuhistory_gpu_lease_leased_bytes")[2] == 0.0
 
 
+def test_lease_commit_counters_count_this_process_s_transactions(app) -> None:
+    """gpuhistory_lease_commits_total and gpuhistory_lease_operations_total count the lease
+    transactions of the serving process: a lone grant, renewal and release add one commit
+    and one operation each; a refused one counts as an operation of its commit too."""
+    _, before = scrape(app)
+    value = {n: before[n][0].value for n in ("gpuhistory_lease_commits_total",
+                                              "gpuhistory_lease_operations_total",
+                                              "gpuhistory_lease_failed_commits_total")}
+    lease = post(app, "allocate", {"allocation_id": "counted", "memory_mb": 64, "gpu_id": 0})
+    token = lease.json()["lease_token"]
+    assert post(app, "renew", {"allocation_id": "counted", "lease_token": token}).ok
+    assert post(app, "deallocate", {"allocation_id": "counted", "lease_token": "wrong"}
+                ).status_code == 403
+    _, after = scrape(app)
+    assert {n: after[n][0].value - v for n, v in value.items()} == {
+        "gpuhistory_lease_commits_total": 3.0, "gpuhistory_lease_operations_total": 3.0,
+        "gpuhistory_lease_failed_commits_total": 0.0}
+
+
 def test_transition_and_incident_counters_count_the_log(app, engine) -> None:
     """gpuhistory_state_transitions_total and gpuhistory_overheat_incidents_total equal
     the rows of the transitions and incidents tables, per GPU (and new state)."""

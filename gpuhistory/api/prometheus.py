@@ -165,6 +165,8 @@ class GpuHistoryCollector(Collector):
         yield from self._states(entries, current, advice, now)
         if capacity:
             yield from self._leases(entries, capacity)
+        if c.leases is not None:
+            yield from self._lease_commits()
         yield from self._counters(entries, moved, overheated, lease_events)
         yield from self._hardware(entries, xids, throttle_ns, facts)
         yield from self._service(entries, now, freshness)
@@ -279,6 +281,27 @@ class GpuHistoryCollector(Collector):
             families["capacity"].add_metric(labels, float(cap.capacity_mb * MIB))
             families["active"].add_metric(labels, float(cap.active_leases))
         yield from families.values()
+
+    def _lease_commits(self) -> Iterator[Metric]:
+        """This process's lease transactions (group commit, gpuhistory/leases/group_commit.py):
+        commits, the operations they held, and batches that failed as a whole."""
+        leases = self.context.leases
+        if leases is None:
+            return
+        committer = leases.commits
+        for name, doc, value in (
+                ("gpuhistory_lease_commits", "Lease transactions committed by this process "
+                 "(each one durable commit, holding one or more operations).",
+                 committer.commits),
+                ("gpuhistory_lease_operations", "Lease operations (grant, renew, release, "
+                 "reap) answered by this process's commits, done or refused.",
+                 committer.operations),
+                ("gpuhistory_lease_failed_commits", "Lease transactions of this process that "
+                 "failed as a whole (every operation in them answered with the error).",
+                 committer.failed_commits)):
+            family = CounterMetricFamily(name, doc)
+            family.add_metric([], float(value))
+            yield family
 
     # -- counters from the log -----------------------------------------------------------
     def _counters(self, entries: list[LatestSample], moved: Sequence[Any],

@@ -6,6 +6,7 @@ Field names follow DESIGN §5 and stay the same in the API, the CLI's ``--json``
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias
 
 from pydantic import (
@@ -19,9 +20,10 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from gpuhistory.clock import MAX_TIME_MS, parse_time
+from gpuhistory.leases import rules
+from gpuhistory.leases.rules import MAX_GPU_INDEX
 
-MAX_GPU_INDEX = 1023
-ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@/+-]{0,127}$"
+ID_PATTERN = rules.ALLOCATION_ID_PATTERN
 
 
 def _to_ms(value: str) -> int:
@@ -52,13 +54,41 @@ SlotIndex = Annotated[int, Field(
 GpuUuid = Annotated[str, Field(
     min_length=1, max_length=96, pattern=r"^[^\x00-\x1f\x7f]+$",
     description="one card by its UUID (instead of, or with, gpu_id)")]
+
+
+def _rule(check: Callable[[str], Any]) -> AfterValidator:
+    """A lease rule (gpuhistory/leases/rules.py) as a field check: a refusal says what a
+    valid value is in the words LeaseManager and the CLI use (422); a string that is not
+    text (a lone surrogate) stays malformed input (400), as for every other field."""
+
+    def validate(value: str) -> Any:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise PydanticCustomError("string_unicode", "the string is not valid unicode"
+                                      ) from None
+        try:
+            return check(value)
+        except ValueError as exc:
+            raise PydanticCustomError("lease_rule", str(exc)) from None
+
+    return AfterValidator(validate)
+
+
+# Lease fields: the rules of gpuhistory/leases/rules.py, which LeaseManager applies too
+# (checked by the rule itself; the pattern and limits stay in the OpenAPI document).
 AllocationId = Annotated[str, Field(
-    pattern=ID_PATTERN, description="client-chosen id: letters, digits and ._:@/+- (1-128)")]
-LeaseToken = Annotated[str, Field(min_length=1, max_length=128,
+    description=f"client-chosen id: {rules.ALLOCATION_ID_RULE}",
+    json_schema_extra={"pattern": rules.ALLOCATION_ID_PATTERN}),
+    _rule(rules.check_allocation_id)]
+LeaseToken = Annotated[str, Field(min_length=1, max_length=rules.MAX_TOKEN_LENGTH,
                                   description="the token returned by allocate")]
-Owner = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$",
-                             description="who holds the lease (free text, no control characters)")]
-TtlSeconds = Annotated[float, Field(gt=0, le=30 * 86_400, allow_inf_nan=False,
+Owner = Annotated[str, Field(
+    description="who holds the lease (free text, no control characters)",
+    json_schema_extra={"minLength": 1, "maxLength": rules.MAX_OWNER_LENGTH,
+                       "pattern": rules.OWNER_PATTERN}),
+    _rule(rules.check_owner)]
+TtlSeconds = Annotated[float, Field(gt=0, le=rules.MAX_TTL_SECONDS, allow_inf_nan=False,
                                     description="lease lifetime in seconds")]
 ALL_HOSTS = "*"
 HostName = Annotated[str, Field(
@@ -220,18 +250,18 @@ class StrictBody(Strict):
 PlacedIndex = Annotated[SlotIndex | Literal["any"], Field(
     description='the GPU\'s slot index on the host (default 0), or "any": the service '
                 "places the lease on a GPU that fits (docs/leases.md \"Placement\")")]
-CoverId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+CoverId = Annotated[str, Field(pattern=rules.COVER_ID_PATTERN)]
 
 
 class AllocateBody(StrictBody):
     allocation_id: AllocationId
-    memory_mb: int = Field(ge=1, le=10_000_000, description="MiB to reserve")
+    memory_mb: int = Field(ge=1, le=rules.MAX_MEMORY_MB, description="MiB to reserve")
     gpu_id: PlacedIndex | None = None
-    pids: list[Annotated[int, Field(ge=1, le=4_194_304)]] | None = Field(
-        None, max_length=256, description="the processes the lease covers")
-    slurm_job: Annotated[CoverId, Field(max_length=64)] | None = Field(
+    pids: list[Annotated[int, Field(ge=1, le=rules.MAX_PID)]] | None = Field(
+        None, max_length=rules.MAX_PIDS, description="the processes the lease covers")
+    slurm_job: Annotated[CoverId, Field(max_length=rules.MAX_SLURM_JOB_LENGTH)] | None = Field(
         None, description="the Slurm job whose processes the lease covers")
-    container: Annotated[CoverId, Field(max_length=128)] | None = Field(
+    container: Annotated[CoverId, Field(max_length=rules.MAX_CONTAINER_LENGTH)] | None = Field(
         None, description="the container (its id, 12 characters or more of it) whose "
                           "processes the lease covers")
     uuid: GpuUuid | None = None

@@ -22,6 +22,7 @@ import click
 
 from gpuhistory.cli.humanize import duration
 from gpuhistory.client import DEFAULT_URL, ApiError, Client, ServiceUnavailable
+from gpuhistory.leases import rules
 
 EXIT_ERROR = 1
 EXIT_NOT_FOUND = 3
@@ -42,17 +43,40 @@ class GpuChoice(click.ParamType):
 
     def convert(self, value: Any, param: click.Parameter | None,
                 ctx: click.Context | None) -> int | str:
-        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 1023:
+        top = rules.MAX_GPU_INDEX
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= top:
             return value
         text = str(value).strip()
         if text == ANY:
             return ANY
-        if text.isascii() and text.isdigit() and int(text) <= 1023:
+        if text.isascii() and text.isdigit() and int(text) <= top:
             return int(text)
-        self.fail(f'{value!r} is not a GPU index (0-1023) or "any"', param, ctx)
+        self.fail(f'{value!r} is not a GPU index (0-{top}) or "any"', param, ctx)
 
 
 GPU_CHOICE = GpuChoice()
+
+
+def _checked(rule: Callable[[object], Any]) -> Callable[[click.Context, click.Parameter, Any],
+                                                         Any]:
+    """A click callback applying one of the lease rules (gpuhistory/leases/rules.py): a
+    value the server would refuse is a usage error here, with the same words."""
+
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if value is None:
+            return None
+        try:
+            return rule(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), ctx, param) from None
+
+    return callback
+
+
+ALLOCATION_ID = _checked(rules.check_allocation_id)
+OWNER = _checked(rules.check_owner)
+TOKEN = _checked(rules.check_lease_token)
+TTL = click.FloatRange(0, rules.MAX_TTL_SECONDS, min_open=True)
 
 
 def exit_code(error: ApiError) -> int:
@@ -89,7 +113,7 @@ def json_option(fn: F) -> F:
 
 def lease_token_option(fn: F) -> F:
     return click.option("--token", "lease_token", envvar="GPUHISTORY_LEASE_TOKEN",
-                        show_envvar=True,
+                        show_envvar=True, callback=TOKEN,
                         help="The lease token printed by acquire (not needed with the "
                              "server's --api-token).")(fn)
 
@@ -135,20 +159,22 @@ def lease() -> None:
 
 @lease.command()
 @server_options
-@click.option("--memory-mb", required=True, type=click.IntRange(1, 10_000_000),
+@click.option("--memory-mb", required=True, type=click.IntRange(1, rules.MAX_MEMORY_MB),
               help="MiB to reserve.")
 @click.option("--gpu-id", "--gpu", "gpu_id", default="0", show_default=True, type=GPU_CHOICE,
               help='GPU index on the host, or "any": the server chooses a GPU that fits '
                    "(not a hot or cooling one) and the answer names it.")
 @click.option("--uuid", help="With --gpu any: only this card (by its UUID).")
 @host_option()
-@click.option("--ttl", type=click.FloatRange(0, 30 * 86_400, min_open=True),
+@click.option("--ttl", type=TTL,
               help="Seconds until the lease expires unless renewed "
                    "(default: the server's lease_ttl_seconds, 300).")
-@click.option("--owner", help="Who holds the lease (free text; shown by list).")
-@click.option("--id", "allocation_id",
-              help="Allocation id (default: <hostname>-<pid>-<random>).")
-@click.option("--pid", "pids", multiple=True, type=click.IntRange(1, 4_194_304),
+@click.option("--owner", callback=OWNER,
+              help="Who holds the lease (free text; shown by list).")
+@click.option("--id", "allocation_id", callback=ALLOCATION_ID,
+              help=f"Allocation id: {rules.ALLOCATION_ID_RULE} "
+                   "(default: <hostname>-<pid>-<random>).")
+@click.option("--pid", "pids", multiple=True, type=click.IntRange(1, rules.MAX_PID),
               help="A process the lease covers (repeat for several).")
 @click.option("--slurm-job", envvar="SLURM_JOB_ID", show_envvar=True,
               help="The Slurm job whose processes the lease covers (inside a job: its id).")
@@ -181,10 +207,10 @@ def acquire(url: str, api_token: str | None, memory_mb: int, gpu_id: int | str,
 
 @lease.command()
 @server_options
-@click.argument("allocation_id")
+@click.argument("allocation_id", callback=ALLOCATION_ID)
 @lease_token_option
 @host_option()
-@click.option("--ttl", type=click.FloatRange(0, 30 * 86_400, min_open=True),
+@click.option("--ttl", type=TTL,
               help="New lifetime from now in seconds (default: the lease's own TTL).")
 @json_option
 def renew(url: str, api_token: str | None, allocation_id: str, lease_token: str | None,
@@ -205,7 +231,7 @@ def renew(url: str, api_token: str | None, allocation_id: str, lease_token: str 
 
 @lease.command()
 @server_options
-@click.argument("allocation_id")
+@click.argument("allocation_id", callback=ALLOCATION_ID)
 @lease_token_option
 @host_option()
 @json_option
@@ -246,7 +272,8 @@ def lease_table(leases: list[dict[str, Any]]) -> str:
 
 @lease.command("list")
 @url_option
-@click.option("--gpu-id", type=click.IntRange(0, 1023), help="Only this GPU's leases.")
+@click.option("--gpu-id", type=click.IntRange(0, rules.MAX_GPU_INDEX),
+              help="Only this GPU's leases.")
 @host_option(fleet=True)
 @click.option("--owner", help="Only this owner's leases.")
 @click.option("--status", type=click.Choice(["active", "expired", "released"]),

@@ -1,13 +1,15 @@
 """Grants, renews, releases and reaps GPU-memory leases: rows in the log, safe across processes.
 
-Every lease-changing transaction takes the database's write lock before it reads any lease
-(SQLite ``BEGIN IMMEDIATE``; on PostgreSQL a row lock on the GPU for grants, and guarded
-``UPDATE ... WHERE released_ms IS NULL`` everywhere), so summing the active leases and
-inserting a new one cannot interleave with another grant in any thread, process or server
-on the same database. Only the GPU's identity is looked up before the lock, keeping the
-locked part of a grant to two indexed reads and two inserts. On SQLite those transactions
-commit with ``synchronous=FULL``: an acknowledged grant survives a crash of the process and
-of the machine.
+Every lease change runs in a transaction that takes the database's write lock before it
+reads any lease (SQLite ``BEGIN IMMEDIATE``; on PostgreSQL the row locks of the GPUs it
+touches, and guarded ``UPDATE ... WHERE released_ms IS NULL`` everywhere), so summing the
+active leases and inserting a new one cannot interleave with another grant in any thread,
+process or server on the same database. Concurrent changes of one process share that
+transaction and its one durable commit (gpuhistory/leases/group_commit.py); each is
+answered only once that commit is done. Only the GPU's identity is looked up before the
+lock, keeping the locked part of a grant to two indexed reads and two inserts. On SQLite
+those transactions commit with ``synchronous=FULL``: an acknowledged grant survives a crash
+of the process and of the machine.
 
 Expiry is a comparison with now, never a background step: a lease whose ``expires_ms`` has
 passed stops counting at once. ``reap`` (and each grant, renew and release, for the rows
@@ -23,24 +25,21 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import math
-import re
 import secrets
-import threading
-import weakref
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import sqlalchemy as sa
 
-from gpuhistory.callbacks import CallbackRegistry, Event, make_event
+from gpuhistory.callbacks import CallbackRegistry, make_event
 from gpuhistory.clock import Clock, iso_utc
 from gpuhistory.domain.config import Config
 from gpuhistory.domain.events import EventDraft, EventKind
 from gpuhistory.domain.slots import RECORDED_BACKENDS
 from gpuhistory.identity import GpuRef, UnknownGpu, resolve_latest
+from gpuhistory.leases.group_commit import GroupCommit, Operation, Refusal, group_commit
+from gpuhistory.leases.group_commit import Tx as _Tx
 from gpuhistory.leases.model import (
     REASON_EXPIRED,
     REASON_RELEASED,
@@ -60,20 +59,22 @@ from gpuhistory.leases.model import (
     seconds,
 )
 from gpuhistory.leases.placement import ANY, OVER_CAPACITY, best_fit, effective_state_name, refusal
-from gpuhistory.storage.engine import driver_connection, inserted_id
+from gpuhistory.leases.rules import (
+    check_allocation_id,
+    check_covers,
+    check_gpu_index,
+    check_lease_token,
+    check_memory_mb,
+    check_owner,
+    check_ttl_ms,
+)
+from gpuhistory.storage.engine import inserted_id
 from gpuhistory.storage.log import LogStore, TickRecord, event_row
 from gpuhistory.storage.queries import LatestSample, latest_samples
 from gpuhistory.storage.schema import gpus, leases
 
 log = logging.getLogger(__name__)
 
-MAX_ID_LENGTH = 128
-MAX_OWNER_LENGTH = 128
-MAX_MEMORY_MB = 2**31 - 1  # the column is a 32-bit integer on PostgreSQL
-MAX_TTL_SECONDS = 30 * 86_400  # as config's lease_ttl_seconds
-MAX_PIDS = 256  # pids one lease may name
-MAX_PID = 4_194_304  # Linux's PID_MAX_LIMIT
-_COVER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 DEFAULT_LIST_LIMIT = 500
 
 _L = leases.c
@@ -85,30 +86,6 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
-def _check_allocation_id(allocation_id: object) -> str:
-    if not isinstance(allocation_id, str) or not allocation_id.strip():
-        raise ValueError("allocation_id must be a non-empty string")
-    if len(allocation_id) > MAX_ID_LENGTH:
-        raise ValueError(f"allocation_id must be at most {MAX_ID_LENGTH} characters")
-    return allocation_id
-
-
-def _check_ttl_ms(ttl_seconds: object) -> int:
-    if isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int | float):
-        raise ValueError("ttl_seconds must be a number")
-    if not math.isfinite(ttl_seconds) or ttl_seconds <= 0:
-        raise ValueError("ttl_seconds must be greater than 0")
-    if ttl_seconds > MAX_TTL_SECONDS:
-        raise ValueError(f"ttl_seconds must be at most {MAX_TTL_SECONDS}")
-    return max(1, round(ttl_seconds * 1000))
-
-
-def _check_gpu_index(gpu_index: object) -> int:
-    if isinstance(gpu_index, bool) or not isinstance(gpu_index, int):
-        raise ValueError("gpu_id must be an integer")
-    return gpu_index
-
-
 def _check_gpu_choice(gpu_index: object) -> bool:
     """A grant's GPU: an index, None (with a uuid) or "any"; True for "any"."""
     if isinstance(gpu_index, str):
@@ -116,29 +93,8 @@ def _check_gpu_choice(gpu_index: object) -> bool:
             raise ValueError(f'gpu_id must be an integer or "{ANY}"')
         return True
     if gpu_index is not None:
-        _check_gpu_index(gpu_index)
+        check_gpu_index(gpu_index)
     return False
-
-
-def check_covers(covers: object) -> Covers:
-    """A lease's covers, validated: at most MAX_PIDS positive pids (deduplicated, sorted),
-    and Slurm job and container ids of letters, digits and ``._-``."""
-    if covers is None:
-        return Covers()
-    if not isinstance(covers, Covers):
-        raise ValueError("covers must be a Covers")
-    pids = covers.pids
-    if not isinstance(pids, tuple | list) or len(pids) > MAX_PIDS or any(
-            isinstance(p, bool) or not isinstance(p, int) or not 1 <= p <= MAX_PID
-            for p in pids):
-        raise ValueError(f"pids must be at most {MAX_PIDS} integers between 1 and {MAX_PID}")
-    for name, value, longest in (("slurm_job", covers.slurm_job, 64),
-                                 ("container", covers.container, 128)):
-        if value is not None and (not isinstance(value, str)
-                                  or not _COVER_ID.fullmatch(value) or len(value) > longest):
-            raise ValueError(f"{name} must be 1-{longest} letters, digits and ._- "
-                             "(starting with a letter or digit)")
-    return replace(covers, pids=tuple(sorted(set(pids))))
 
 
 def _no_gpu_fits(host: str, memory_mb: int, refused: list[dict[str, Any]],
@@ -147,14 +103,6 @@ def _no_gpu_fits(host: str, memory_mb: int, refused: list[dict[str, Any]],
               "available_mb": c.available_mb, "capacity_mb": c.capacity_mb,
               "leased_mb": c.leased_mb} for c in capacities]
     return NoGpuFits(host, memory_mb, sorted(refused + short, key=lambda g: g["gpu_id"]))
-
-
-@dataclass(slots=True)
-class _Tx:
-    """One open lease transaction and the events to announce once it commits."""
-
-    conn: sa.Connection
-    events: list[Event] = field(default_factory=list)
 
 
 class LeaseManager:
@@ -169,6 +117,7 @@ class LeaseManager:
         self.config = config
         self.callbacks = callbacks
         self._log = LogStore(engine, host)  # the events table's one writer path
+        self._commits = group_commit(engine)  # shared by every manager on this engine
         self._sqlite = engine.dialect.name == "sqlite"
         self._postgresql = engine.dialect.name == "postgresql"
 
@@ -178,6 +127,11 @@ class LeaseManager:
         if host == self.host:
             return self
         return LeaseManager(self.engine, host, self.clock, self.config, self.callbacks)
+
+    @property
+    def commits(self) -> GroupCommit:
+        """This process's group committer of the engine: its counters feed /metrics."""
+        return self._commits
 
     # -- commands ----------------------------------------------------------------------
     def grant(self, allocation_id: str, memory_mb: int, gpu_index: int | str | None = 0,
@@ -192,17 +146,13 @@ class LeaseManager:
         OverCapacity (with the MiB available) or, for "any", NoGpuFits (why, per GPU);
         ValueError for malformed arguments.
         """
-        allocation_id = _check_allocation_id(allocation_id)
+        allocation_id = check_allocation_id(allocation_id)
         anywhere = _check_gpu_choice(gpu_index)
-        if isinstance(memory_mb, bool) or not isinstance(memory_mb, int):
-            raise ValueError("memory_mb must be an integer")
-        if not 1 <= memory_mb <= MAX_MEMORY_MB:
-            raise ValueError(f"memory_mb must be between 1 and {MAX_MEMORY_MB}")
-        if owner is not None and (not isinstance(owner, str) or len(owner) > MAX_OWNER_LENGTH):
-            raise ValueError(f"owner must be a string of at most {MAX_OWNER_LENGTH} characters")
+        memory_mb = check_memory_mb(memory_mb)
+        owner = check_owner(owner)
         covers = check_covers(covers)
         cfg = self.config()
-        ttl_ms = _check_ttl_ms(cfg.lease_ttl_seconds if ttl_seconds is None else ttl_seconds)
+        ttl_ms = check_ttl_ms(cfg.lease_ttl_seconds if ttl_seconds is None else ttl_seconds)
         token = secrets.token_urlsafe(32)
 
         # The devices (and, for "any", their health) are looked up before the write lock:
@@ -215,49 +165,48 @@ class LeaseManager:
                 index = None if gpu_index is None else int(gpu_index)
                 candidates, refused = [self._resolve_gpu(conn, index, uuid)], []
         token_hash = hash_token(token)
-        try:
-            with self._transaction() as tx:
-                if self._postgresql:
-                    # Serializes grants per GPU (sqlite's BEGIN IMMEDIATE already holds the
-                    # database's write lock). FOR NO KEY UPDATE excludes other grants of these
-                    # GPUs but not the sampler's inserts, whose foreign-key checks take only
-                    # KEY SHARE. In id order, so two "any" grants never deadlock.
-                    for gpu_db_id in sorted(e.gpu.id for e in candidates):
-                        tx.conn.execute(_LOCK_GPU, {"gpu_id": gpu_db_id})
-                now = self.clock.now_ms()
+
+        def decide(tx: _Tx) -> Lease:
+            # Under the batch's write lock, after the earlier operations of the batch.
+            now = self.clock.now_ms()
+            usages, existing = self._grant_views(tx.conn, candidates, allocation_id, now)
+            if (any(u.overdue for u in usages.values())
+                    or (existing is not None and existing.expires_ms <= now)):
+                self._expire_overdue(tx, now, gpu_db_ids=list(usages),
+                                     allocation_id=allocation_id)
                 usages, existing = self._grant_views(tx.conn, candidates, allocation_id, now)
-                if (any(u.overdue for u in usages.values())
-                        or (existing is not None and existing.expires_ms <= now)):
-                    self._expire_overdue(tx, now, gpu_db_ids=list(usages),
-                                         allocation_id=allocation_id)
-                    usages, existing = self._grant_views(tx.conn, candidates, allocation_id,
-                                                         now)
-                if existing is not None:
-                    raise DuplicateAllocation(allocation_id, existing.gpu_id,
-                                              iso_utc(existing.expires_ms))
-                capacities = {e.gpu.index: (e, self._capacity(e, cfg, usages[e.gpu.id].leased,
-                                                              usages[e.gpu.id].active))
-                              for e in candidates}
-                if anywhere:
-                    chosen = best_fit([cap for _, cap in capacities.values()], memory_mb)
-                    if chosen is None:
-                        raise _no_gpu_fits(self.host, memory_mb, refused,
-                                           [cap for _, cap in capacities.values()])
-                    latest = capacities[chosen.gpu_id][0]
-                else:
-                    latest, capacity = capacities[candidates[0].gpu.index]
-                    if memory_mb > capacity.available_mb:
-                        raise OverCapacity(latest.gpu.index, memory_mb, capacity)
-                lease = self._insert(tx, latest, allocation_id, memory_mb, owner, token_hash,
-                                     ttl_ms, now, covers)
-        except sa.exc.IntegrityError:
-            # Only reachable where the lock does not serialize two grants of one id on
-            # different GPUs (PostgreSQL); the partial unique index caught it.
-            existing = self._newest(allocation_id)
+            if existing is not None:
+                raise DuplicateAllocation(allocation_id, existing.gpu_id,
+                                          iso_utc(existing.expires_ms))
+            capacities = {e.gpu.index: (e, self._capacity(e, cfg, usages[e.gpu.id].leased,
+                                                          usages[e.gpu.id].active))
+                          for e in candidates}
+            if anywhere:
+                chosen = best_fit([cap for _, cap in capacities.values()], memory_mb)
+                if chosen is None:
+                    raise _no_gpu_fits(self.host, memory_mb, refused,
+                                       [cap for _, cap in capacities.values()])
+                latest = capacities[chosen.gpu_id][0]
+            else:
+                latest, capacity = capacities[candidates[0].gpu.index]
+                if memory_mb > capacity.available_mb:
+                    raise OverCapacity(latest.gpu.index, memory_mb, capacity)
+            return self._insert(tx, latest, allocation_id, memory_mb, owner, token_hash,
+                                ttl_ms, now, covers)
+
+        def duplicate(conn: sa.Connection) -> Exception | None:
+            # Only reachable where the locks do not serialize two grants of one id on
+            # different GPUs (PostgreSQL, two processes); the partial unique index caught
+            # it, and the savepoint kept the rest of the batch.
+            existing = self._newest(allocation_id, conn)
             if existing is None or not existing.is_active(self.clock.now_ms()):
-                raise
-            raise DuplicateAllocation(allocation_id, existing.gpu_id,
-                                      iso_utc(existing.expires_ms)) from None
+                return None
+            return DuplicateAllocation(allocation_id, existing.gpu_id,
+                                       iso_utc(existing.expires_ms))
+
+        lease = self._commits.submit(Operation(
+            decide, gpu_ids=[e.gpu.id for e in candidates], callbacks=self.callbacks,
+            conflict=duplicate))
         log.info("lease %r granted: %d MiB of GPU %d until %s", allocation_id, memory_mb,
                  lease.gpu_id, iso_utc(lease.expires_ms))
         return lease, token
@@ -318,8 +267,9 @@ class LeaseManager:
     def renew(self, allocation_id: str, token: str | None = None,
               ttl_seconds: float | None = None, admin: bool = False) -> Lease:
         """Extend the active lease to now + ``ttl_seconds`` (default: its own TTL)."""
-        allocation_id = _check_allocation_id(allocation_id)
-        ttl_ms = None if ttl_seconds is None else _check_ttl_ms(ttl_seconds)
+        allocation_id = check_allocation_id(allocation_id)
+        token = check_lease_token(token)
+        ttl_ms = None if ttl_seconds is None else check_ttl_ms(ttl_seconds)
 
         def change(tx: _Tx, lease: Lease, now: int) -> Lease:
             new_ttl_ms = ttl_ms or round(lease.ttl_seconds * 1000)
@@ -343,7 +293,8 @@ class LeaseManager:
     def release(self, allocation_id: str, token: str | None = None,
                 admin: bool = False) -> Lease:
         """End the active lease now (reason ``released``)."""
-        allocation_id = _check_allocation_id(allocation_id)
+        allocation_id = check_allocation_id(allocation_id)
+        token = check_lease_token(token)
 
         def change(tx: _Tx, lease: Lease, now: int) -> Lease:
             done = tx.conn.execute(
@@ -374,14 +325,15 @@ class LeaseManager:
             ).scalar_one()
         if not due:
             return 0
-        with self._transaction() as tx:
-            marked = self._expire_overdue(tx, now)
-        return marked
+        gpu_ids = self._host_gpu_ids() if self._postgresql else ()
+        return self._commits.submit(Operation(
+            lambda tx: self._expire_overdue(tx, self.clock.now_ms()), gpu_ids=gpu_ids,
+            callbacks=self.callbacks))
 
     # -- queries -----------------------------------------------------------------------
     def get(self, allocation_id: str) -> Lease:
         """The lease with this id: the unreleased one, else the newest (LeaseNotFound)."""
-        allocation_id = _check_allocation_id(allocation_id)
+        allocation_id = check_allocation_id(allocation_id)
         lease = self._newest(allocation_id)
         if lease is None:
             raise LeaseNotFound(allocation_id)
@@ -401,9 +353,9 @@ class LeaseManager:
         if not all_hosts:
             query = query.where(_L.host == self.host)
         if gpu_index is not None:
-            query = query.where(gpus.c.gpu_index == _check_gpu_index(gpu_index))
+            query = query.where(gpus.c.gpu_index == check_gpu_index(gpu_index))
         if owner is not None:
-            query = query.where(_L.owner == owner)
+            query = query.where(_L.owner == check_owner(owner))
         if status == "active":
             query = query.where(_L.released_ms.is_(None), _L.expires_ms > now)
         elif status == "expired":
@@ -420,7 +372,7 @@ class LeaseManager:
     def capacity(self, gpu_index: int | None = 0, uuid: str | None = None) -> Capacity:
         """What the card in slot ``gpu_index`` now (or card ``uuid``) can lease now
         (GpuNotFound for an unknown GPU)."""
-        gpu_index = None if gpu_index is None else _check_gpu_index(gpu_index)
+        gpu_index = None if gpu_index is None else check_gpu_index(gpu_index)
         cfg = self.config()
         with self.engine.connect() as conn:
             latest = self._resolve_gpu(conn, gpu_index, uuid)
@@ -455,35 +407,11 @@ class LeaseManager:
             return [_lease(r) for r in conn.execute(query)]
 
     # -- transactions ------------------------------------------------------------------
-    @contextmanager
-    def _transaction(self) -> Iterator[_Tx]:
-        """A lease-changing transaction: write lock first, durable commit, then callbacks.
-
-        On SQLite the threads of one process first queue on an in-process lock, so only one
-        of them at a time polls for the database's write lock: with many API threads, many
-        pollers starve each other (SQLite's busy handler polls; it does not queue) and some
-        waited past the busy timeout under load (503s in bench/load.py's two-API mode).
-        """
-        writer = _process_writer(self.engine) if self._sqlite else nullcontext()
-        with writer, self.engine.connect() as conn:
-            if self._sqlite:
-                _set_synchronous(conn, "FULL")
-            try:
-                conn.execution_options(sqlite_begin="IMMEDIATE")
-                tx = _Tx(conn)
-                with conn.begin():
-                    yield tx
-            finally:
-                if self._sqlite:
-                    _set_synchronous(conn, "NORMAL")
-        if self.callbacks and tx.events:
-            self.callbacks.dispatch(tx.events)
-
     def _change(self, allocation_id: str, token: str | None, admin: bool,
                 change: Callable[[_Tx, Lease, int], Lease]) -> Lease:
         """Renew or release: find the active lease, check the token, apply ``change``."""
-        failure: Exception | None = None
-        with self._transaction() as tx:
+
+        def run(tx: _Tx) -> Lease:
             # The lease's row is locked first (PostgreSQL; SQLite's BEGIN IMMEDIATE already
             # holds the database's write lock) and the clock read after: no expiry, renewal
             # or release of this lease can commit between the check and the write.
@@ -497,15 +425,31 @@ class LeaseManager:
             if lease is None or row is None:
                 newest = self._newest(allocation_id, tx.conn)
                 # Commit the expiry just recorded (if any), then refuse.
-                failure = (LeaseNotFound(allocation_id) if newest is None
-                           else LeaseNotActive(allocation_id, newest.status(now)))
-            else:
-                if not admin:
-                    _check_token(allocation_id, row.token_hash, token)
-                result = change(tx, lease, now)
-        if failure is not None:
-            raise failure
-        return result
+                raise Refusal(LeaseNotFound(allocation_id) if newest is None
+                              else LeaseNotActive(allocation_id, newest.status(now)))
+            if not admin:
+                _check_token(allocation_id, row.token_hash, token)
+            return change(tx, lease, now)
+
+        # PostgreSQL: the lease's GPU row is locked with the batch's others, before its
+        # lease row (see gpuhistory/leases/group_commit.py); SQLite needs no pre-read.
+        gpu_ids = self._lease_gpu_ids(allocation_id) if self._postgresql else ()
+        return self._commits.submit(Operation(run, gpu_ids=gpu_ids,
+                                              callbacks=self.callbacks))
+
+    def _lease_gpu_ids(self, allocation_id: str) -> Sequence[int]:
+        """The GPU row of the id's unreleased lease (none when it has none)."""
+        with self.engine.connect() as conn:
+            return list(conn.execute(
+                sa.select(_L.gpu_id).where(_L.host == self.host,
+                                           _L.allocation_id == allocation_id,
+                                           _L.released_ms.is_(None))).scalars())
+
+    def _host_gpu_ids(self) -> Sequence[int]:
+        """Every GPU row of this host (a reap may expire leases on any of them)."""
+        with self.engine.connect() as conn:
+            return list(conn.execute(
+                sa.select(gpus.c.id).where(gpus.c.host == self.host)).scalars())
 
     def _not_active(self, conn: sa.Connection, allocation_id: str, now: int) -> LeaseNotActive:
         newest = self._newest(allocation_id, conn)
@@ -666,21 +610,7 @@ _EXPIRE = (
     .returning(_L.expires_ms)
 )
 _INSERT_LEASE = leases.insert()
-_LOCK_GPU = (sa.select(gpus.c.id).where(gpus.c.id == sa.bindparam("gpu_id"))
-             .with_for_update(key_share=True))
 
-
-_WRITERS: weakref.WeakKeyDictionary[sa.Engine, threading.Lock] = weakref.WeakKeyDictionary()
-_WRITERS_LOCK = threading.Lock()
-
-
-def _process_writer(engine: sa.Engine) -> threading.Lock:
-    """The lock this process's lease transactions on ``engine`` take one at a time."""
-    with _WRITERS_LOCK:
-        lock = _WRITERS.get(engine)
-        if lock is None:
-            lock = _WRITERS[engine] = threading.Lock()
-        return lock
 
 
 def _check_token(allocation_id: str, stored_hash: str, token: str | None) -> None:
@@ -700,17 +630,3 @@ def _lease(row: sa.Row[Any]) -> Lease:
         release_reason=row.release_reason, id=row.id, gpu_db_id=row.gpu_id,
         covers=Covers(tuple(row.pids or ()), row.slurm_job, row.container),
     )
-
-
-def _set_synchronous(conn: sa.Connection, mode: str) -> None:
-    """Set SQLite's ``synchronous`` on the pooled connection, outside any transaction."""
-    if conn.invalidated or conn.closed:
-        return
-    try:
-        driver_connection(conn).execute(f"PRAGMA synchronous = {mode}")
-    except Exception:
-        if mode != "NORMAL":
-            raise
-        # Never hand a FULL connection back to the pool for sample ticks: drop it.
-        log.warning("could not restore PRAGMA synchronous = NORMAL", exc_info=True)
-        conn.invalidate()
