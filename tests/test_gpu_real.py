@@ -369,6 +369,9 @@ def test_a_cuda_process_shows_with_its_user_in_status_cli_and_metrics(engine, cl
         real.close()
         child.kill()
         child.wait(10)
+        for pipe in (child.stdin, child.stdout):
+            if pipe is not None:
+                pipe.close()
 
 
 LEASED_CUDA_USER = (
@@ -469,5 +472,7 @@ def test_a_leased_pytorch_process_is_held_to_account_and_memory_matches_under_lo
         if child.stdin is not None:
             child.stdin.close()  # the lease is released as the block ends
         child.wait(30)
+        if child.stdout is not None:
+            child.stdout.close()
         server.close()
         real.close()
