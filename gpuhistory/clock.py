@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 import time
@@ -45,8 +46,34 @@ def iso_utc(ms: int | None) -> str | None:
     """ISO-8601 UTC with milliseconds and a Z, as every answer prints times."""
     if ms is None:
         return None
-    dt = datetime.fromtimestamp(ms / 1000, tz=UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+    day, rest = divmod(ms, 86_400_000)
+    seconds, milli = divmod(rest, 1000)
+    hours, seconds = divmod(seconds, 3600)
+    minutes, seconds = divmod(seconds, 60)
+    return f"{_iso_day(day)}{hours:02d}:{minutes:02d}:{seconds:02d}.{milli:03d}Z"
+
+
+@functools.lru_cache(maxsize=4096)
+def _iso_day(day: int) -> str:
+    """``YYYY-MM-DDT`` of a day since the epoch (strftime once per day, not per time)."""
+    return datetime.fromtimestamp(day * 86_400, tz=UTC).strftime("%Y-%m-%dT")
+
+
+class IsoSeries:
+    """``iso_utc`` for the many times of one answer: successive samples share their minute,
+    so each minute's ``YYYY-MM-DDTHH:MM:`` is built once and each time adds its seconds."""
+
+    __slots__ = ("_minutes",)
+
+    def __init__(self) -> None:
+        self._minutes: dict[int, str] = {}
+
+    def __call__(self, ms: int) -> str:
+        minute, rest = divmod(ms, 60_000)
+        prefix = self._minutes.get(minute)
+        if prefix is None:
+            prefix = self._minutes[minute] = iso_utc(minute * 60_000)[:17]  # type: ignore[index]
+        return f"{prefix}{rest // 1000:02d}.{rest % 1000:03d}Z"
 
 
 MAX_TIME_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the last time ISO-8601 writes

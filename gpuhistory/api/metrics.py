@@ -12,6 +12,7 @@ from gpuhistory.analytics.history import (
 )
 from gpuhistory.api.common import View, card_at, ctx, one_gpu, time_range
 from gpuhistory.api.errors import ApiError
+from gpuhistory.api.fastjson import json_response
 from gpuhistory.api.responses import HistoryAnswer, Metrics, Trend, errors
 from gpuhistory.api.schemas import GpuQuery, HistoryQuery, TrendQuery
 from gpuhistory.clock import iso_utc
@@ -51,7 +52,8 @@ def history(query: HistoryQuery) -> View:
         with c.engine.connect() as conn:
             card = card_at(conn, query, until if until is not None else c.clock.now_ms())
             entry = latest_sample_of(conn, card)
-            return jsonify(history_doc(conn, entry, since, until, limit))
+            return json_response(history_doc(conn, entry, since, until, limit,
+                                             samples_json=True))
     if query.limit is not None:
         raise ApiError(422, "validation_failed",
                        "limit applies to raw samples; with resolution or points use points",
@@ -62,9 +64,10 @@ def history(query: HistoryQuery) -> View:
         since = until - DEFAULT_RANGE_MS
     with c.engine.connect() as conn:
         entry = latest_sample_of(conn, card_at(conn, query, until))
-        return jsonify(history_buckets_doc(conn, entry, since, until,
-                                           query.resolution or "auto",
-                                           query.points or DEFAULT_POINTS))
+        return json_response(history_buckets_doc(conn, entry, since, until,
+                                                 query.resolution or "auto",
+                                                 query.points or DEFAULT_POINTS,
+                                                 buckets_json=True))
 
 
 @bp.get("/temperature/trend", responses={200: Trend, **errors(400, 404, 422)})
