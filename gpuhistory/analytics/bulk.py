@@ -167,9 +167,7 @@ def metrics_csv(gpu: GpuRow, rows: Sequence[SampleRow]) -> Iterator[str]:
 
 def _number(value: Any) -> str:
     """A min or max the database returned, as ``json.dumps`` writes it (an integer column's
-    aggregate is an int; anything else is written as a float)."""
-    if value is None:
-        return "null"
+    aggregate is an int; anything else, a Decimal say, is written as a float)."""
     return str(value) if isinstance(value, int) else repr(float(value))
 
 
@@ -187,10 +185,17 @@ def buckets_json(rows: Sequence[SampleRow]) -> str:
         load = repr(round(float(util_sum) / int(util_n), 2)) if util_n else "null"
         power_avg = (repr(round(float(power_sum) / int(power_n) / 10, 2)) if power_n
                      else "null")
+        # Integer columns' min and max are ints, or NULL; anything else goes by _number.
+        if type(temp_min) is not int:
+            temp_min = "null" if temp_min is None else _number(temp_min)
+        if type(temp_max) is not int:
+            temp_max = "null" if temp_max is None else _number(temp_max)
+        if type(mem_max) is not int:
+            mem_max = "null" if mem_max is None else _number(mem_max)
         append(
             f'{{"timestamp":"{iso(int(bucket))}","samples":{int(n)},'
-            f'"temperature_min":{_number(temp_min)},"temperature_max":{_number(temp_max)},'
-            f'"temperature_avg":{temp_avg},"memory_used_max_mb":{_number(mem_max)},'
+            f'"temperature_min":{temp_min},"temperature_max":{temp_max},'
+            f'"temperature_avg":{temp_avg},"memory_used_max_mb":{mem_max},'
             f'"load_avg":{load},"power_avg_watts":{power_avg},'
             f'"power_max_watts":{"null" if power_max is None else repr(float(power_max) / 10)},'
             f'"clock_event_reasons":{reasons(mask)},'
