@@ -50,30 +50,18 @@ def iso_utc(ms: int | None) -> str | None:
     seconds, milli = divmod(rest, 1000)
     hours, seconds = divmod(seconds, 3600)
     minutes, seconds = divmod(seconds, 60)
-    return f"{_iso_day(day)}{hours:02d}:{minutes:02d}:{seconds:02d}.{milli:03d}Z"
+    return f"{_iso_day(day)}{_TWO[hours]}:{_TWO[minutes]}:{_TWO[seconds]}.{_MILLI_Z[milli]}"
+
+
+_TWO = tuple(f"{i:02d}" for i in range(60))  # table lookups: 3x faster than format specs
+_MILLI_Z = tuple(f"{i:03d}Z" for i in range(1000))
 
 
 @functools.lru_cache(maxsize=4096)
 def _iso_day(day: int) -> str:
-    """``YYYY-MM-DDT`` of a day since the epoch (strftime once per day, not per time)."""
+    """``YYYY-MM-DDT`` of a day since the epoch: strftime once per day, not per time, so
+    the thousands of timestamps of one answer cost a few table lookups each."""
     return datetime.fromtimestamp(day * 86_400, tz=UTC).strftime("%Y-%m-%dT")
-
-
-class IsoSeries:
-    """``iso_utc`` for the many times of one answer: successive samples share their minute,
-    so each minute's ``YYYY-MM-DDTHH:MM:`` is built once and each time adds its seconds."""
-
-    __slots__ = ("_minutes",)
-
-    def __init__(self) -> None:
-        self._minutes: dict[int, str] = {}
-
-    def __call__(self, ms: int) -> str:
-        minute, rest = divmod(ms, 60_000)
-        prefix = self._minutes.get(minute)
-        if prefix is None:
-            prefix = self._minutes[minute] = iso_utc(minute * 60_000)[:17]  # type: ignore[index]
-        return f"{prefix}{rest // 1000:02d}.{rest % 1000:03d}Z"
 
 
 MAX_TIME_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the last time ISO-8601 writes

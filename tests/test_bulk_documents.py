@@ -185,8 +185,8 @@ def python_calls(fn: Callable[..., object], *args: Any) -> int:
 
 def test_bulk_answers_make_at_most_one_python_call_per_row(engine) -> None:
     """No Reading, GPUMetrics, dict or per-value helper per row: going from 300 to 900
-    rows adds at most one Python call per row (the timestamp's seconds) and two per new
-    minute (its prefix) to the samples JSON, the CSV, the buckets and the post-mortem's
+    rows adds at most one Python call per row (its timestamp) and two per new minute
+    to the samples JSON, the CSV, the buckets and the post-mortem's
     figures."""
     store = LogStore(engine, "bulkhost")
     gpu = cards(store, n=900)[0]

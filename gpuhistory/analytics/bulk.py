@@ -5,8 +5,9 @@ history up to 10,000 buckets. Building a ``Reading``, a ``GPUMetrics`` and a dic
 row, then walking the dicts again in the JSON encoder, cost ten times the SQL. Here each
 row is unpacked once from the tuple the database returned and formatted into its JSON (or
 CSV) text by one f-string: what every row shares (the card's identity, limits, backend) is
-encoded once per answer, the timestamps share their minute (``IsoSeries``), a state name
-and a clock-event-reasons list are encoded once per distinct value.
+encoded once per answer, a timestamp is a few table lookups after its day's text (cached,
+``clock.iso_utc``), a state name and a clock-event-reasons list are encoded once per
+distinct value.
 
 The text is exactly what ``json.dumps`` writes for the documents it replaces (the
 GPUMetrics field names and order, DESIGN §5, and ``bucket_doc``'s): integers as integers,
@@ -25,7 +26,7 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 
-from gpuhistory.clock import IsoSeries
+from gpuhistory.clock import iso_utc
 from gpuhistory.domain.metrics import GPUMetrics
 from gpuhistory.domain.reading import clock_event_reason_names
 from gpuhistory.domain.states import GPUState
@@ -82,7 +83,7 @@ def metrics_json(gpu: GpuRow, rows: Sequence[SampleRow]) -> str:
     total_text = json_text(total)
     limit_text = json_text(gpu.power_limit_w)
     tail = f',"backend":{json_text(gpu.backend)}}}'
-    iso = IsoSeries()
+    iso = iso_utc
     states = _STATE_JSON
     reasons = _reasons_json
     out: list[str] = []
@@ -139,7 +140,7 @@ def metrics_csv(gpu: GpuRow, rows: Sequence[SampleRow]) -> Iterator[str]:
     total_text = _csv_cell(total)
     limit_text = _csv_cell(gpu.power_limit_w)
     tail = f",{_csv_cell(gpu.backend)}\n"
-    iso = IsoSeries()
+    iso = iso_utc
     names = _STATE_NAME
     reasons = _reasons_csv
     yield CSV_HEADER
@@ -173,7 +174,7 @@ def _number(value: Any) -> str:
 
 def buckets_json(rows: Sequence[SampleRow]) -> str:
     """The JSON array of history buckets (``bucket_doc``'s fields) of aggregated rows."""
-    iso = IsoSeries()
+    iso = iso_utc
     states = _STATE_JSON
     reasons = _reasons_json
     out: list[str] = []
