@@ -326,8 +326,10 @@ def test_request_schemas_are_shared_read_only_and_copies_are_free_to_change() ->
     with pytest.raises(AttributeError):
         shared["properties"]["gpu_id"]["anyOf"].append({})  # a tuple
     mutable = copy.deepcopy(shared)
+    mutable["properties"]["gpu_id"]["anyOf"].append({})
     mutable["properties"] = {}
-    assert shared["properties"]
+    assert shared["properties"] and mutable == {**json.loads(json.dumps(shared)),
+                                                "properties": {}}
     one = schemas.HistoryQuery.model_json_schema(mode="validation")
     two = schemas.HistoryQuery.model_json_schema(mode="validation")
     assert one == two and one is not two

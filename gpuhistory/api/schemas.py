@@ -84,7 +84,8 @@ class _FrozenDict(dict[str, Any]):
     clear = pop = popitem = setdefault = update = _read_only  # type: ignore[assignment]
 
     def __deepcopy__(self, memo: dict[int, Any]) -> dict[str, Any]:
-        return {k: copy.deepcopy(v, memo) for k, v in self.items()}
+        thawed: dict[str, Any] = _thawed(self)
+        return thawed
 
     def __copy__(self) -> dict[str, Any]:
         return dict(self)
@@ -99,6 +100,15 @@ def _frozen(value: Any) -> Any:
         return _FrozenDict({k: _frozen(v) for k, v in value.items()})
     if isinstance(value, list):
         return tuple(_frozen(v) for v in value)
+    return value
+
+
+def _thawed(value: Any) -> Any:
+    """A plain, changeable copy of a ``_frozen`` value (dicts and lists again)."""
+    if isinstance(value, dict):
+        return {k: _thawed(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [_thawed(v) for v in value]
     return value
 
 
