@@ -14,12 +14,13 @@ import json
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 
-from bench.common import Figure, latency_figure, time_calls
+from bench.common import Figure, latency_figure, percentile, time_calls
 from bench.month import GPUS, HOST, START_MS, month_log
 from gpuhistory.analytics.incidents import IncidentDetector
 from gpuhistory.analytics.rollups import RollupJob
@@ -45,6 +46,7 @@ class Api:
         context = ServiceContext(engine=self.engine, host=HOST, clock=clock, config=config,
                                  config_store=config,
                                  leases=LeaseManager(self.engine, HOST, clock, config))
+        self.context = context
         self.app = create_app(context)
         self.server = create_server(self.app, host="127.0.0.1", port=0, threads=4)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
@@ -53,6 +55,10 @@ class Api:
                                                timeout=60)
 
     def get(self, path: str) -> Any:
+        return json.loads(self.get_bytes(path))
+
+    def get_bytes(self, path: str) -> bytes:
+        """The answer's body, not parsed (what a server-side figure should time)."""
         try:
             self.conn.request("GET", path)
             response = self.conn.getresponse()
@@ -63,7 +69,7 @@ class Api:
         body = response.read()
         if response.status != 200:
             raise RuntimeError(f"{path}: {response.status} {body[:300]!r}")
-        return json.loads(body)
+        return body
 
     def close(self) -> None:
         stop_waitress(self.server)
@@ -165,7 +171,113 @@ def run(quick: bool) -> list[Figure]:
         except RuntimeError as exc:
             figures.append(Figure("analytics", "incident list", 0, "",
                                   note=f"not available: {exc}"[:200]))
+        figures += bulk_answers(api, raw, end_ms, rounds=20 if quick else 60)
     finally:
         raw.close()
         api.close()
+    return figures
+
+
+# -- bulk answers beside their floors, interleaved in one run ------------------------------
+
+def interleaved(calls: dict[str, Callable[[], object]], rounds: int,
+                warmup: int = 3) -> dict[str, list[float]]:
+    """Seconds taken by each call, in turns (a, b, c, a, b, c, ...), so that every one of
+    them sees the same load on a shared machine: compare their ratios, not their times."""
+    for _ in range(warmup):
+        for fn in calls.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, fn in calls.items():
+            started = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - started)
+    return times
+
+
+def _ratio_figures(name: str, times: dict[str, list[float]], ours: str, floor: str,
+                   budget: float) -> list[Figure]:
+    load = Path("/proc/loadavg").read_text().split()[0] if Path("/proc/loadavg").exists() else "?"
+    figures = [latency_figure("analytics", f"{name}: {label}", seconds, None,
+                              f"interleaved with the others of '{name}'; load {load}")
+               for label, seconds in times.items()]
+    ratio = percentile(times[ours], 0.5) / percentile(times[floor], 0.5)
+    figures.append(Figure("analytics", f"{name}: {ours} / {floor} (p50)", round(ratio, 2),
+                          "x", budget=f"<= {budget}x", ok=ratio <= budget,
+                          note=f"same run, interleaved; load average {load}"))
+    return figures
+
+
+def bulk_answers(api: Api, raw: sqlite3.Connection, end_ms: int,
+                 rounds: int) -> list[Figure]:
+    """The post-mortem of the longest incident and a 500-point history over the last day,
+    each three ways in turns: over HTTP (the body not parsed), the function in process
+    (document and JSON bytes), and the floor: for the post-mortem the context samples'
+    SQL, a dict per row and ``json.dumps``; for the history its own SQL statement alone.
+    Budgets (issue: bulk answers): post-mortem <= 2x its floor, history <= 2x its SQL."""
+    from gpuhistory.analytics.history import (
+        _history_rows,
+        history_buckets_doc,
+        history_statement,
+    )
+    from gpuhistory.analytics.postmortem import context_window, get_incident, postmortem
+    from gpuhistory.analytics.rollups import watermarks
+    from gpuhistory.api.fastjson import dumps
+    from gpuhistory.storage.queries import gpu_row, latest_sample_of
+    from gpuhistory.storage.schema import gpus
+
+    figures: list[Figure] = []
+    config = api.context.config()
+    longest = raw.execute("SELECT id FROM incidents WHERE end_ms IS NOT NULL "
+                          "ORDER BY end_ms - start_ms DESC LIMIT 1").fetchone()
+    columns = [r[1] for r in raw.execute("PRAGMA table_info(samples)")]
+    with api.engine.connect() as conn, api.app.app_context():
+        if longest is not None:
+            row = get_incident(conn, longest[0])
+            assert row is not None
+            since, until = context_window(row, config, end_ms)
+            manager = api.context.leases
+            assert manager is not None
+
+            def postmortem_bytes() -> bytes:
+                leases = [lease.to_dict(end_ms) for lease in
+                          manager.active_between(row.gpu_id, row.start_ms, row.end_ms)]
+                return dumps(postmortem(conn, row, config, end_ms, leases, samples_json=True))
+
+            def floor() -> str:
+                rows = raw.execute("SELECT * FROM samples WHERE gpu_id=? AND ts_ms BETWEEN ? "
+                                   "AND ? ORDER BY ts_ms", (row.gpu_id, since, until))
+                return json.dumps([dict(zip(columns, r, strict=True)) for r in rows])
+
+            size = len(postmortem_bytes())
+            count = raw.execute("SELECT count(*) FROM samples WHERE gpu_id=? AND ts_ms "
+                                "BETWEEN ? AND ?", (row.gpu_id, since, until)).fetchone()[0]
+            name = (f"post-mortem, {(row.end_ms - row.start_ms) / 60_000:.0f}-min incident, "
+                    f"{count:,} samples, {size / 1e6:.2f} MB")
+            times = interleaved({
+                "HTTP": lambda: api.get_bytes(f"/api/gpu/incidents/{row.id}"),
+                "in process": postmortem_bytes,
+                "floor: SQL + dicts + json.dumps": floor}, rounds)
+            figures += _ratio_figures(name, times, "in process",
+                                      "floor: SQL + dicts + json.dumps", 2.0)
+            figures.append(Figure("analytics", f"{name}: HTTP / floor (p50)", round(
+                percentile(times["HTTP"], 0.5)
+                / percentile(times["floor: SQL + dicts + json.dumps"], 0.5), 2), "x",
+                note="the same rounds; HTTP adds waitress, Flask, validation and the socket"))
+        card = gpu_row(conn.execute(sa.select(gpus).where(gpus.c.gpu_index == 1)).one())
+        entry = latest_sample_of(conn, card)
+        since = end_ms - min(86_400_000, end_ms - START_MS)
+        plan, _, rows = _history_rows(conn, card.id, since, end_ms, "auto", 500)
+        statement = history_statement(card.id, plan, watermarks(conn, card.id))
+        assert statement is not None
+        name = f"500-point history, {plan.source} source, {len(rows)} buckets"
+        times = interleaved({
+            "HTTP": lambda: api.get_bytes(
+                f"/api/gpu/metrics/history?gpu_id=1&resolution=auto&points=500"
+                f"&since={iso(since)}&until={iso(end_ms)}"),
+            "in process": lambda: dumps(history_buckets_doc(
+                conn, entry, since, end_ms, "auto", 500, buckets_json=True)),
+            "floor: its SQL": lambda: conn.execute(*statement).all()}, rounds)
+        figures += _ratio_figures(name, times, "in process", "floor: its SQL", 2.0)
     return figures

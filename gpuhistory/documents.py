@@ -8,14 +8,16 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 
+from gpuhistory.analytics import bulk
 from gpuhistory.clock import iso_utc
 from gpuhistory.domain.config import Config
 from gpuhistory.domain.metrics import GPUMetrics
 from gpuhistory.domain.states import GPUState
 from gpuhistory.domain.throttle import advise
-from gpuhistory.storage.queries import LatestSample, cooldown_starts, reading_from_row
+from gpuhistory.storage.queries import LatestSample, cooldown_starts
 from gpuhistory.storage.sample_source import raw_samples
 
 
@@ -64,22 +66,16 @@ def status_doc(conn: sa.Connection, entry: LatestSample, now_ms: int,
 
 
 def history_doc(conn: sa.Connection, entry: LatestSample, since_ms: int | None,
-                until_ms: int | None, limit: int) -> dict[str, Any]:
-    """The newest ``limit`` raw samples of a GPU in [since, until], oldest first."""
-    source = raw_samples(conn)  # on PostgreSQL with the kept rows of dropped partitions
-    s = source.c
+                until_ms: int | None, limit: int, samples_json: bool = False) -> dict[str, Any]:
+    """The newest ``limit`` raw samples of a GPU in [since, until], oldest first
+    (``samples_json``: the samples stay JSON text, an ``orjson.Fragment``)."""
     # SEARCH samples USING PRIMARY KEY (gpu_id=? AND ts_ms>? AND ts_ms<?), read backwards.
-    query = sa.select(source).where(s.gpu_id == entry.gpu.id)
-    if since_ms is not None:
-        query = query.where(s.ts_ms >= since_ms)
-    if until_ms is not None:
-        query = query.where(s.ts_ms <= until_ms)
-    rows = conn.execute(query.order_by(s.ts_ms.desc()).limit(limit)).all()
-    docs = [
-        GPUMetrics.from_reading(reading_from_row(entry.gpu, row), GPUState(row.state),
-                                row.ts_ms, entry.gpu.backend).to_dict()
-        for row in reversed(rows)
-    ]
+    # on PostgreSQL with the kept rows of dropped partitions (storage/sample_source.py)
+    query = bulk.sample_statement(entry.gpu.id, since_ms, until_ms, newest_first=True,
+                                  source=raw_samples(conn))
+    rows = list(conn.execute(query.limit(limit)).all())
+    rows.reverse()
+    text = bulk.metrics_json(entry.gpu, rows)
     return {"gpu_id": entry.gpu.index, "uuid": entry.gpu.uuid, "host": entry.gpu.host,
-            "since": iso_utc(since_ms), "until": iso_utc(until_ms),
-            "count": len(docs), "samples": docs}
+            "since": iso_utc(since_ms), "until": iso_utc(until_ms), "count": len(rows),
+            "samples": orjson.Fragment(text) if samples_json else orjson.loads(text)}

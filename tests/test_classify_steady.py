@@ -143,3 +143,24 @@ def test_process_writes_and_remembers_the_same_with_and_without_the_fast_path(
     assert fast_records == slow_records
     assert fast_memory == slow_memory
     assert sum(len(t) for _, t, _ in fast_records) > 20  # transitions happened
+
+
+def test_new_thresholds_end_the_fast_path_at_once(tmp_path: Path) -> None:
+    """A GPU steady at 31 °C is OPTIMAL under the defaults; the thresholds change so that
+    31 °C is NORMAL: the very next tick classifies it NORMAL (the steady band made with the
+    old thresholds is not trusted), as a run without the fast path would."""
+    engine = make_engine(tmp_path / "cfg.db")
+    upgrade(engine)
+    current = {"config": Config()}
+    pipeline = Pipeline(LogStore(engine, "h"), "sim", config=lambda: current["config"])
+    ts = 1_000_000
+    for _ in range(5):
+        ts += 1000
+        pipeline.process(ts, [reading(31, 100)], record=TickRecord())
+    assert pipeline._steady, "the fast path was never armed"
+    assert pipeline.latest[0].state.name == "OPTIMAL"
+    current["config"] = Config(temp_optimal=30, temp_normal=32)
+    record = pipeline.process(ts + 1000, [reading(31, 100)], record=TickRecord())
+    assert pipeline.latest[0].state.name == "NORMAL"
+    assert [t["to_state"] for t in record.transitions] != []
+    engine.dispose()

@@ -9,14 +9,18 @@ a one-sentence summary. Detection lives in ``incidents.py``.
 
 from __future__ import annotations
 
+import bisect
 import csv
 import io
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from operator import itemgetter
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 
+from gpuhistory.analytics import bulk
 from gpuhistory.analytics.incidents import gap_ms
 from gpuhistory.clock import iso_utc
 from gpuhistory.domain.config import Config
@@ -26,7 +30,7 @@ from gpuhistory.domain.reading import CLOCK_EVENT_REASONS, clock_event_reason_na
 from gpuhistory.domain.states import GPUState
 from gpuhistory.storage import schema
 from gpuhistory.storage.processes import processes_between
-from gpuhistory.storage.queries import GpuRow, reading_from_row
+from gpuhistory.storage.queries import GpuRow
 from gpuhistory.storage.sample_source import raw_samples
 from gpuhistory.storage.schema import (
     events,
@@ -137,25 +141,22 @@ def context_window(row: sa.Row[Any], config: Config, now_ms: int) -> tuple[int, 
 
 
 def context_samples(conn: sa.Connection, row: sa.Row[Any], since_ms: int,
-                    until_ms: int) -> list[sa.Row[Any]]:
-    """The GPU's raw samples in [since, until], oldest first (a primary-key range scan);
-    on PostgreSQL with the kept rows of dropped partitions (storage/sample_source.py)."""
-    source = raw_samples(conn)
-    s = source.c
-    return list(conn.execute(
-        sa.select(source).where(s.gpu_id == row.gpu_id, s.ts_ms >= since_ms,
-                                s.ts_ms <= until_ms).order_by(s.ts_ms)))
+                    until_ms: int) -> Sequence[sa.Row[Any]]:
+    """The GPU's raw samples in [since, until], oldest first (a primary-key range scan), as
+    rows of ``bulk.SAMPLE_COLUMNS``; on PostgreSQL with the kept rows of dropped partitions
+    (storage/sample_source.py)."""
+    return conn.execute(bulk.sample_statement(row.gpu_id, since_ms, until_ms,
+                                              source=raw_samples(conn))).all()
 
 
-def metrics_docs(row: sa.Row[Any], rows: list[sa.Row[Any]]) -> list[dict[str, Any]]:
-    gpu = _gpu(row)
-    return [GPUMetrics.from_reading(reading_from_row(gpu, s), GPUState(s.state), s.ts_ms,
-                                    gpu.backend).to_dict() for s in rows]
+def metrics_docs(row: sa.Row[Any], rows: Sequence[sa.Row[Any]]) -> list[dict[str, Any]]:
+    """The GPUMetrics documents of context samples (from :func:`context_samples`)."""
+    return bulk.metrics_docs(_gpu(row), rows)
 
 
-def samples_csv(row: sa.Row[Any], rows: list[sa.Row[Any]]) -> Iterator[str]:
+def samples_csv(row: sa.Row[Any], rows: Sequence[sa.Row[Any]]) -> Iterator[str]:
     """The context samples as CSV (GPUMetrics columns; reasons joined by ``|``)."""
-    return metrics_csv(metrics_docs(row, rows))
+    return bulk.metrics_csv(_gpu(row), rows)
 
 
 def metrics_csv(docs: list[dict[str, Any]]) -> Iterator[str]:
@@ -174,34 +175,43 @@ def metrics_csv(docs: list[dict[str, Any]]) -> Iterator[str]:
     yield buffer.getvalue()
 
 
-def _durations(rows: list[sa.Row[Any]], start_ms: int, stop_ms: int,
-               gap: int) -> list[tuple[sa.Row[Any], int]]:
-    """Each sample in [start, stop) with the time until the next sample (at most ``gap``)."""
-    out = []
-    for i, s in enumerate(rows):
-        if s.ts_ms < start_ms or s.ts_ms >= stop_ms:
-            continue
-        following = rows[i + 1].ts_ms if i + 1 < len(rows) else s.ts_ms
-        out.append((s, min(following - s.ts_ms, gap)))
-    return out
-
-
-def _reason_breakdown(timed: list[tuple[sa.Row[Any], int]]) -> list[dict[str, Any]]:
-    """Per clock-event reason bit: the samples that reported it and for how long."""
+def _during(rows: Sequence[sa.Row[Any]], start_ms: int, stop_ms: int,
+            gap: int) -> dict[str, Any]:
+    """What the samples in [start, stop) say, in one pass: each clock-event reason bit with
+    the samples that reported it and for how long (a sample lasts until the next one, at
+    most ``gap``), and the memory and power they used."""
+    ts = itemgetter(bulk.TS)
+    first = bisect.bisect_left(rows, start_ms, key=ts)
+    stop = bisect.bisect_left(rows, stop_ms, lo=first, key=ts)
+    by_mask: dict[int, list[int]] = {}
+    used: list[int] = []
+    power: list[int] = []
+    last = len(rows) - 1
+    for i in range(first, stop):
+        s = rows[i]
+        if s[bulk.REASONS]:
+            following = rows[i + 1][bulk.TS] if i < last else s[bulk.TS]
+            entry = by_mask.setdefault(s[bulk.REASONS], [0, 0])
+            entry[0] += 1
+            entry[1] += min(following - s[bulk.TS], gap)
+        if s[bulk.MEMORY_USED] is not None:
+            used.append(s[bulk.MEMORY_USED])
+        if s[bulk.POWER_DW] is not None:
+            power.append(s[bulk.POWER_DW])
     counts: dict[int, list[int]] = {}
-    for s, duration in timed:
-        mask = s.clock_event_reasons or 0
+    for mask, (n, ms) in by_mask.items():
         bit = 1
         while mask:
             if mask & 1:
                 entry = counts.setdefault(bit, [0, 0])
-                entry[0] += 1
-                entry[1] += duration
+                entry[0] += n
+                entry[1] += ms
             mask >>= 1
             bit <<= 1
-    return [{"name": CLOCK_EVENT_REASONS.get(bit, f"0x{bit:x}"), "mask": bit,
-             "samples": n, "seconds": round(ms / 1000, 3)}
-            for bit, (n, ms) in sorted(counts.items())]
+    reasons = [{"name": CLOCK_EVENT_REASONS.get(bit, f"0x{bit:x}"), "mask": bit,
+                "samples": n, "seconds": round(ms / 1000, 3)}
+               for bit, (n, ms) in sorted(counts.items())]
+    return {"reasons": reasons, "used": used, "power": power}
 
 
 def _transitions(conn: sa.Connection, gpu_id: int, since_ms: int,
@@ -278,26 +288,25 @@ def _throttle_time(conn: sa.Connection, gpu_id: int, start_ms: int,
 
 
 def postmortem(conn: sa.Connection, row: sa.Row[Any], config: Config, now_ms: int,
-               leases: list[dict[str, Any]], max_samples: int = MAX_CONTEXT_SAMPLES
-               ) -> dict[str, Any]:
+               leases: list[dict[str, Any]], max_samples: int = MAX_CONTEXT_SAMPLES,
+               samples_json: bool = False) -> dict[str, Any]:
     """The post-mortem of one incident (``row`` from :func:`get_incident`).
 
     ``leases``: the lease documents active during it (LeaseManager.active_between).
     The context samples are listed oldest first; more than ``max_samples`` are thinned
-    to every n-th (``samples_stride``); the CSV download has them all.
+    to every n-th (``samples_stride``); the CSV download has them all. ``samples_json``:
+    the samples stay JSON text (an ``orjson.Fragment``) for an encoder to embed as is.
     """
     doc = incident_doc(row, now_ms)
     since, until = context_window(row, config, now_ms)
     rows = context_samples(conn, row, since, until)
     stop = row.end_ms if row.end_ms is not None else row.last_sample_ms + 1
-    gap = gap_ms(config)
-    timed = _durations(rows, row.start_ms, stop, gap)
-    during = [s for s, _ in timed]
-    used = [s.memory_used_mib for s in during if s.memory_used_mib is not None]
-    power = [s.power_dw for s in during if s.power_dw is not None]
+    during = _during(rows, row.start_ms, stop, gap_ms(config))
+    used, power = during["used"], during["power"]
     slowdown = row.slowdown_temp_c
     end_or_now = row.end_ms if row.end_ms is not None else now_ms
     stride = max(1, -(-len(rows) // max_samples)) if max_samples else 0
+    listed = bulk.metrics_json(_gpu(row), rows[::stride]) if stride else "[]"
     doc.update({
         "summary": "",
         "context_minutes": _number(config.incident_context_minutes),
@@ -313,7 +322,7 @@ def postmortem(conn: sa.Connection, row: sa.Row[Any], config: Config, now_ms: in
         "memory": {"max_used_mb": max(used) if used else None,
                    "avg_used_mb": round(sum(used) / len(used)) if used else None,
                    "total_mb": row.memory_total_mib},
-        "clock_event_reasons_seen": _reason_breakdown(timed),
+        "clock_event_reasons_seen": during["reasons"],
         "transitions": _transitions(conn, row.gpu_id, since, until),
         "leases": leases,
         "processes": _processes(conn, row.gpu_id, row.start_ms, end_or_now),
@@ -321,7 +330,7 @@ def postmortem(conn: sa.Connection, row: sa.Row[Any], config: Config, now_ms: in
         "xid_errors": _xid_events(conn, row.gpu_id, since, until),
         "samples_total": len(rows),
         "samples_stride": stride,
-        "samples": metrics_docs(row, rows[::stride]) if stride else [],
+        "samples": orjson.Fragment(listed) if samples_json else orjson.loads(listed),
     })
     doc["summary"] = summary_sentence(doc)
     return doc

@@ -23,6 +23,7 @@ from gpuhistory.analytics.postmortem import (
 )
 from gpuhistory.api.common import View, ctx, filter_ids, host_filter, time_range
 from gpuhistory.api.errors import ApiError
+from gpuhistory.api.fastjson import json_response
 from gpuhistory.api.responses import IncidentList, IncidentReport, errors
 from gpuhistory.api.schemas import HostQuery, IncidentPath, IncidentQuery, IncidentsQuery
 from gpuhistory.leases.manager import LeaseManager
@@ -73,8 +74,8 @@ def incident(path: IncidentPath, query: IncidentQuery) -> View:
     with c.engine.connect() as conn:
         row = _incident(conn, path.incident_id, query.host)
         doc = postmortem(conn, row, c.config(), now, _leases(row, now),
-                         max_samples=query.max_samples)
-    return jsonify(doc)
+                         max_samples=query.max_samples, samples_json=True)
+    return json_response(doc)
 
 
 @bp.get("/incidents/<int:incident_id>/samples.csv", responses={

@@ -12,12 +12,13 @@ from gpuhistory.analytics.history import (
 )
 from gpuhistory.api.common import View, card_at, ctx, one_gpu, time_range
 from gpuhistory.api.errors import ApiError
+from gpuhistory.api.fastjson import json_response
 from gpuhistory.api.responses import HistoryAnswer, Metrics, Trend, errors
 from gpuhistory.api.schemas import GpuQuery, HistoryQuery, TrendQuery
 from gpuhistory.clock import iso_utc
 from gpuhistory.documents import history_doc, metrics_doc
 from gpuhistory.domain.trend import trend_doc
-from gpuhistory.storage.queries import latest_sample_of, trend_sums
+from gpuhistory.storage.queries import GpuRow, LatestSample, trend_sums
 
 bp = APIBlueprint("metrics", __name__, url_prefix="/api/gpu", abp_tags=[Tag(name="metrics")])
 
@@ -35,6 +36,12 @@ def metrics(query: GpuQuery) -> View:
     return jsonify(doc)
 
 
+def _card_only(card: GpuRow) -> LatestSample:
+    """The card without its newest sample: all a history document reads (saves the
+    latest-sample statement per request)."""
+    return LatestSample(gpu=card, ts_ms=None, state=None, reading=None)
+
+
 @bp.get("/metrics/history", responses={200: HistoryAnswer, **errors(400, 404, 422)})
 def history(query: HistoryQuery) -> View:
     """Persisted history in [since, until]: raw samples, or buckets at any resolution, of
@@ -50,8 +57,8 @@ def history(query: HistoryQuery) -> View:
         limit = query.limit or c.config().history_size
         with c.engine.connect() as conn:
             card = card_at(conn, query, until if until is not None else c.clock.now_ms())
-            entry = latest_sample_of(conn, card)
-            return jsonify(history_doc(conn, entry, since, until, limit))
+            return json_response(history_doc(conn, _card_only(card), since, until, limit,
+                                             samples_json=True))
     if query.limit is not None:
         raise ApiError(422, "validation_failed",
                        "limit applies to raw samples; with resolution or points use points",
@@ -61,10 +68,11 @@ def history(query: HistoryQuery) -> View:
     if since is None:
         since = until - DEFAULT_RANGE_MS
     with c.engine.connect() as conn:
-        entry = latest_sample_of(conn, card_at(conn, query, until))
-        return jsonify(history_buckets_doc(conn, entry, since, until,
-                                           query.resolution or "auto",
-                                           query.points or DEFAULT_POINTS))
+        entry = _card_only(card_at(conn, query, until))
+        return json_response(history_buckets_doc(conn, entry, since, until,
+                                                 query.resolution or "auto",
+                                                 query.points or DEFAULT_POINTS,
+                                                 buckets_json=True))
 
 
 @bp.get("/temperature/trend", responses={200: Trend, **errors(400, 404, 422)})

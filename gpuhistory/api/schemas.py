@@ -100,6 +100,46 @@ HostFilter = Annotated[str, Field(
 
 
 _SCHEMAS: dict[tuple[Any, ...], dict[str, Any]] = {}
+_SHARED: dict[type, dict[str, Any]] = {}  # the argument-less schemas, read-only
+
+
+class _FrozenDict(dict[str, Any]):
+    """A cached JSON schema, shared by every request: reading it is free, changing it is
+    an error (a caller that wants to change one asks for a copy: ``copy.deepcopy``)."""
+
+    def _read_only(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("a cached JSON schema is read-only; copy.deepcopy() it to change it")
+
+    __setitem__ = __delitem__ = __ior__ = _read_only  # type: ignore[assignment]
+    clear = pop = popitem = setdefault = update = _read_only  # type: ignore[assignment]
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> dict[str, Any]:
+        thawed: dict[str, Any] = _thawed(self)
+        return thawed
+
+    def __copy__(self) -> dict[str, Any]:
+        return dict(self)
+
+    def __reduce__(self) -> Any:
+        return dict, (dict(self),)
+
+
+def _frozen(value: Any) -> Any:
+    """``value`` with every dict read-only and every list a tuple, all the way down."""
+    if isinstance(value, dict):
+        return _FrozenDict({k: _frozen(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return tuple(_frozen(v) for v in value)
+    return value
+
+
+def _thawed(value: Any) -> Any:
+    """A plain, changeable copy of a ``_frozen`` value (dicts and lists again)."""
+    if isinstance(value, dict):
+        return {k: _thawed(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [_thawed(v) for v in value]
+    return value
 
 
 class Strict(BaseModel):
@@ -109,8 +149,14 @@ class Strict(BaseModel):
 
     @classmethod
     def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        # flask-openapi3 asks for the schema on every request to parse the query string;
-        # a model's schema never changes, so build it once (a copy keeps it unshared).
+        # flask-openapi3 asks for the schema (no arguments) on every request to parse the
+        # query string, and only reads it: that call gets the one read-only copy, built
+        # once. Calls with arguments (the OpenAPI document, built once) get a fresh copy.
+        if not args and not kwargs:
+            shared = _SHARED.get(cls)
+            if shared is None:
+                shared = _SHARED[cls] = _frozen(super().model_json_schema())
+            return shared
         key = (cls, args, tuple(sorted(kwargs.items(), key=lambda kv: kv[0])))
         if key not in _SCHEMAS:
             _SCHEMAS[key] = super().model_json_schema(*args, **kwargs)

@@ -168,8 +168,8 @@ def show(ctx: click.Context, incident_id: int, db: str | None, host_name: str | 
     else:
         doc = _from_db(source, incident_id, 0 if as_csv else None)
     if as_csv:
-        samples = doc["samples"] if source["url"] else doc.pop("_all_samples")
-        for piece in metrics_csv(samples):
+        pieces = metrics_csv(doc["samples"]) if source["url"] else doc.pop("_csv")
+        for piece in pieces:
             click.echo(piece, nl=False)
     elif as_json:
         click.echo(json.dumps(doc, indent=2))
@@ -192,13 +192,14 @@ def _from_server(url: str, host: str | None, incident_id: int,
 
 def _from_db(source: dict[str, Any], incident_id: int,
              max_samples: int | None) -> dict[str, Any]:
-    """The post-mortem from the database; with ``max_samples`` 0, every sample is kept
-    under ``_all_samples`` (for --csv)."""
+    """The post-mortem from the database; with ``max_samples`` 0, every sample as CSV
+    pieces under ``_csv`` (for --csv)."""
     from gpuhistory.analytics.postmortem import (
+        MAX_CONTEXT_SAMPLES,
         context_samples,
         context_window,
-        metrics_docs,
         postmortem,
+        samples_csv,
     )
 
     local, row = _local_incident(source, incident_id)
@@ -207,9 +208,9 @@ def _from_db(source: dict[str, Any], incident_id: int,
     with local.engine.connect() as conn:
         if max_samples == 0:
             since, until = context_window(row, config, now)
-            return {"_all_samples": metrics_docs(row, context_samples(conn, row, since, until))}
-        kwargs = {} if max_samples is None else {"max_samples": max_samples}
-        return postmortem(conn, row, config, now, _leases(local, row, now), **kwargs)
+            return {"_csv": list(samples_csv(row, context_samples(conn, row, since, until)))}
+        return postmortem(conn, row, config, now, _leases(local, row, now),
+                          MAX_CONTEXT_SAMPLES if max_samples is None else max_samples)
 
 
 @incidents.command("report")

@@ -101,6 +101,7 @@ class Pipeline:
         # index → (track, its SteadyBand, the _resolved entry, gpus.id) for process's fast
         # path; an entry is trusted only while that track and entry are still current.
         self._steady: dict[int, _Steady] = {}
+        self._steady_config: Config | None = None  # the thresholds the bands were made with
         # What the log holds about processes and throttle counters (only changes are written).
         self.hardware = HardwareTracker()
 
@@ -218,6 +219,9 @@ class Pipeline:
         """
         record = record if record is not None else TickRecord()
         config = self.config()
+        if config is not self._steady_config and config != self._steady_config:
+            self._steady.clear()  # new thresholds, new bands: classify in full again
+        self._steady_config = config
         seen: set[int] = set()
         batch = list(readings)
         if self.fill_missing:
