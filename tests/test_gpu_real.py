@@ -7,6 +7,7 @@ support (the fan on an H100) may be None.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 import time
@@ -476,3 +477,61 @@ def test_a_leased_pytorch_process_is_held_to_account_and_memory_matches_under_lo
             child.stdout.close()
         server.close()
         real.close()
+
+
+def test_a_cuda_process_in_a_container_cgroup_is_attributed_from_real_proc() -> None:
+    """A PyTorch process moved into a cgroup named as Docker names a container's
+    (``/system.slice/docker-<64 hex>.scope``, made here in the real cgroup v2 tree): real
+    NVML lists it, and its owner read from the real ``/proc/<pid>/cgroup`` names the
+    container id (the scope is the container's, not reported as a systemd unit). Skips where no cgroup can be made (no cgroup v2, not
+    root, a read-only tree) or torch is missing."""
+    import importlib.util
+    import os
+    import sys
+    from pathlib import Path
+
+    from gpuhistory.sampling.procinfo import pid_namespace_is_nested
+
+    if importlib.util.find_spec("torch") is None:
+        pytest.skip("torch is not installed: pip install torch, to start a CUDA user")
+    if pid_namespace_is_nested():
+        pytest.skip("in a child PID namespace NVML reports host pids: no /proc lookup here")
+    root = Path("/sys/fs/cgroup")
+    if not (root / "cgroup.procs").exists():
+        pytest.skip("no cgroup v2 tree at /sys/fs/cgroup")
+    container = "5ca1ab1e" * 8
+    group = root / "system.slice" / f"docker-{container}.scope"
+    try:
+        group.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        pytest.skip(f"cannot make a cgroup here ({exc})")
+    child = subprocess.Popen([sys.executable, "-c", CUDA_USER], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    real = NvmlBackend()
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+        try:
+            (group / "cgroup.procs").write_text(f"{child.pid}\n")
+        except OSError as exc:
+            pytest.skip(f"cannot move a process into a cgroup here ({exc})")
+        print(Path(f"/proc/{child.pid}/cgroup").read_text().strip(), os.getuid())
+        deadline = time.monotonic() + 30
+        found = None
+        while found is None and time.monotonic() < deadline:
+            found = next((p for f in real.read_hardware() for p in f.processes or []
+                          if p.pid == child.pid), None)
+            time.sleep(0.2)
+        assert found is not None, f"NVML does not list the CUDA process {child.pid}"
+        print(found)
+        assert found.owner is not None
+        assert found.owner.container_id == container
+        assert found.owner.systemd_unit is None  # the scope is the container's, not a unit
+    finally:
+        real.close()
+        child.kill()
+        child.wait(10)
+        for pipe in (child.stdin, child.stdout):
+            if pipe is not None:
+                pipe.close()
+        with contextlib.suppress(OSError):  # the child gone, the cgroup is empty
+            group.rmdir()
