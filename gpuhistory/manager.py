@@ -23,7 +23,7 @@ from gpuhistory.clock import Clock, SystemClock
 from gpuhistory.config.layers import load_static
 from gpuhistory.config.store import ConfigStore
 from gpuhistory.context import machine_name
-from gpuhistory.documents import history_doc, metrics_doc, status_doc, throttle_doc
+from gpuhistory.documents import Monitoring, history_doc, metrics_doc, status_docs, throttle_doc
 from gpuhistory.domain.config import Config
 from gpuhistory.domain.metrics import GPUMetrics
 from gpuhistory.domain.states import GPUState
@@ -131,12 +131,11 @@ class GPUManager:
         if entry is None:
             return {"gpu_id": gpu_id, "available": False, "state": GPUState.UNAVAILABLE.name}
         now = self.clock.now_ms()
-        with self.engine.connect() as conn:
-            doc = status_doc(conn, entry, now, self.config)
-        doc["memory"] = self.leases.capacity(gpu_id).to_dict()
-        doc["monitoring"] = {"monitoring": self.sampler.running,
-                             "interval_seconds": self.sampler.interval}
-        return doc
+        held = self.leases.capacity(gpu_id)
+        return status_docs([entry], now, self.config,
+                           usage={entry.gpu.id: (held.leased_mb, held.active_leases)},
+                           monitoring=Monitoring(self.sampler.running, self.sampler.interval,
+                                                 entry.gpu.host))[0]
 
     def get_all_gpus_status(self) -> dict[str, Any]:
         self._fresh()

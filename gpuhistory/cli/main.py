@@ -340,7 +340,7 @@ def _db_frames(db: str | None, gpu_id: int | None, uuid: str | None, at: int | N
     from gpuhistory.cli.processes import running_processes
     from gpuhistory.config.layers import load_static
     from gpuhistory.config.store import ConfigStore
-    from gpuhistory.documents import status_doc
+    from gpuhistory.documents import status_docs
     from gpuhistory.identity import GpuRef, UnknownGpu, resolve_latest
     from gpuhistory.storage.engine import make_engine, upgrade
     from gpuhistory.storage.queries import latest_samples
@@ -373,7 +373,7 @@ def _db_frames(db: str | None, gpu_id: int | None, uuid: str | None, at: int | N
                     click.echo(f"no samples recorded for {_asked(host, gpu_id, uuid)} at or "
                                f"before {iso_utc(at)}", err=True)
                     sys.exit(3)
-            docs = [status_doc(conn, e, now, config) for e in entries]
+            docs = status_docs(entries, now, config, conn=conn)
             processes = running_processes(
                 conn, [(e.gpu.id, e.gpu.host, e.gpu.index) for e in entries], at) \
                 if show_processes else None
