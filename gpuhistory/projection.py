@@ -84,6 +84,10 @@ class StatusProjection:
     def refresh(self, now_ms: int) -> bool:
         """Follow the log when ``interval`` has passed since it was last asked (or the
         clock went back); True when it was asked."""
+        checked = self._checked_ms  # read without the lock: the usual answer is "not due"
+        if (checked is not None and 0 <= now_ms - checked < self.interval_ms
+                and not self._leases_stale):
+            return False
         with self._lock:
             due = (self._checked_ms is None or now_ms - self._checked_ms >= self.interval_ms
                    or now_ms < self._checked_ms)
