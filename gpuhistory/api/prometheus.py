@@ -3,8 +3,9 @@
 The app process may not be the sampler, so nothing is kept in process-wide metric objects:
 a custom collector takes the GPUs' latest entries and lease totals from the status
 projection (gpuhistory/projection.py) and reads the rest from the log on each scrape (one
-grouped query per counter, a key seek per GPU for its newest throttle counters) and ``generate_latest`` renders it from a private registry. Names follow the
-Prometheus conventions: base units (bytes, seconds, hertz, ratios 0 to 1), ``_total`` on
+grouped query per counter, a key seek per GPU for its newest throttle counters) and
+``generate_latest`` renders it from a private registry. Names follow the Prometheus
+conventions: base units (bytes, seconds, hertz, ratios 0 to 1), ``_total`` on
 counters only. See docs/prometheus.md.
 
 Values are served as current only while they are (gpuhistory/api/freshness.py): when
