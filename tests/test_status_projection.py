@@ -18,6 +18,7 @@ from gpuhistory.config.store import ConfigStore
 from gpuhistory.context import ServiceContext
 from gpuhistory.documents import status_docs
 from gpuhistory.leases.manager import LeaseManager
+from gpuhistory.service import ServeSettings, Service
 from gpuhistory.storage.engine import make_engine
 from gpuhistory.storage.fleet_reads import lease_usage
 from gpuhistory.storage.processes import running_processes
@@ -187,3 +188,36 @@ def test_a_fleet_of_125_hosts_by_8_gpus_is_answered_from_the_projection(
     with statements(engine) as seen:
         again = client.get("/api/gpu/status/all?host=*").get_json()
     assert seen == [] and again == first
+
+
+def test_a_serving_service_and_an_api_service_on_one_database_stay_fresh(
+        engine: sa.Engine, clock: FakeClock, db_url: str) -> None:
+    """The services as ``serve`` builds them: role ``both`` (its sampler ticks) and role
+    ``api`` on the same database, one fake clock. The serving one includes its own tick in
+    its next answer with no SQL; the API one includes it once one interval has passed."""
+    both = Service(ServeSettings(db=db_url, backend="sim", sim_gpus=2, host_name="node-a",
+                                 interval=2.0), clock, role="both")
+    api = Service(ServeSettings(db=db_url, host_name="node-a", interval=2.0), clock,
+                  role="api")
+    try:
+        assert both.sampler is not None and both.app is not None and api.app is not None
+        serving, following = both.app.test_client(), api.app.test_client()
+        both.sampler.tick()
+        assert following.get("/api/gpu/status/all").get_json()["count"] == 2
+        clock.advance(0.5)
+        both.sampler.tick()
+        now = _iso(clock.now_ms())
+        with statements(both.engine) as seen:
+            mine = serving.get("/api/gpu/status/all").get_json()["gpus"]
+        assert seen == [] and {g["timestamp"] for g in mine} == {now}
+        assert {g["timestamp"] for g in
+                following.get("/api/gpu/status/all").get_json()["gpus"]} != {now}
+        clock.advance(api.config().monitor_interval)
+        theirs = following.get("/api/gpu/status/all").get_json()["gpus"]
+        assert {g["timestamp"] for g in theirs} == {now}
+        assert [g["state"] for g in theirs] == [g["state"] for g in mine]
+    finally:
+        for service in (both, api):
+            if service.backend is not None:
+                service.backend.close()
+            service.engine.dispose()
