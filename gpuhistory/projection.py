@@ -106,23 +106,30 @@ class StatusProjection:
             if self._checked_ms is None:
                 self.rebuild(now_ms)
                 return
-            with self.engine.connect() as conn:
+            with self.engine.connect() as conn:  # all read before anything changes
                 marks = newest_marks(conn)
+                held = self._entries
                 changed = [gpu_id for gpu_id, ts in marks.newest_ms.items()
-                           if gpu_id not in self._entries or self._entries[gpu_id].ts_ms != ts]
-                gone = [gpu_id for gpu_id in self._entries if gpu_id not in marks.newest_ms]
+                           if gpu_id not in held or held[gpu_id].ts_ms != ts]
+                gone = [gpu_id for gpu_id in held if gpu_id not in marks.newest_ms]
                 evented = marks.event_id != self._event_id
-                if changed:
-                    for entry in entries_of(conn, changed):
-                        self._entries[entry.gpu.id] = entry
-                for gpu_id in gone:
-                    self._entries.pop(gpu_id, None)
-                    self._processes.pop(gpu_id, None)
-                if evented:  # a stop ends processes without a sample: read them all
-                    self._processes = running_processes(conn, self._entries)
-                elif changed:
-                    self._processes.update(running_processes(conn, changed))
-                self._leases = unreleased_leases(conn)
+                fresh = entries_of(conn, changed) if changed else []
+                ids = [i for i in held if i not in gone] + [
+                    e.gpu.id for e in fresh if e.gpu.id not in held]
+                # a stop ends processes without a sample: then read them all
+                processes = (running_processes(conn, ids) if evented
+                             else running_processes(conn, changed) if changed else {})
+                leases = unreleased_leases(conn)
+            for entry in fresh:
+                self._entries[entry.gpu.id] = entry
+            for gpu_id in gone:
+                self._entries.pop(gpu_id, None)
+                self._processes.pop(gpu_id, None)
+            if evented:
+                self._processes = processes
+            else:
+                self._processes.update(processes)
+            self._leases = leases
             self._leases_stale = False
             self._event_id = marks.event_id
             self._checked_ms = now_ms
