@@ -221,3 +221,28 @@ def test_a_serving_service_and_an_api_service_on_one_database_stay_fresh(
             if service.backend is not None:
                 service.backend.close()
             service.engine.dispose()
+
+
+def test_a_failed_follow_read_changes_nothing_and_is_asked_again(
+        engine: sa.Engine, clock: FakeClock) -> None:
+    """When the log cannot be read half-way through following it (the leases table is
+    away), the answer fails, the projection keeps what it held, and the next answer reads
+    again and includes the commit."""
+    config = _config(engine, clock)
+    fleet = SimFleet(engine, clock, config, hosts=1, gpus=2)
+    context = _context(engine, clock, config, "node-001")
+    client = create_app(context).test_client()
+    before = client.get("/api/gpu/status/all").get_json()["gpus"]
+    clock.advance(context.projection.interval_ms / 1000)
+    fleet.hosts["node-001"].tick()
+    with engine.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE leases RENAME TO leases_away"))
+    try:
+        assert client.get("/api/gpu/status/all").status_code >= 500
+        held = context.projection.entries("node-001", clock.now_ms())
+        assert [_iso(e.ts_ms) for e in held if e.ts_ms] == [g["timestamp"] for g in before]
+    finally:
+        with engine.begin() as conn:
+            conn.execute(sa.text("ALTER TABLE leases_away RENAME TO leases"))
+    after = client.get("/api/gpu/status/all").get_json()["gpus"]
+    assert {g["timestamp"] for g in after} == {_iso(clock.now_ms())}
