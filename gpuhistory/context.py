@@ -12,6 +12,7 @@ import sqlalchemy as sa
 
 from gpuhistory.clock import Clock, SystemClock
 from gpuhistory.domain.config import DEFAULT_CONFIG, Config
+from gpuhistory.projection import StatusProjection
 from gpuhistory.sampling.sampler import Sampler
 
 if TYPE_CHECKING:
@@ -40,6 +41,19 @@ class ServiceContext:
     # dashboards can never starve the API (``serve --threads 8`` → 4 streams).
     max_streams: int = 4
     streams: threading.BoundedSemaphore = field(init=False, repr=False)
+    # The latest state of every GPU, kept current from the log (gpuhistory/projection.py):
+    # the sampler of this process syncs it after each commit; requests follow the log.
+    projection: StatusProjection = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.streams = threading.BoundedSemaphore(max(1, self.max_streams))
+        self.projection = StatusProjection(self.engine, self._interval)
+        if self.sampler is not None:
+            projection, clock = self.projection, self.clock
+            self.sampler.committed.append(lambda: projection.sync(clock.now_ms()))
+
+    def _interval(self) -> float:
+        """How often an answer follows the log: the sampling interval in force."""
+        if self.sampler is not None:
+            return self.sampler.interval
+        return self.config().monitor_interval

@@ -32,6 +32,7 @@ from gpuhistory.domain.events import EventKind
 from gpuhistory.domain.slots import RECORDED_BACKENDS
 from gpuhistory.domain.states import GPUState
 from gpuhistory.leases.model import lease_capacity_mb
+from gpuhistory.projection import StatusProjection
 from gpuhistory.sampling.control import last_request
 from gpuhistory.storage.claims import ClaimRow
 from gpuhistory.storage.fleet_reads import claims_by_host, lease_usage, state_since
@@ -133,13 +134,20 @@ def host_doc(host: str, rows: list[dict[str, Any]], entries: list[LatestSample],
 
 
 def fleet_hosts(conn: sa.Connection, host: str | None, now_ms: int, config: Config,
-                with_gpus: bool = False) -> dict[str, Any]:
+                with_gpus: bool = False, projection: StatusProjection | None = None,
+                ) -> dict[str, Any]:
     """Every host in the database (``host`` None), or one, ordered by name; with
-    ``with_gpus``, each host's GPUs as compact rows. Five statements, whatever the fleet."""
-    entries = latest_samples(conn, host, now_ms=now_ms)
+    ``with_gpus``, each host's GPUs as compact rows. Five statements, whatever the fleet;
+    three with a status ``projection`` (the GPUs' entries and lease totals come from it, so
+    this answer and ``status/all`` agree)."""
+    if projection is not None:
+        entries = projection.entries(host, now_ms)
+        usage = projection.lease_usage(now_ms)
+    else:
+        entries = latest_samples(conn, host, now_ms=now_ms)
+        usage = lease_usage(conn, host, now_ms)
     claims = claims_by_host(conn, host)
     since = state_since(conn, host)
-    usage = lease_usage(conn, host, now_ms)
     request = last_request(conn)
     stop_requested = request is not None and request[0] == str(EventKind.MONITORING_STOPPED)
     by_host: dict[str, list[LatestSample]] = {}

@@ -21,7 +21,7 @@ from typing import Any
 from gpuhistory.assembly import ServeSettings, build
 from gpuhistory.callbacks import Callback, make_event
 from gpuhistory.clock import Clock
-from gpuhistory.documents import history_doc, metrics_doc, status_doc, throttle_doc
+from gpuhistory.documents import Monitoring, history_doc, metrics_doc, status_docs, throttle_doc
 from gpuhistory.domain.config import Config
 from gpuhistory.domain.metrics import GPUMetrics
 from gpuhistory.domain.states import GPUState
@@ -119,12 +119,11 @@ class GPUManager:
         if entry is None:
             return {"gpu_id": gpu_id, "available": False, "state": GPUState.UNAVAILABLE.name}
         now = self.clock.now_ms()
-        with self.engine.connect() as conn:
-            doc = status_doc(conn, entry, now, self.config)
-        doc["memory"] = self.leases.capacity(gpu_id).to_dict()
-        doc["monitoring"] = {"monitoring": self.sampler.running,
-                             "interval_seconds": self.sampler.interval}
-        return doc
+        held = self.leases.capacity(gpu_id)
+        return status_docs([entry], now, self.config,
+                           usage={entry.gpu.id: (held.leased_mb, held.active_leases)},
+                           monitoring=Monitoring(self.sampler.running, self.sampler.interval,
+                                                 entry.gpu.host))[0]
 
     def get_all_gpus_status(self) -> dict[str, Any]:
         self._fresh()

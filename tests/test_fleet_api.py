@@ -187,7 +187,9 @@ def _statements(fleet: Fleet, **params: Any) -> int:
 
 def test_statements_per_answer_do_not_grow_with_the_fleet(fleet) -> None:
     """3 hosts, then 125 hosts x 8 GPUs (1,000 GPUs): the same few statements per answer,
-    with or without the GPUs' rows."""
+    with or without the GPUs' rows (once the status projection has followed the log:
+    that read, once per interval, is bounded too — tests/test_status_projection.py)."""
+    fleet.hosts()
     small = (_statements(fleet), _statements(fleet, gpus="true"))
     fleet.sim.add(122)
     fleet.sim.tick(1)

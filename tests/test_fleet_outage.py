@@ -64,11 +64,17 @@ def samples_of_gpu0(app: App) -> list[int]:
 
 
 def test_while_postgresql_is_away_requests_are_503_and_everything_recovers(running) -> None:
+    """While the database is away, the status is answered from the status projection
+    until one interval has passed since it last read the log, then 503 like every request
+    that must read; everything recovers when it is back."""
     app, outage = running
     app.tick(1, times=2)
     grant = {"allocation_id": "job", "memory_mb": 1024, "gpu_id": 0, "ttl_seconds": 600}
     outage.begin()
     try:
+        held = requests.get(f"{app.url}/api/gpu/status/all", timeout=30)
+        assert held.status_code == 200 and held.json()["count"] == 4  # within the interval
+        app.clock.advance(app.sampler.interval)
         for method, path, body in (("get", "/api/gpu/status/all", None),
                                    ("get", "/api/gpu/metrics", None),
                                    ("post", "/api/gpu/memory/allocate", grant)):

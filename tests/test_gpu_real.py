@@ -483,8 +483,9 @@ def test_a_cuda_process_in_a_container_cgroup_is_attributed_from_real_proc() -> 
     """A PyTorch process moved into a cgroup named as Docker names a container's
     (``/system.slice/docker-<64 hex>.scope``, made here in the real cgroup v2 tree): real
     NVML lists it, and its owner read from the real ``/proc/<pid>/cgroup`` names the
-    container id (the scope is the container's, not reported as a systemd unit). Skips where no cgroup can be made (no cgroup v2, not
-    root, a read-only tree) or torch is missing."""
+    container id (the scope is the container's, not reported as a systemd unit). Skips
+    where no cgroup can be made (no cgroup v2, not root, a read-only tree) or torch is
+    missing."""
     import importlib.util
     import os
     import sys

@@ -24,7 +24,8 @@ def hosts(query: FleetHostsQuery) -> View:
     memory, power, state age, leases)."""
     c = ctx()
     now = c.clock.now_ms()
+    c.projection.refresh(now)
     with c.engine.connect() as conn:
         doc = fleet_hosts(conn, None if query.host == ALL_HOSTS else query.host, now,
-                          c.config(), with_gpus=query.gpus)
+                          c.config(), with_gpus=query.gpus, projection=c.projection)
     return jsonify(doc)

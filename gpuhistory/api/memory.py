@@ -55,6 +55,7 @@ def allocate(body: AllocateBody) -> View:
                                            gpu_index=body.gpu_id,
                                            ttl_seconds=body.ttl_seconds, owner=body.owner,
                                            uuid=body.uuid, covers=covers)
+    ctx().projection.leases_changed()  # the next status answer reads them
     return jsonify(lease.to_dict(c.clock.now_ms(), token=token)), 201
 
 
@@ -69,6 +70,7 @@ def renew(body: RenewBody) -> View:
                        {"fields": {"lease_token": "Field required"}})
     lease = leases(body.host).renew(body.allocation_id, body.lease_token,
                                     ttl_seconds=body.ttl_seconds, admin=admin)
+    ctx().projection.leases_changed()  # the next status answer reads them
     return jsonify(lease.to_dict(c.clock.now_ms()))
 
 
@@ -82,6 +84,7 @@ def deallocate(body: DeallocateBody) -> View:
         raise ApiError(400, "invalid_argument", "lease_token is required",
                        {"fields": {"lease_token": "Field required"}})
     lease = leases(body.host).release(body.allocation_id, body.lease_token, admin=admin)
+    ctx().projection.leases_changed()  # the next status answer reads them
     return jsonify(lease.to_dict(c.clock.now_ms()))
 
 

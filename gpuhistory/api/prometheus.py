@@ -1,10 +1,11 @@
 """GET /metrics: the Prometheus text exposition, built per scrape from the database.
 
 The app process may not be the sampler, so nothing is kept in process-wide metric objects:
-a custom collector reads the log on each scrape (one ``latest_samples`` statement, one
-capacity query, one grouped query per counter, a key seek per GPU for its newest throttle
-counters) and ``generate_latest`` renders it from a private registry. Names follow the
-Prometheus conventions: base units (bytes, seconds, hertz, ratios 0 to 1), ``_total`` on
+a custom collector takes the GPUs' latest entries and lease totals from the status
+projection (gpuhistory/projection.py) and reads the rest from the log on each scrape (one
+grouped query per counter, a key seek per GPU for its newest throttle counters) and
+``generate_latest`` renders it from a private registry. Names follow the Prometheus
+conventions: base units (bytes, seconds, hertz, ratios 0 to 1), ``_total`` on
 counters only. See docs/prometheus.md.
 
 Values are served as current only while they are (gpuhistory/api/freshness.py): when
@@ -36,9 +37,10 @@ from gpuhistory.documents import throttle_doc
 from gpuhistory.domain.events import EventKind
 from gpuhistory.domain.reading import CLOCK_EVENT_REASONS, Reading
 from gpuhistory.domain.states import GPUState
+from gpuhistory.leases.capacity import capacity_of
 from gpuhistory.sampling.hardware import COUNTER_NAMES, HardwareFacts, ProcessInfo
 from gpuhistory.sampling.procinfo import Owner
-from gpuhistory.storage.queries import LatestSample, latest_samples
+from gpuhistory.storage.queries import LatestSample
 from gpuhistory.storage.schema import events, gpus, incidents, throttle_counters, transitions
 
 bp = APIBlueprint("prometheus", __name__, abp_tags=[Tag(name="prometheus")])
@@ -145,14 +147,17 @@ class GpuHistoryCollector(Collector):
         c = self.context
         now = c.clock.now_ms()
         host = {"host": c.host}
+        c.projection.refresh(now)  # the GPUs' entries and lease totals: from memory
+        entries = c.projection.entries(c.host, now)
+        config = c.config()
+        usage = c.projection.lease_usage(now)
+        capacity = ({e.gpu.index: capacity_of(e, config, *usage.get(e.gpu.id, (0, 0)))
+                     for e in entries} if c.leases is not None else {})
         with c.engine.connect() as conn:
-            entries = latest_samples(conn, c.host)
             newest = max((e.ts_ms for e in entries if e.ts_ms is not None), default=None)
             freshness = judge(c, conn, newest)
-            config = c.config()
             current = [] if freshness.stale else entries
-            advice = {e.gpu.index: throttle_doc(conn, e, now, config) for e in current}
-            capacity = c.leases.capacities(conn, entries) if c.leases is not None else {}
+            advice = {e.gpu.index: throttle_doc(None, e, now, config) for e in current}
             moved = conn.execute(_TRANSITIONS, host).all()
             overheated = conn.execute(_INCIDENTS, host).all()
             lease_events = conn.execute(_LEASE_EVENTS, host).all()

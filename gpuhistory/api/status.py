@@ -1,7 +1,9 @@
 """GET /api/gpu/status and /api/gpu/status/all: each GPU's latest state, reading and advice.
 
 Both take ``host`` (default: this server's host); ``status/all?host=*`` is the whole fleet
-sharing the database, every GPU document naming its host.
+sharing the database, every GPU document naming its host. Now is answered from the status
+projection (gpuhistory/projection.py: no SQL in the steady state); ``at`` a past time, from
+the log.
 """
 
 from __future__ import annotations
@@ -17,62 +19,60 @@ from gpuhistory.api.errors import ApiError
 from gpuhistory.api.responses import Status, StatusAll, errors
 from gpuhistory.api.schemas import ALL_HOSTS, StatusAllQuery, StatusQuery
 from gpuhistory.clock import iso_utc
-from gpuhistory.documents import status_doc
-from gpuhistory.leases.manager import LeaseManager
-from gpuhistory.leases.model import Capacity
+from gpuhistory.documents import Monitoring, status_docs
 from gpuhistory.storage.processes import running_processes
 from gpuhistory.storage.queries import LatestSample, latest_samples
 
 bp = APIBlueprint("status", __name__, url_prefix="/api/gpu", abp_tags=[Tag(name="status")])
 
 
-def _capacities(conn: sa.Connection, leases: LeaseManager,
-                entries: list[LatestSample]) -> dict[tuple[str, int], Capacity]:
-    """Lease capacity of each GPU, keyed (host, index): leases are per host and GPU."""
-    found: dict[tuple[str, int], Capacity] = {}
-    for host in sorted({e.gpu.host for e in entries}):
-        group = [e for e in entries if e.gpu.host == host]
-        found.update({(host, index): capacity for index, capacity
-                      in leases.capacities(conn, group).items()})
-    return found
+def _monitoring() -> Monitoring | None:
+    sampler = ctx().sampler
+    if sampler is None:
+        return None
+    return Monitoring(sampler.running, sampler.interval, ctx().host,
+                      sampler.lease_watch.snapshot)
 
 
-def _full_status(conn: sa.Connection, entries: list[LatestSample], now: int,
-                 live: bool) -> list[dict[str, Any]]:
-    """Status documents, each with the compute processes running on the GPU (then); when
-    live, with lease capacity and (for this host's GPUs, which this process samples) the
-    monitoring state.
-
-    About the past, the thresholds and cooldowns are those in force at that time.
-    """
+def live_status(entries: list[LatestSample], now: int) -> list[dict[str, Any]]:
+    """Status documents now, from the status projection (no SQL): each with the compute
+    processes running on the GPU, its lease capacity, and (for this host's GPUs, which
+    this process samples) the monitoring state."""
     c = ctx()
-    config = config_at(now, live)
-    docs = [status_doc(conn, entry, now, config) for entry in entries]
-    running = running_processes(conn, [e.gpu.id for e in entries], None if live else now)
+    projection = c.projection
+    return status_docs(entries, now, c.config(),
+                       processes=projection.processes(e.gpu.id for e in entries),
+                       usage=projection.lease_usage(now) if c.leases is not None else None,
+                       monitoring=_monitoring())
+
+
+def past_status(conn: sa.Connection, entries: list[LatestSample],
+                at: int) -> list[dict[str, Any]]:
+    """Status documents at a past time, read from the log: the processes alive then, the
+    leases active then and the configuration (thresholds, cooldowns) in force then."""
+    c = ctx()
+    config = config_at(at, live=False)
+    docs = status_docs(entries, at, config, conn=conn,
+                       processes=running_processes(conn, [e.gpu.id for e in entries], at))
+    effective = config.model_dump()
     for doc, entry in zip(docs, entries, strict=True):
-        doc["processes"] = running[entry.gpu.id]
-    if live and c.leases is not None:
-        capacity = _capacities(conn, c.leases, entries)
-        for doc in docs:
-            doc["memory"] = capacity[doc["host"], doc["gpu_id"]].to_dict()
-    if live and c.sampler is not None:
-        monitoring = {"monitoring": c.sampler.running, "interval_seconds": c.sampler.interval}
-        for doc in docs:
-            if doc["host"] == c.host:
-                doc["monitoring"] = monitoring
-                accounting = c.sampler.lease_watch.snapshot(doc["gpu_id"])
-                if accounting is not None:  # leases against the processes last read
-                    doc["lease_accounting"] = accounting
-    if not live:
-        # The past: the leases that were active then, and the configuration in force.
-        effective = config.model_dump()
-        for doc, entry in zip(docs, entries, strict=True):
-            doc["config"] = effective
-            if c.leases is not None:
-                doc["leases"] = [lease.to_dict(now) for lease in
-                                 c.leases.active_between(entry.gpu.id, now, now)
-                                 if lease.granted_ms <= now]
+        doc["config"] = effective
+        if c.leases is not None:
+            doc["leases"] = [lease.to_dict(at) for lease in
+                             c.leases.active_between(entry.gpu.id, at, at)
+                             if lease.granted_ms <= at]
     return docs
+
+
+def _projected(query: StatusQuery, now: int) -> LatestSample | None:
+    """The slot a ``gpu_id`` query names, from the projection (None: ask the log, which
+    also words the 404 of an unknown GPU)."""
+    if getattr(query, "uuid", None) is not None:
+        return None
+    c = ctx()
+    host = query.host if query.host is not None else c.host
+    found = c.projection.entries(host, now, query.gpu_id)
+    return found[0] if len(found) == 1 else None
 
 
 @bp.get("/status", responses={200: Status, **errors(400, 404, 422)})
@@ -81,6 +81,14 @@ def status(query: StatusQuery) -> View:
     the card in the slot at that time. 404 ``no_samples`` when it has no sample by ``at``."""
     c = ctx()
     at: int | None = query.at
+    if at is None:
+        now = c.clock.now_ms()
+        c.projection.refresh(now)
+        entry = _projected(query, now)
+        if entry is None:
+            with c.engine.connect() as conn:
+                entry = one_gpu(conn, query)  # a uuid, or a slot it lacks
+        return jsonify(live_status([entry], now)[0])
     with c.engine.connect() as conn:
         entry = one_gpu(conn, query, at)
         if at is not None and entry.ts_ms is None:
@@ -88,8 +96,7 @@ def status(query: StatusQuery) -> View:
                            f"on {entry.gpu.host}) has no sample at or before {iso_utc(at)}",
                            {"gpu_id": entry.gpu.index, "uuid": entry.gpu.uuid,
                             "host": entry.gpu.host, "at": iso_utc(at)})
-        now = at if at is not None else c.clock.now_ms()
-        return jsonify(_full_status(conn, [entry], now, live=at is None)[0])
+        return jsonify(past_status(conn, [entry], at)[0])
 
 
 def all_status(at: int | None = None, host: str | None = None) -> dict[str, Any]:
@@ -98,10 +105,15 @@ def all_status(at: int | None = None, host: str | None = None) -> dict[str, Any]
     c = ctx()
     host = host if host is not None else c.host
     now = at if at is not None else c.clock.now_ms()
-    with c.engine.connect() as conn:
-        entries = latest_samples(conn, None if host == ALL_HOSTS else host, at_ms=at,
-                                 now_ms=now)
-        docs = _full_status(conn, entries, now, live=at is None)
+    which = None if host == ALL_HOSTS else host
+    if at is None:
+        c.projection.refresh(now)
+        entries = c.projection.entries(which, now)
+        docs = live_status(entries, now)
+    else:
+        with c.engine.connect() as conn:
+            entries = latest_samples(conn, which, at_ms=at, now_ms=now)
+            docs = past_status(conn, entries, at)
     return {"host": host, "hosts": sorted({e.gpu.host for e in entries}),
             "timestamp": iso_utc(now), "count": len(docs), "gpus": docs}
 

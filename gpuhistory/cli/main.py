@@ -351,7 +351,7 @@ def _db_frames(db: str | None, gpu_id: int | None, uuid: str | None, at: int | N
     slot or UUID resolves to its card by the one identity rule; asked about a time before
     a card's first sample, the card has nothing to say (exit 3 when none has)."""
     from gpuhistory.cli.processes import running_processes
-    from gpuhistory.documents import status_doc
+    from gpuhistory.documents import status_docs
     from gpuhistory.identity import GpuRef, UnknownGpu, resolve_latest
     from gpuhistory.storage.queries import latest_samples
 
@@ -380,7 +380,7 @@ def _db_frames(db: str | None, gpu_id: int | None, uuid: str | None, at: int | N
                     click.echo(f"no samples recorded for {_asked(host, gpu_id, uuid)} at or "
                                f"before {iso_utc(at)}", err=True)
                     sys.exit(3)
-            docs = [status_doc(conn, e, now, config) for e in entries]
+            docs = status_docs(entries, now, config, conn=conn)
             processes = running_processes(
                 conn, [(e.gpu.id, e.gpu.host, e.gpu.index) for e in entries], at) \
                 if show_processes else None

@@ -36,8 +36,8 @@ from gpuhistory.callbacks import CallbackRegistry, make_event
 from gpuhistory.clock import Clock, iso_utc
 from gpuhistory.domain.config import Config
 from gpuhistory.domain.events import EventDraft, EventKind
-from gpuhistory.domain.slots import RECORDED_BACKENDS
 from gpuhistory.identity import GpuRef, UnknownGpu, resolve_latest
+from gpuhistory.leases.capacity import capacity_of
 from gpuhistory.leases.group_commit import GroupCommit, Operation, Refusal, group_commit
 from gpuhistory.leases.group_commit import Tx as _Tx
 from gpuhistory.leases.model import (
@@ -54,8 +54,6 @@ from gpuhistory.leases.model import (
     LeaseTokenMismatch,
     NoGpuFits,
     OverCapacity,
-    allocatable_mib,
-    lease_capacity_mb,
     seconds,
 )
 from gpuhistory.leases.placement import ANY, OVER_CAPACITY, best_fit, effective_state_name, refusal
@@ -518,25 +516,7 @@ class LeaseManager:
 
     def _capacity(self, latest: LatestSample, cfg: Config, leased: int,
                   active: int) -> Capacity:
-        total = latest.gpu.memory_total_mib
-        if total is None and latest.reading is not None:
-            total = latest.reading.memory_total_mib
-        # Used and free as nvidia-smi shows them: the driver's reservation is in neither.
-        used = None if latest.reading is None else latest.reading.memory_used_mib
-        reserved = None if latest.reading is None else latest.reading.memory_reserved_mib
-        # A card known only from a recording is not in the slot now: nothing to lease.
-        recorded = latest.gpu.backend in RECORDED_BACKENDS
-        return Capacity(
-            gpu_id=latest.gpu.index, uuid=latest.gpu.uuid,
-            capacity_mb=0 if recorded else lease_capacity_mb(allocatable_mib(total, reserved),
-                                                             cfg.memory_limit_mb,
-                                                             cfg.memory_reserve_mb),
-            leased_mb=int(leased), active_leases=int(active),
-            device_total_mb=total, device_used_mb=used,
-            device_free_mb=(None if total is None or used is None
-                            else max(0, total - (reserved or 0) - used)),
-            memory_limit_mb=cfg.memory_limit_mb, memory_reserve_mb=cfg.memory_reserve_mb,
-        )
+        return capacity_of(latest, cfg, leased, active)
 
     def _unreleased(self, conn: sa.Connection, allocation_id: str) -> Lease | None:
         row = conn.execute(_UNRELEASED, {"host": self.host, "allocation_id": allocation_id}

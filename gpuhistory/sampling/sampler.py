@@ -113,6 +113,8 @@ class Sampler:
         self._writes: queue.SimpleQueue[tuple[TickRecord, int, threading.Event] | None] = (
             queue.SimpleQueue())
         self._writer: threading.Thread | None = None
+        # Called after each commit of ticks (the status projection follows them at once).
+        self.committed: list[Callable[[], object]] = []
 
     @property
     def interval(self) -> float:
@@ -175,6 +177,12 @@ class Sampler:
         callbacks."""
         if outage is not None:
             self._recovered(outage)
+        if written:
+            for follow in self.committed:
+                try:
+                    follow()
+                except Exception:  # a reader's failure never breaks sampling
+                    log.exception("following a commit failed")
         if self.callbacks:
             for done in written:
                 if done.record.drafts:
