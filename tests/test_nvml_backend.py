@@ -38,12 +38,13 @@ def make_backend(clock: FakeClock) -> Iterator[MakeBackend]:
 
 
 def test_h100_every_field_read_and_converted(make_backend: MakeBackend) -> None:
-    """Bytes become MiB (whole), milliwatts become watts, names and UUIDs are str."""
+    """Bytes become MiB (whole, rounded up as nvidia-smi rounds: 20480 MiB + 123 B is
+    20481), milliwatts become watts, names and UUIDs are str."""
     (reading,) = make_backend(scenario("one_h100")).read()
     assert reading.available and reading.error is None
     assert (reading.index, reading.uuid, reading.name) == (
         0, "GPU-fake-h100-0000", "NVIDIA H100 80GB HBM3")
-    assert (reading.memory_used_mib, reading.memory_total_mib) == (20480, 81559)
+    assert (reading.memory_used_mib, reading.memory_total_mib) == (20481, 81559)
     assert reading.power_w == pytest.approx(312.45)
     assert reading.power_limit_w == 700.0
     assert (reading.temperature_c, reading.memory_temperature_c) == (45, 52)

@@ -353,11 +353,12 @@ class NvmlBackend:
             temperature_c=get("temperature", lambda h: (
                 n.nvmlDeviceGetTemperature(h, n.NVML_TEMPERATURE_GPU))),
             memory_temperature_c=get("memory_temperature", session.memory_temperature),
-            memory_used_mib=None if memory is None else memory.used // MIB,
+            # MiB as nvidia-smi rounds them: up (615.06 MiB reserved shows as 616)
+            memory_used_mib=None if memory is None else -(-memory.used // MIB),
             memory_total_mib=(gpu.memory_total_mib if memory is None
                               else memory.total // MIB),
             memory_reserved_mib=(None if memory is None or memory.reserved is None
-                                 else memory.reserved // MIB),
+                                 else -(-memory.reserved // MIB)),
             utilization_pct=None if utilization is None else int(utilization.gpu),
             power_w=None if power_mw is None else power_mw / 1000,
             power_limit_w=gpu.power_limit_w,
