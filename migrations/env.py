@@ -12,6 +12,7 @@ import os
 import sqlalchemy as sa
 from alembic import context
 
+from gpuhistory.storage.partitions import not_a_partition
 from gpuhistory.storage.schema import metadata
 
 MIGRATION_LOCK_KEY = 0x67707568  # "gpuh"
@@ -21,6 +22,7 @@ def _run(connection: sa.Connection) -> None:
     context.configure(
         connection=connection, target_metadata=metadata, render_as_batch=True,
         transaction_per_migration=False,
+        include_object=not_a_partition,  # autogenerate: samples' day partitions are not ours
     )
     if connection.dialect.name == "postgresql":
         connection.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK_KEY})

@@ -30,9 +30,10 @@ def sample_count(engine: sa.Engine) -> int:
 @pytest.fixture
 def serving(db_url: str, engine: sa.Engine):
     """A sampling service (role sampler) holding the claim of HOST, on wall-clock time like
-    any other process sharing the database."""
+    any other process sharing the database. Its interval is an hour: it ticks once as it
+    starts and then only when a test says so, so the samples a test counts are its own."""
     service = Service(ServeSettings(db=db_url, backend="sim", trace=str(FLEET4),
-                                    host_name=HOST), role="sampler")
+                                    host_name=HOST, interval=3600), role="sampler")
     service.start_background()
     yield service
     service.shutdown()

@@ -73,6 +73,12 @@ def is_partition(name: str | None) -> bool:
     return name == DEFAULT_PARTITION or (name is not None and _NAME.match(name) is not None)
 
 
+def not_a_partition(_obj: object, name: str | None, kind: str, *_: object) -> bool:
+    """Alembic's ``include_object`` for schema comparisons: everything but samples'
+    partitions (tables the maintenance makes, not the migrations' definitions)."""
+    return not (kind == "table" and is_partition(name))
+
+
 def is_partitioned(conn: sa.Connection) -> bool:
     """Whether ``samples`` is a partitioned table (PostgreSQL at migration 0013 or later)."""
     if conn.dialect.name != "postgresql":
