@@ -109,6 +109,9 @@ def all_status(at: int | None = None, host: str | None = None) -> dict[str, Any]
     if at is None:
         c.projection.refresh(now)
         entries = c.projection.entries(which, now)
+        if which is not None and not entries:  # a host not seen yet: ask the log at once
+            c.projection.sync(now)
+            entries = c.projection.entries(which, now)
         docs = live_status(entries, now)
     else:
         with c.engine.connect() as conn:
