@@ -13,6 +13,7 @@ of its own, as the scheduler's thread pool runs them.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -179,6 +180,11 @@ def test_a_tick_that_finds_the_connection_busy_is_kept_not_lost(db_url: str,
             for _ in range(3):
                 clock.advance(1)
                 tick()
+            # the writer thread finds the pool empty after its 50 ms wait (a bounded wait
+            # for that thread, not for a TTL)
+            deadline = time.monotonic() + 10
+            while service.sampler.buffer.outage is None and time.monotonic() < deadline:
+                time.sleep(0.01)
             waited = service.sampler.buffer.outage
         clock.advance(1)
         service.sampler.tick()
