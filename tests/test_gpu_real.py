@@ -291,6 +291,18 @@ def test_memory_figures_match_nvidia_smi_at_idle() -> None:
         assert abs(mine[2] - total) <= 1, (index, "total", mine, before[index])
 
 
+def _end(child: subprocess.Popen[str], kill: bool = True) -> None:
+    """End a CUDA child (killed, or let go by closing its stdin) and close its pipes."""
+    if kill:
+        child.kill()
+    elif child.stdin is not None:
+        child.stdin.close()
+    child.wait(30)
+    for pipe in (child.stdin, child.stdout):
+        if pipe is not None:
+            pipe.close()
+
+
 CUDA_USER = ("import sys, torch\n"
              "x = torch.zeros(64 << 20, dtype=torch.uint8, device='cuda')\n"
              "torch.cuda.synchronize()\n"
@@ -368,11 +380,7 @@ def test_a_cuda_process_shows_with_its_user_in_status_cli_and_metrics(engine, cl
             server.close()
     finally:
         real.close()
-        child.kill()
-        child.wait(10)
-        for pipe in (child.stdin, child.stdout):
-            if pipe is not None:
-                pipe.close()
+        _end(child)
 
 
 LEASED_CUDA_USER = (
@@ -470,11 +478,7 @@ def test_a_leased_pytorch_process_is_held_to_account_and_memory_matches_under_lo
         assert any(line.startswith("gpuhistory_gpu_lease_exceeding_leases{")
                    and f'gpu="{gpu}"' in line and line.endswith(" 1.0") for line in lines)
     finally:
-        if child.stdin is not None:
-            child.stdin.close()  # the lease is released as the block ends
-        child.wait(30)
-        if child.stdout is not None:
-            child.stdout.close()
+        _end(child, kill=False)  # stdin closed: the lease is released as the block ends
         server.close()
         real.close()
 
@@ -529,10 +533,6 @@ def test_a_cuda_process_in_a_container_cgroup_is_attributed_from_real_proc() -> 
         assert found.owner.systemd_unit is None  # the scope is the container's, not a unit
     finally:
         real.close()
-        child.kill()
-        child.wait(10)
-        for pipe in (child.stdin, child.stdout):
-            if pipe is not None:
-                pipe.close()
+        _end(child)
         with contextlib.suppress(OSError):  # the child gone, the cgroup is empty
             group.rmdir()
